@@ -1,0 +1,67 @@
+"""Pool types: which eligible controller gets the next attempt."""
+
+from __future__ import annotations
+
+import random
+from abc import ABC, abstractmethod
+from typing import Optional, Sequence
+
+from .controllers import Controller
+
+
+class Balancer(ABC):
+    """Chooses one controller from the eligible candidates (already filtered by model and state)."""
+
+    @abstractmethod
+    def pick(self, candidates: Sequence[Controller]) -> Optional[Controller]:
+        """The next controller to try, or None when there are no candidates."""
+
+
+class SmoothWeighted(Balancer):
+    """nginx's smooth weighted round robin: weights [5, 1] give A A A B A A, again and again."""
+
+    def __init__(self) -> None:
+        self._current: dict[str, int] = {}
+
+    def pick(self, candidates: Sequence[Controller]) -> Optional[Controller]:
+        if len(candidates) == 1:
+            return candidates[0]
+        best: Optional[Controller] = None
+        best_score = 0
+        total = 0
+        current = self._current
+        for controller in candidates:
+            score = current.get(controller.name, 0) + controller.weight
+            current[controller.name] = score
+            total += controller.weight
+            if best is None or score > best_score:
+                best, best_score = controller, score
+        if best is not None:
+            current[best.name] = best_score - total
+        return best
+
+    def forget(self, names: set[str]) -> None:
+        """Drop the scores of controllers that no longer exist."""
+        for name in names:
+            self._current.pop(name, None)
+
+
+class WeightedRandom(Balancer):
+    """Each candidate with probability weight / total weight."""
+
+    def __init__(self, rng: Optional[random.Random] = None) -> None:
+        self._rng = rng or random.Random()
+
+    def pick(self, candidates: Sequence[Controller]) -> Optional[Controller]:
+        if not candidates:
+            return None
+        if len(candidates) == 1:
+            return candidates[0]
+        return self._rng.choices(candidates, weights=[c.weight for c in candidates])[0]
+
+
+def make_balancer(pool_type: str, rng: Optional[random.Random] = None) -> Balancer:
+    """The balancer for a `pool.type` value (validated at start-up)."""
+    if pool_type == "random":
+        return WeightedRandom(rng)
+    return SmoothWeighted()

@@ -1,0 +1,48 @@
+"""`--check-config`: the effective settings, where each came from, secrets redacted."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .config import Settings
+from .options import OPTIONS
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ",".join(value) or "(none)"
+    return str(value)
+
+
+def render(settings: Settings) -> str:
+    """A human-readable report; it never contains a key."""
+    lines = []
+    if settings.demo:
+        lines.append("DEMO MODE: no configuration was found; serving mock controllers (generated text).")
+    lines.append(f"config file: {settings.location.path or '(none)'}  [{settings.location.how}]")
+    lines.append("")
+    lines.append("settings:")
+    width = max(len(option.key) for option in OPTIONS)
+    for option in OPTIONS:
+        value = _show(settings.values[option.dest])
+        lines.append(f"  {option.key:<{width}} = {value:<24} ({settings.sources[option.dest]})")
+    lines.append("")
+    lines.append(f"controllers ({len(settings.controllers)}):")
+    for spec in settings.controllers:
+        models = ", ".join(sorted(spec.models)) if spec.models is not None else "all"
+        lines.append(f"  - {spec.name}: type={spec.type} weight={spec.weight} models={models}")
+        if spec.type == "openai":
+            lines.append(f"      base_url={spec.settings['base_url']}")
+            if spec.settings.get("proxy"):
+                lines.append("      proxy=(set, redacted)")
+            for key in ("organization", "project"):
+                if spec.settings.get(key):
+                    lines.append(f"      {key}={spec.settings[key]}")
+            if spec.settings.get("headers"):
+                lines.append(f"      headers={', '.join(sorted(spec.settings['headers']))} (values redacted)")
+            lines.append(f"      api_key={spec.api_key} (from {spec.api_key_source})")
+        else:
+            for key, value in sorted(spec.settings.items()):
+                if key != "reply":
+                    lines.append(f"      {key}={value}")
+    return "\n".join(lines)

@@ -1,0 +1,221 @@
+"""The effective configuration: flags > env > config file > defaults, validated all at once."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+import configargparse
+import orjson
+
+from . import __version__
+from .configfile import ConfigError, Location, load, locate
+from .controllers.specs import ControllerSpec, build_specs
+from .options import OPTIONS, Option
+
+HOW_TO_START = """\
+How to start:
+  - put a config file at ./chatgpt-apiserver.json or /etc/chatgpt-apiserver/chatgpt-apiserver.json
+    (see etc/chatgpt-apiserver/chatgpt-apiserver.example.json), or
+  - pass --config-file PATH, or
+  - export OPENAI_API_KEY=sk-... (and optionally OPENAI_BASE_URL) to serve one OpenAI controller, or
+  - run scripts/run, which serves a clearly labelled demo setup when nothing is configured."""
+
+
+@dataclass
+class Settings:
+    """Effective settings: scalar option values by `dest`, where each came from, and the controllers."""
+
+    values: dict[str, Any]
+    sources: dict[str, str]
+    controllers: list[ControllerSpec]
+    location: Location
+    document: dict[str, Any] = field(default_factory=dict)
+    demo: bool = False
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.__dict__["values"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+class _FlatJsonParser(configargparse.ConfigFileParser):
+    """Reads the flattened `{flag-name: text}` object that `parse_settings` hands to configargparse."""
+
+    def get_syntax_description(self) -> str:
+        return "JSON or YAML; see the README"
+
+    def parse(self, stream: Any) -> dict[str, Any]:
+        data: dict[str, Any] = orjson.loads(stream.read() or "{}")
+        return data
+
+
+def build_parser() -> configargparse.ArgParser:
+    """The command line: one flag per option (with its env var), plus the config-file flags."""
+    parser = configargparse.ArgParser(
+        prog="chatgpt-apiserver",
+        description="OpenAI-compatible chat-completions gateway that spreads requests over many API keys.",
+        config_file_parser_class=_FlatJsonParser,
+        ignore_unknown_config_file_keys=True,
+        allow_abbrev=False,
+        formatter_class=configargparse.ArgumentDefaultsRawHelpFormatter,
+        epilog="Every setting can also be given in the config file or as CHATGPT_APISERVER_<NAME>.",
+    )
+    files = parser.add_argument_group("config file")
+    files.add_argument("--config_file", "--config-file", dest="config_file", metavar="PATH",
+                       help="Config file (env: CHATGPT_APISERVER_CONFIG_FILE or CONFIG_FILE).")
+    files.add_argument("--config_path", "--config-path", dest="config_path", metavar="DIR",
+                       help="Directory searched first for chatgpt-apiserver.json "
+                            "(env: CHATGPT_APISERVER_CONFIG_PATH or CONFIG_PATH).")
+    files.add_argument("--demo-config", "--demo_config", dest="demo_config", metavar="PATH",
+                       help="Serve this demo config, loudly labelled, when no config file and no "
+                            "OPENAI_API_KEY is found (scripts/run uses it).")
+    files.add_argument("--check-config", "--check_config", dest="check_config", action="store_true",
+                       help="Print the effective settings (secrets redacted) with their sources, then exit.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    groups: dict[str, Any] = {}
+    for option in OPTIONS:
+        group = groups.setdefault(option.group, parser.add_argument_group(option.group))
+        group.add_argument(*option.flags, dest=option.dest, env_var=option.env, default=None,
+                           metavar=option.dest.split("_")[-1].upper(),
+                           help=f"{option.help} [default: {_show_default(option.default)}]")
+    return parser
+
+
+def _show_default(value: Any) -> str:
+    return ",".join(value) if isinstance(value, tuple) else str(value)
+
+
+def _lookup(document: Mapping[str, Any], dotted: str) -> Any:
+    node: Any = document
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _as_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(item) for item in value)
+    return str(value)
+
+
+def _flatten(document: Mapping[str, Any], problems: list[str], where: str) -> dict[str, str]:
+    """Scalar option values from the document, keyed by flag name for configargparse."""
+    flat: dict[str, str] = {}
+    for option in OPTIONS:
+        value = _lookup(document, option.key)
+        if value is None:
+            continue
+        if isinstance(value, Mapping):
+            problems.append(f"{option.key} in {where}: expected a single value, got an object")
+            continue
+        flat[option.flags[0][2:]] = _as_text(value)
+    return flat
+
+
+def _check_unknown_keys(document: Mapping[str, Any], where: str, problems: list[str]) -> None:
+    known_top = {option.key.split(".")[0] for option in OPTIONS} | {"controllers"}
+    for key in document:
+        if key not in known_top:
+            problems.append(f"{key} in {where}: unknown setting")
+    for option in OPTIONS:
+        if "." in option.key:
+            head = option.key.split(".")[0]
+            section = document.get(head)
+            if section is not None and not isinstance(section, Mapping):
+                problems.append(f"{head} in {where}: expected an object such as {{\"type\": ...}}")
+    nested = {option.key.split(".")[0] for option in OPTIONS if "." in option.key}
+    for head in nested:
+        section = document.get(head)
+        if isinstance(section, Mapping):
+            allowed = {option.key.split(".", 1)[1] for option in OPTIONS if option.key.startswith(head + ".")}
+            for key in section:
+                if key not in allowed:
+                    problems.append(f"{head}.{key} in {where}: unknown setting")
+
+
+def _sources(parser: configargparse.ArgParser, where: str) -> dict[str, str]:
+    """For each option set by env or file, a label naming that source; the rest came from flags."""
+    found: dict[str, str] = {}
+    for source, settings in parser.get_source_to_settings_dict().items():
+        if source == "environment_variables":
+            for env_name, (action, _value) in settings.items():
+                found[action.dest] = f"env {env_name}"
+        elif source.startswith("config_file"):
+            for _key, (action, _value) in settings.items():
+                if action is not None:
+                    option = next(o for o in OPTIONS if o.dest == action.dest)
+                    found[action.dest] = f"{option.key} in {where}"
+    return found
+
+
+def _document_for(location: Location, env: Mapping[str, str], demo_config: Optional[str]) -> tuple[dict[str, Any], bool]:
+    """The config document: the file found, else one controller from OPENAI_API_KEY, else the demo."""
+    if location.path is not None:
+        return load(location.path), False
+    if env.get("OPENAI_API_KEY"):
+        entry: dict[str, Any] = {"type": "openai", "name": "openai-env", "config": {"api_key_env": "OPENAI_API_KEY"}}
+        if env.get("OPENAI_BASE_URL"):
+            entry["config"]["base_url"] = env["OPENAI_BASE_URL"]
+        location.how = "no file found; one controller from OPENAI_API_KEY"
+        return {"controllers": [entry]}, False
+    if demo_config:
+        location.path = Path(demo_config)
+        location.how = "DEMO: no config found, serving --demo-config"
+        return load(location.path), True
+    searched = "\n".join(f"    {path}" for path in location.searched)
+    raise ConfigError(
+        ["no config file found, and OPENAI_API_KEY is not set. Searched, in order:\n" + searched],
+        HOW_TO_START,
+    )
+
+
+def parse_settings(argv: Optional[Sequence[str]] = None, env: Optional[Mapping[str, str]] = None) -> tuple[Settings, bool]:
+    """Parse flags, env and the config file into validated `Settings`; also return `--check-config`."""
+    env = dict(os.environ if env is None else env)
+    parser = build_parser()
+    args = list(argv or [])
+    pre, _rest = parser.parse_known_args(args, env_vars={}, config_file_contents="{}")
+    location = locate(pre.config_file, pre.config_path, env)
+    document, demo = _document_for(location, env, pre.demo_config)
+    where = str(location.path) if location.path else "the environment"
+
+    problems: list[str] = []
+    _check_unknown_keys(document, where, problems)
+    flat = _flatten(document, problems, where)
+    namespace = parser.parse_args(args, env_vars=env, config_file_contents=orjson.dumps(flat).decode())
+    sources = _sources(parser, where)
+
+    values: dict[str, Any] = {}
+    final_sources: dict[str, str] = {}
+    for option in OPTIONS:
+        raw = getattr(namespace, option.dest)
+        if raw is None:
+            values[option.dest] = option.default
+            final_sources[option.dest] = "default"
+            continue
+        source = sources.get(option.dest, option.flags[0])
+        final_sources[option.dest] = source
+        try:
+            values[option.dest] = option.parse(raw)
+        except ValueError as exc:
+            problems.append(f"{source}: {exc}")
+
+    base = location.path if location.path else Path.cwd() / "environment"
+    controllers = build_specs(document.get("controllers"), base, where, env, problems)
+    if problems:
+        raise ConfigError(problems)
+    settings = Settings(values, final_sources, controllers, location, document, demo)
+    return settings, bool(namespace.check_config)
+
+
+def option_label(option: Option) -> str:
+    """`--port / CHATGPT_APISERVER_PORT / port`: the three names of one option."""
+    return f"{option.flags[0]} / {option.env} / {option.key}"

@@ -1,0 +1,105 @@
+"""Finding and reading the config file, in exactly the original server's search order."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+import orjson
+
+CONFIG_BASENAME = "chatgpt-apiserver"
+EXTENSIONS = (".json", ".yaml", ".yml")
+DEFAULT_SEARCH_DIRS = (".", "config", ".config", "/etc/chatgpt-apiserver")
+
+
+class ConfigError(Exception):
+    """Every problem found in the configuration, each naming its key, flag or env var."""
+
+    def __init__(self, problems: list[str], hint: str = "") -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+        self.hint = hint
+
+    def __str__(self) -> str:
+        lines = ["configuration error" + ("s" if len(self.problems) > 1 else "") + ":"]
+        lines += [f"  - {problem}" for problem in self.problems]
+        if self.hint:
+            lines.append(self.hint)
+        return "\n".join(lines)
+
+
+@dataclass
+class Location:
+    """Where the config file was found (or not), and how."""
+
+    path: Optional[Path]
+    how: str
+    searched: list[str] = field(default_factory=list)
+
+
+def locate(flag_file: Optional[str], flag_path: Optional[str], env: Mapping[str, str]) -> Location:
+    """Find the config file: an explicit file first, then a search of the config path and default dirs."""
+    explicit = [
+        (flag_file, "--config_file"),
+        (env.get("CHATGPT_APISERVER_CONFIG_FILE"), "CHATGPT_APISERVER_CONFIG_FILE"),
+        (env.get("CONFIG_FILE"), "CONFIG_FILE"),
+    ]
+    for value, source in explicit:
+        if value:
+            path = Path(value).expanduser()
+            if not path.is_file():
+                raise ConfigError([f"{source}: config file {value!r} does not exist or is not a file"])
+            return Location(path, source, [str(path)])
+
+    dirs: list[tuple[str, str]] = []
+    for value, source in (
+        (flag_path, "--config_path"),
+        (env.get("CHATGPT_APISERVER_CONFIG_PATH"), "CHATGPT_APISERVER_CONFIG_PATH"),
+        (env.get("CONFIG_PATH"), "CONFIG_PATH"),
+    ):
+        if value:
+            dirs.append((value, source))
+            break
+    dirs += [(d, "default search path") for d in DEFAULT_SEARCH_DIRS]
+
+    searched: list[str] = []
+    for directory, source in dirs:
+        for ext in EXTENSIONS:
+            candidate = Path(directory).expanduser() / (CONFIG_BASENAME + ext)
+            searched.append(str(candidate))
+            if candidate.is_file():
+                return Location(candidate, f"found in {directory} ({source})", searched)
+    return Location(None, "not found", searched)
+
+
+def load(path: Path) -> dict[str, Any]:
+    """Read a JSON or YAML config document; the top level must be an object."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+    if path.suffix.lower() in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            document = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise ConfigError([f"{path}: not valid YAML: {exc}"]) from None
+    else:
+        try:
+            document = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise ConfigError([f"{path}: not valid JSON: {exc}"]) from None
+    if document is None:
+        document = {}
+    if not isinstance(document, dict):
+        raise ConfigError([f"{path}: the top level must be an object, got {type(document).__name__}"])
+    return document
+
+
+def resolve(relative_to: Path, value: str) -> Path:
+    """A path named inside a config file, resolved against that file's directory."""
+    path = Path(os.path.expanduser(value))
+    return path if path.is_absolute() else (relative_to.parent / path)

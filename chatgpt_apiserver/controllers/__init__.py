@@ -1,0 +1,17 @@
+"""Controllers: one upstream each, built from validated specs."""
+
+from __future__ import annotations
+
+from .base import Call, Controller, Reply, UpstreamError
+from .mock import MockController
+from .specs import ControllerSpec
+from .upstream import Transport, UpstreamController
+
+__all__ = ["Call", "Controller", "ControllerSpec", "Reply", "Transport", "UpstreamError", "build_controller"]
+
+
+def build_controller(spec: ControllerSpec, transport: Transport) -> Controller:
+    """The controller for one spec; the spec's type was checked when the config was validated."""
+    if spec.type == "mock":
+        return MockController(spec)
+    return UpstreamController(spec, transport)

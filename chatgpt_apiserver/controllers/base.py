@@ -1,0 +1,103 @@
+"""What every controller (one upstream each) offers the relay: send a call, get a reply."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional
+
+from .specs import ControllerSpec
+
+
+class UpstreamError(Exception):
+    """An attempt that failed before a usable reply: `kind` is connection, timeout or protocol."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+
+@dataclass
+class Call:
+    """One client request on its way upstream: the original bytes plus what routing needs."""
+
+    body: bytes
+    payload: dict[str, Any]
+    model: str
+    stream: bool
+    request_id: str
+
+
+class Reply(ABC):
+    """An upstream answer whose headers have arrived; the body is read on demand."""
+
+    status: int
+    headers: Mapping[str, str]
+
+    @property
+    def content_type(self) -> str:
+        """The upstream's Content-Type, or JSON when it gave none."""
+        return self.headers.get("Content-Type", "application/json")
+
+    @abstractmethod
+    async def read(self) -> bytes:
+        """The whole body. Raises `UpstreamError` if the upstream fails while sending it."""
+
+    @abstractmethod
+    async def read_chunk(self) -> bytes:
+        """The next piece of the body as it arrives; b"" at its end. Raises `UpstreamError`."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Stop reading; an unfinished upstream connection is closed, not reused."""
+
+
+class Controller(ABC):
+    """One upstream (an API key plus a base URL, or the in-process mock)."""
+
+    def __init__(self, spec: ControllerSpec) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.weight = spec.weight
+        self.models = spec.models
+
+    def serves(self, model: str) -> bool:
+        """Whether this controller takes requests for `model`."""
+        return self.models is None or model in self.models
+
+    def upstream_model(self, model: str) -> str:
+        """The name the upstream knows `model` by (aliases map public names)."""
+        if self.models is None:
+            return model
+        return self.models.get(model, model)
+
+    async def start(self) -> None:
+        """Open pools and sessions; called once the event loop runs."""
+
+    async def close(self) -> None:
+        """Release pools and sessions."""
+
+    @abstractmethod
+    async def send(self, call: Call) -> Reply:
+        """Send `call` and return once the reply's headers are in. Raises `UpstreamError`."""
+
+    @abstractmethod
+    async def discover_models(self) -> list[str]:
+        """The model names the upstream reports (a control-plane call, not on the hot path)."""
+
+    def describe(self) -> dict[str, Any]:
+        """Non-secret facts for logs, --check-config and the admin view."""
+        return {"name": self.name, "type": self.spec.type, "weight": self.weight,
+                "models": sorted(self.models) if self.models is not None else None}
+
+
+def retry_after_seconds(value: Optional[str]) -> Optional[float]:
+    """Parse a Retry-After header given in seconds (HTTP dates are rare upstream and ignored)."""
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return seconds if seconds >= 0 else None

@@ -1,0 +1,221 @@
+"""Controller entries from the config file, validated into `ControllerSpec`s (no network here)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional
+from urllib.parse import urlsplit
+
+import voluptuous as vol
+
+from ..configfile import ConfigError, load, resolve
+from ..secret import Secret
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+
+
+def _weight(value: Any) -> int:
+    """The original's weight rule: missing or 0 means 1; a numeric string is accepted."""
+    if isinstance(value, bool):
+        raise vol.Invalid("expected a whole number")
+    if value is None:
+        return 1
+    try:
+        number = int(str(value).strip())
+    except ValueError:
+        raise vol.Invalid(f"expected a whole number, got {value!r}") from None
+    if number < 0:
+        raise vol.Invalid(f"must not be negative, got {number}")
+    return number or 1
+
+
+def _models(value: Any) -> dict[str, str]:
+    """A list of model names, or a map of public name -> upstream name."""
+    if isinstance(value, str):
+        value = [value]
+    if isinstance(value, list):
+        if not all(isinstance(item, str) and item for item in value):
+            raise vol.Invalid("expected a list of model names")
+        return {name: name for name in value}
+    if isinstance(value, dict):
+        if not all(isinstance(k, str) and k and isinstance(v, str) and v for k, v in value.items()):
+            raise vol.Invalid("expected a map of public model name to upstream model name")
+        return dict(value)
+    raise vol.Invalid("expected a list of model names or a map of aliases")
+
+
+def _url(value: Any) -> str:
+    if not isinstance(value, str):
+        raise vol.Invalid("expected a URL")
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise vol.Invalid(f"expected an http:// or https:// URL, got {value!r}")
+    return value.rstrip("/")
+
+
+def _proxy_url(value: Any) -> str:
+    if not isinstance(value, str):
+        raise vol.Invalid("expected a proxy URL")
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise vol.Invalid(f"expected an http:// proxy URL, got {parts.scheme or 'no'} scheme")
+    return value
+
+
+_NonEmpty = vol.All(str, vol.Length(min=1))
+_Seconds = vol.All(vol.Coerce(float), vol.Range(min=0))
+
+ENTRY = vol.Schema({
+    vol.Required("type"): _NonEmpty,
+    vol.Optional("name"): vol.All(_NonEmpty, vol.Match(r"^[A-Za-z0-9_.:@/-]+$", msg="use letters, digits and _.:@/- only")),
+    vol.Optional("weight"): _weight,
+    vol.Optional("models"): _models,
+    vol.Optional("config"): dict,
+    vol.Optional("config_file"): _NonEmpty,
+})
+
+OPENAI_SETTINGS = vol.Schema({
+    vol.Optional("api_key"): _NonEmpty,
+    vol.Optional("api_key_env"): _NonEmpty,
+    vol.Optional("api_key_file"): _NonEmpty,
+    vol.Optional("base_url"): _url,
+    vol.Optional("organization"): vol.Any(None, str),
+    vol.Optional("project"): vol.Any(None, str),
+    vol.Optional("proxy"): vol.Any(None, _proxy_url),
+    vol.Optional("headers"): {str: str},
+})
+
+MOCK_SETTINGS = vol.Schema({
+    vol.Optional("tokens_per_second"): vol.All(vol.Coerce(float), vol.Range(min=0.001)),
+    vol.Optional("first_token_delay"): _Seconds,
+    vol.Optional("reply"): str,
+    vol.Optional("max_tokens"): vol.All(int, vol.Range(min=1)),
+})
+
+SETTINGS_SCHEMAS = {"openai": OPENAI_SETTINGS, "mock": MOCK_SETTINGS}
+
+
+@dataclass(frozen=True)
+class ControllerSpec:
+    """One validated controller entry."""
+
+    name: str
+    type: str
+    weight: int
+    models: Optional[dict[str, str]]
+    settings: dict[str, Any] = field(default_factory=dict)
+    api_key: Optional[Secret] = None
+    api_key_source: str = ""
+
+
+def _path_of(error: vol.Invalid) -> str:
+    out = ""
+    for part in error.path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _join(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if prefix else key
+
+
+def _report(errors: vol.MultipleInvalid, prefix: str, where: str, problems: list[str]) -> None:
+    for error in errors.errors:
+        path = _path_of(error)
+        key = _join(prefix, path) if path else prefix
+        message = "unknown setting" if error.error_message == "extra keys not allowed" else error.error_message
+        if error.error_message == "required key not provided":
+            message = "required"
+        problems.append(f"{key} in {where}: {message}")
+
+
+def _api_key(settings: dict[str, Any], prefix: str, where: str, base: Path,
+             env: Mapping[str, str], problems: list[str]) -> tuple[Optional[Secret], str]:
+    given = [key for key in ("api_key", "api_key_env", "api_key_file") if settings.get(key)]
+    if len(given) != 1:
+        what = "is missing" if not given else f"is given {len(given)} ways ({', '.join(given)})"
+        problems.append(f"{_join(prefix, 'api_key')} in {where}: the API key {what}; "
+                        "set exactly one of api_key, api_key_env or api_key_file")
+        return None, ""
+    how = given[0]
+    if how == "api_key":
+        return Secret(settings["api_key"].strip()), f"{_join(prefix, 'api_key')} in {where}"
+    if how == "api_key_env":
+        name = settings["api_key_env"]
+        value = env.get(name, "").strip()
+        if not value:
+            problems.append(f"{_join(prefix, 'api_key_env')} in {where}: env var {name} is not set or empty")
+            return None, ""
+        return Secret(value), f"env {name}"
+    path = resolve(base, os.path.expandvars(settings["api_key_file"]))
+    try:
+        value = path.read_text().strip()
+    except OSError as exc:
+        problems.append(f"{_join(prefix, 'api_key_file')} in {where}: cannot read {path}: {exc.strerror}")
+        return None, ""
+    if not value:
+        problems.append(f"{_join(prefix, 'api_key_file')} in {where}: {path} is empty")
+        return None, ""
+    return Secret(value), f"file {path}"
+
+
+def build_specs(entries: Any, base: Path, where: str, env: Mapping[str, str], problems: list[str]) -> list[ControllerSpec]:
+    """Validate the `controllers` list; append every problem found to `problems`."""
+    if entries is None or entries == []:
+        problems.append(f"controllers in {where}: at least one controller is required")
+        return []
+    if not isinstance(entries, list):
+        problems.append(f"controllers in {where}: expected a list of controller entries")
+        return []
+    specs: list[ControllerSpec] = []
+    names: dict[str, str] = {}
+    for index, raw in enumerate(entries):
+        prefix = f"controllers[{index}]"
+        if not isinstance(raw, dict):
+            problems.append(f"{prefix} in {where}: expected an object with type and config")
+            continue
+        try:
+            entry = ENTRY(raw)
+        except vol.MultipleInvalid as errors:
+            _report(errors, prefix, where, problems)
+            continue
+        kind = entry["type"]
+        schema = SETTINGS_SCHEMAS.get(kind)
+        if schema is None:
+            problems.append(f"{prefix}.type in {where}: unknown controller type {kind!r}; "
+                            f"expected one of {', '.join(SETTINGS_SCHEMAS)}")
+            continue
+        if "config" in entry and "config_file" in entry:
+            problems.append(f"{prefix} in {where}: give either config or config_file, not both")
+            continue
+        settings: dict[str, Any] = dict(entry.get("config") or {})
+        settings_where, settings_prefix, settings_base = where, f"{prefix}.config", base
+        if "config_file" in entry:
+            path = resolve(base, entry["config_file"])
+            try:
+                settings = load(path)
+            except ConfigError as exc:
+                problems.extend(f"{prefix}.config_file in {where}: {p}" for p in exc.problems)
+                continue
+            settings_where, settings_prefix, settings_base = str(path), "", path
+        try:
+            settings = schema(settings)
+        except vol.MultipleInvalid as errors:
+            _report(errors, settings_prefix, settings_where, problems)
+            continue
+        api_key, key_source = None, ""
+        if kind == "openai":
+            api_key, key_source = _api_key(settings, settings_prefix, settings_where, settings_base, env, problems)
+            settings.setdefault("base_url", DEFAULT_BASE_URL)
+            for secret_field in ("api_key", "api_key_env", "api_key_file"):
+                settings.pop(secret_field, None)
+        name = entry.get("name") or f"{kind}-{index + 1}"
+        if name in names:
+            problems.append(f"{prefix}.name in {where}: {name!r} is already used by {names[name]}")
+            continue
+        names[name] = prefix
+        specs.append(ControllerSpec(name, kind, entry.get("weight", 1), entry.get("models"),
+                                    settings, api_key, key_source))
+    return specs

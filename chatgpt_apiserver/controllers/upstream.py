@@ -1,0 +1,166 @@
+"""An OpenAI-compatible upstream over a pooled keep-alive aiohttp session."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from ..secret import Secret
+from .base import Call, Controller, Reply, UpstreamError
+from .specs import ControllerSpec
+
+log = logging.getLogger("chatgpt_apiserver.upstream")
+
+
+@dataclass(frozen=True)
+class Transport:
+    """Connection-level limits shared by every upstream controller."""
+
+    connect_timeout: float = 10.0
+    idle_timeout: float = 120.0
+    max_connections: int = 1000
+    keepalive_timeout: float = 30.0
+
+
+def _describe_error(exc: BaseException) -> tuple[str, str]:
+    """(kind, message) for a transport exception, with no URL credentials or keys in the text."""
+    if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
+        return "timeout", "timed out waiting for the upstream"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        reason = exc.os_error.strerror or type(exc.os_error).__name__
+        return "connection", f"cannot connect to the upstream ({reason})"
+    if isinstance(exc, aiohttp.ClientProxyConnectionError):
+        return "connection", "cannot connect to the proxy"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "connection", "the upstream closed the connection"
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return "connection", "the upstream connection broke while sending the body"
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return "protocol", f"the upstream sent an invalid response ({exc.status})"
+    return "connection", f"upstream connection failed ({type(exc).__name__})"
+
+
+class AiohttpReply(Reply):
+    """A reply read from an aiohttp response."""
+
+    __slots__ = ("_response", "status", "headers")
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self._response = response
+        self.status = response.status
+        self.headers = response.headers
+
+    async def read(self) -> bytes:
+        try:
+            return await self._response.read()
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise UpstreamError(*_describe_error(exc)) from None
+
+    async def read_chunk(self) -> bytes:
+        try:
+            return await self._response.content.readany()
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise UpstreamError(*_describe_error(exc)) from None
+
+    def close(self) -> None:
+        if self._response.content.at_eof():
+            self._response.release()
+        else:
+            self._response.close()
+
+
+class UpstreamController(Controller):
+    """Relays chat completions to `base_url` with the controller's own key."""
+
+    def __init__(self, spec: ControllerSpec, transport: Transport) -> None:
+        super().__init__(spec)
+        settings = spec.settings
+        self.base_url: str = settings["base_url"]
+        self._url = self.base_url + "/chat/completions"
+        self._proxy: Optional[str] = settings.get("proxy")
+        self._transport = transport
+        assert spec.api_key is not None
+        self._key: Secret = spec.api_key
+        headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+        headers.update(settings.get("headers") or {})
+        headers["Authorization"] = "Bearer " + self._key.reveal()
+        if settings.get("organization"):
+            headers["OpenAI-Organization"] = settings["organization"]
+        if settings.get("project"):
+            headers["OpenAI-Project"] = settings["project"]
+        self._headers = headers
+        self._session: Optional[aiohttp.ClientSession] = None
+
+    @property
+    def secret_values(self) -> tuple[bytes, ...]:
+        """Values to scrub from anything this upstream says: its key and its header values."""
+        extra = tuple(v.encode() for v in (self.spec.settings.get("headers") or {}).values() if len(v) >= 8)
+        return (self._key.reveal().encode(),) + extra
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(
+            limit=self._transport.max_connections,
+            limit_per_host=0,
+            keepalive_timeout=self._transport.keepalive_timeout,
+            ttl_dns_cache=300,
+        )
+        timeout = aiohttp.ClientTimeout(
+            total=None,
+            sock_connect=self._transport.connect_timeout,
+            sock_read=self._transport.idle_timeout,
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector, timeout=timeout, headers=self._headers, trust_env=False,
+            skip_auto_headers=("User-Agent",),
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def send(self, call: Call) -> Reply:
+        if self._session is None:
+            await self.start()
+        assert self._session is not None
+        try:
+            response = await self._session.post(
+                self._url, data=call.body, headers={"X-Request-Id": call.request_id}, proxy=self._proxy,
+            )
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            raise UpstreamError(*_describe_error(exc)) from None
+        return AiohttpReply(response)
+
+    async def discover_models(self) -> list[str]:
+        import openai
+
+        http_client = openai.DefaultAsyncHttpxClient(proxy=self._proxy) if self._proxy else None
+        client = openai.AsyncOpenAI(
+            api_key=self._key.reveal(), base_url=self.base_url, max_retries=0, timeout=10.0,
+            organization=self.spec.settings.get("organization"), project=self.spec.settings.get("project"),
+            default_headers=self.spec.settings.get("headers") or None, http_client=http_client,
+        )
+        try:
+            page = await client.models.list()
+            return [model.id for model in page.data]
+        finally:
+            await client.close()
+
+    def describe(self) -> dict[str, Any]:
+        info = super().describe()
+        parts = urlsplit(self.base_url)
+        info["base_url"] = f"{parts.scheme}://{parts.hostname}{':' + str(parts.port) if parts.port else ''}{parts.path}"
+        if self._proxy:
+            proxy = urlsplit(self._proxy)
+            info["proxy"] = f"{proxy.scheme}://{proxy.hostname}:{proxy.port or ''}"
+        return info
+
+
+def header_names(headers: Mapping[str, str]) -> list[str]:
+    """Header names only: values may be secrets."""
+    return sorted(headers)

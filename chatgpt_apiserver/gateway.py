@@ -1,0 +1,101 @@
+"""The gateway's live state: controllers, the balancer, and the model catalogue."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, Callable, Optional
+
+from .balancer import Balancer, make_balancer
+from .config import Settings
+from .controllers import Controller, Transport, build_controller
+
+log = logging.getLogger("chatgpt_apiserver.gateway")
+
+DISCOVERY_TTL = 300.0
+
+
+class Gateway:
+    """Everything a request handler needs to route a call: who serves a model, and in what order."""
+
+    def __init__(self, settings: Settings, controllers: list[Controller], balancer: Balancer,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.settings = settings
+        self.controllers = controllers
+        self.balancer = balancer
+        self.clock = clock
+        self.draining = False
+        self.in_flight = 0
+        self._discovered: dict[str, tuple[float, list[str]]] = {}
+        secrets: list[bytes] = []
+        for controller in controllers:
+            secrets.extend(getattr(controller, "secret_values", ()))
+        self.secrets: tuple[bytes, ...] = tuple(secrets)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, clock: Callable[[], float] = time.monotonic) -> "Gateway":
+        """Build every controller named in `settings`."""
+        transport = Transport(
+            connect_timeout=settings.connect_timeout,
+            idle_timeout=settings.stream_idle_timeout,
+            max_connections=settings.upstream_max_connections,
+            keepalive_timeout=settings.upstream_keepalive_timeout,
+        )
+        controllers = [build_controller(spec, transport) for spec in settings.controllers]
+        return cls(settings, controllers, make_balancer(settings.pool_type), clock)
+
+    async def start(self) -> None:
+        """Open every controller's connection pool."""
+        for controller in self.controllers:
+            await controller.start()
+
+    async def close(self) -> None:
+        """Close every controller's connection pool."""
+        for controller in self.controllers:
+            await controller.close()
+
+    def serves(self, model: str) -> bool:
+        """Whether any controller takes `model`."""
+        return any(controller.serves(model) for controller in self.controllers)
+
+    def pick(self, model: str, tried: list[Controller]) -> Optional[Controller]:
+        """The next controller for `model` that this request has not tried yet."""
+        candidates = [c for c in self.controllers if c not in tried and c.serves(model)]
+        return self.balancer.pick(candidates)
+
+    @property
+    def ready(self) -> bool:
+        """At least one controller can take requests, and the server is not draining."""
+        return bool(self.controllers) and not self.draining
+
+    async def models(self) -> list[str]:
+        """Declared model names, plus what controllers without a declared list report upstream."""
+        names: set[str] = set()
+        undeclared = []
+        for controller in self.controllers:
+            if controller.models is not None:
+                names.update(controller.models)
+            else:
+                undeclared.append(controller)
+        results = await asyncio.gather(*(self._discover(c) for c in undeclared))
+        for found in results:
+            names.update(found)
+        return sorted(names)
+
+    async def _discover(self, controller: Controller) -> list[str]:
+        now = self.clock()
+        cached = self._discovered.get(controller.name)
+        if cached and now - cached[0] < DISCOVERY_TTL:
+            return cached[1]
+        try:
+            found = await controller.discover_models()
+        except Exception as exc:  # any SDK or network failure: report what we have
+            log.warning("model discovery failed for controller %s: %s", controller.name, type(exc).__name__)
+            return cached[1] if cached else []
+        self._discovered[controller.name] = (now, found)
+        return found
+
+    def describe(self) -> list[dict[str, Any]]:
+        """Non-secret facts about every controller."""
+        return [controller.describe() for controller in self.controllers]

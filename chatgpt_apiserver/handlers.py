@@ -1,0 +1,214 @@
+"""HTTP handlers: the OpenAI-compatible API, health routes, and JSON errors for everything else."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+from typing import Any, Optional
+
+import orjson
+from tornado.iostream import StreamClosedError
+from tornado.web import HTTPError, RequestHandler
+
+from .controllers import Call
+from .errors import ApiError
+from .gateway import Gateway
+from .relay import client_error_body, open_answer, relayed_headers
+from .schemas import parse_chat_request
+from .streaming import relay_stream
+
+log = logging.getLogger("chatgpt_apiserver.handlers")
+
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
+CONTROLLER_HEADER = "X-Chatgpt-Apiserver-Controller"
+_HTTP_METHODS = ("GET", "HEAD", "POST", "DELETE", "PATCH", "PUT", "OPTIONS")
+
+
+def _implemented(cls: type) -> list[str]:
+    return [m for m in _HTTP_METHODS
+            if getattr(cls, m.lower()) is not getattr(RequestHandler, m.lower()) or m == "OPTIONS"]
+
+
+class BaseHandler(RequestHandler):
+    """JSON errors in OpenAI's shape, CORS, request ids."""
+
+    gateway: Gateway
+
+    def initialize(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.request_id = ""
+
+    def set_default_headers(self) -> None:
+        # Runs before initialize() and again after clear(), so it reads the application's settings.
+        if getattr(self, "request_id", ""):
+            self.set_header("X-Request-Id", self.request_id)
+        origins = self.settings.get("cors_origins")
+        if origins:
+            origin = self.request.headers.get("Origin")
+            if "*" in origins:
+                self.set_header("Access-Control-Allow-Origin", "*")
+            elif origin in origins:
+                self.set_header("Access-Control-Allow-Origin", origin)
+                self.set_header("Vary", "Origin")
+            self.set_header("Access-Control-Expose-Headers", f"X-Request-Id, {CONTROLLER_HEADER}, Retry-After")
+
+    def prepare(self) -> None:
+        given = self.request.headers.get("X-Request-Id")
+        self.request_id = given if given and REQUEST_ID.match(given) else os.urandom(12).hex()
+        self.set_header("X-Request-Id", self.request_id)
+
+    def options(self, *args: Any) -> None:
+        """CORS preflight: allow this route's methods and whatever headers the browser asks for."""
+        self.set_status(204)
+        if self.settings.get("cors_origins"):
+            self.set_header("Access-Control-Allow-Methods", ", ".join(_implemented(type(self))))
+            asked = self.request.headers.get("Access-Control-Request-Headers", "")
+            allowed = {"authorization", "content-type", "x-request-id"}
+            allowed.update(h.strip().lower() for h in asked.split(",") if h.strip())
+            self.set_header("Access-Control-Allow-Headers", ", ".join(sorted(allowed)))
+            self.set_header("Access-Control-Max-Age", "43200")
+        self.finish()
+
+    def send_api_error(self, error: ApiError) -> None:
+        """Finish with `error` in OpenAI's shape."""
+        self.clear_header("Content-Type")
+        self.set_status(error.status)
+        for name, value in error.headers.items():
+            self.set_header(name, value)
+        self.set_header("Content-Type", "application/json")
+        self.finish(error.body())
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, ApiError):
+            self.send_api_error(exc)
+            return
+        if status_code == 405:
+            allowed = _implemented(type(self))
+            self.set_header("Allow", ", ".join(allowed))
+            message = f"Method {self.request.method} is not allowed on {self.request.path}; use {', '.join(allowed)}."
+            error = ApiError(405, message, code="method_not_allowed")
+        elif status_code == 404:
+            error = ApiError(404, f"Unknown path {self.request.path}.", code="unknown_url")
+        elif status_code < 500:
+            reason = exc.log_message if isinstance(exc, HTTPError) and exc.log_message else self._reason
+            error = ApiError(status_code, reason)
+        else:
+            error = ApiError(status_code, f"Internal error; quote request id {self.request_id} when reporting it.")
+        self.send_api_error(error)
+
+    def write_json(self, value: Any, status: int = 200) -> None:
+        """Finish with a JSON body."""
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(orjson.dumps(value))
+
+
+class ChatCompletionsHandler(BaseHandler):
+    """POST /v1/chat/completions: validate, pick a controller, relay the answer."""
+
+    _task: Optional[asyncio.Task[Any]] = None
+    _client_gone = False
+
+    def on_connection_close(self) -> None:
+        self._client_gone = True
+        if self._task is not None:
+            self._task.cancel()
+
+    async def post(self, *args: Any) -> None:
+        self._task = asyncio.current_task()
+        self.gateway.in_flight += 1
+        try:
+            await self._handle()
+        except ApiError as error:
+            self.send_api_error(error)
+        except (asyncio.CancelledError, StreamClosedError):
+            if not self._client_gone:
+                raise
+            log.info("client went away; request %s cancelled", self.request_id)
+        finally:
+            self._task = None
+            self.gateway.in_flight -= 1
+
+    async def _handle(self) -> None:
+        body = self.request.body
+        limit = self.gateway.settings.max_body_size
+        if len(body) > limit:
+            raise ApiError(413, f"The request body is {len(body)} bytes; the limit is {limit}.",
+                           code="request_too_large")
+        payload = parse_chat_request(body)
+        stream = bool(payload.get("stream"))
+        call = Call(body, payload, payload["model"], stream, self.request_id)
+        answer = await open_answer(self.gateway, call)
+        self.set_header(CONTROLLER_HEADER, answer.controller.name)
+        if answer.splitter is None:
+            self._finish_body(answer.status, answer.reply.content_type, answer.body,
+                              relayed_headers(answer.reply.headers))
+            return
+        self.set_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.set_header("Cache-Control", "no-cache")
+        self.set_header("X-Accel-Buffering", "no")
+        stream_socket = self.request.connection.stream  # type: ignore[attr-defined]
+        stream_socket.set_nodelay(True)
+        await relay_stream(answer, self._send_event, self.gateway.secrets)
+        if not self._client_gone:
+            self.finish()
+
+    async def _send_event(self, event: bytes) -> None:
+        self.write(event)
+        await self.flush()
+
+    def _finish_body(self, status: int, content_type: str, body: bytes, headers: dict[str, str]) -> None:
+        self.set_status(status)
+        for name, value in headers.items():
+            self.set_header(name, value)
+        if status >= 400:
+            body = client_error_body(body, status, self.gateway.secrets)
+            content_type = "application/json"
+        self.set_header("Content-Type", content_type)
+        self.finish(body)
+
+
+class ModelsHandler(BaseHandler):
+    """GET /v1/models: every model some controller serves, in OpenAI's list shape."""
+
+    async def get(self, *args: Any) -> None:
+        names = await self.gateway.models()
+        data = [{"id": name, "object": "model", "created": 0, "owned_by": "chatgpt-apiserver"} for name in names]
+        self.write_json({"object": "list", "data": data})
+
+
+class StatusHandler(BaseHandler):
+    """GET /status: the original server's liveness answer."""
+
+    def get(self) -> None:
+        self.write_json({"status": "ok"})
+
+
+class HealthHandler(BaseHandler):
+    """GET /healthz: the process is alive and its event loop turns."""
+
+    def get(self) -> None:
+        self.write_json({"status": "ok"})
+
+
+class ReadyHandler(BaseHandler):
+    """GET /readyz: at least one controller can take requests."""
+
+    def get(self) -> None:
+        if self.gateway.ready:
+            self.write_json({"status": "ready", "controllers": len(self.gateway.controllers)})
+        else:
+            self.set_header("Retry-After", "1")
+            self.write_json({"status": "not ready", "draining": self.gateway.draining}, status=503)
+
+
+class NotFoundHandler(BaseHandler):
+    """Any unknown path: a JSON 404 for every method."""
+
+    def prepare(self) -> None:
+        super().prepare()
+        raise HTTPError(404)
+

@@ -1,0 +1,63 @@
+"""Logging set-up: text or JSON lines, with anything key-like scrubbed from every record."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import Optional, TextIO
+
+import orjson
+
+from .secret import scrub_text
+
+
+class ScrubSecrets(logging.Filter):
+    """Rewrites each record's message with key-like strings and the configured secrets redacted."""
+
+    def __init__(self, secrets: tuple[bytes, ...] = ()) -> None:
+        super().__init__()
+        self.secrets = secrets
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "k-" in message or self.secrets:
+            cleaned = scrub_text(message, self.secrets)
+            if cleaned != message:
+                record.msg, record.args = cleaned, ()
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, and any `extra` fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            entry.update(fields)
+        if record.exc_info:
+            entry["traceback"] = self.formatException(record.exc_info)
+        return orjson.dumps(entry).decode()
+
+
+def configure_logging(level: str, fmt: str, stream: Optional[TextIO] = None,
+                      secrets: tuple[bytes, ...] = ()) -> logging.Handler:
+    """Route every log record to one stream handler; return it (tests swap streams)."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(ScrubSecrets(secrets))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    return handler

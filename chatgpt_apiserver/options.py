@@ -1,0 +1,141 @@
+"""Every scalar setting, declared once: config key, flag, env var, default, parser and help."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+ENV_PREFIX = "CHATGPT_APISERVER_"
+
+
+def parse_port(text: str) -> int:
+    """A TCP port, given as a number or a numeric string."""
+    try:
+        port = int(str(text).strip())
+    except ValueError:
+        raise ValueError(f"expected a port number, got {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port {port} is outside 0-65535")
+    return port
+
+
+def parse_seconds(text: str) -> float:
+    """A positive duration in seconds."""
+    try:
+        value = float(str(text).strip())
+    except ValueError:
+        raise ValueError(f"expected a number of seconds, got {text!r}") from None
+    if not value > 0:
+        raise ValueError(f"expected a positive number of seconds, got {text!r}")
+    return value
+
+
+def parse_positive_int(text: str) -> int:
+    """A whole number of at least 1."""
+    try:
+        value = int(str(text).strip())
+    except ValueError:
+        raise ValueError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise ValueError(f"expected a whole number of at least 1, got {value}")
+    return value
+
+
+def parse_bool(text: str) -> bool:
+    """true/false, yes/no, on/off, 1/0."""
+    value = str(text).strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
+def parse_list(text: str) -> tuple[str, ...]:
+    """A comma-separated list."""
+    return tuple(item.strip() for item in str(text).split(",") if item.strip())
+
+
+def one_of(*choices: str) -> Callable[[str], str]:
+    """A parser accepting one of `choices`, case-insensitively."""
+
+    def parse(text: str) -> str:
+        value = str(text).strip().lower()
+        if value not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, got {text!r}")
+        return value
+
+    parse.__doc__ = f"One of: {', '.join(choices)}."
+    return parse
+
+
+def parse_text(text: str) -> str:
+    """Any text."""
+    return str(text)
+
+
+POOL_TYPES = ("balanced", "random")
+
+
+@dataclass(frozen=True)
+class Option:
+    """One scalar setting. `key` is its config-file key, dotted where the file nests it."""
+
+    key: str
+    default: Any
+    parse: Callable[[str], Any]
+    help: str
+    group: str = "server"
+
+    @property
+    def dest(self) -> str:
+        """The attribute name on the settings object."""
+        return self.key.replace(".", "_")
+
+    @property
+    def flags(self) -> tuple[str, ...]:
+        """`--pool-type`, plus the underscore spelling `--pool_type` the original used."""
+        dashed = "--" + self.dest.replace("_", "-")
+        under = "--" + self.dest
+        return (dashed,) if dashed == under else (dashed, under)
+
+    @property
+    def env(self) -> str:
+        """`CHATGPT_APISERVER_POOL_TYPE`."""
+        return ENV_PREFIX + self.dest.upper()
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("host", "127.0.0.1", parse_text,
+           "Address to listen on. Use 0.0.0.0 (all IPv4) or :: to listen publicly."),
+    Option("port", 8080, parse_port, "TCP port to listen on (a number or a numeric string)."),
+    Option("pool.type", "balanced", one_of(*POOL_TYPES),
+           "How controllers are ordered: balanced (smooth weighted round robin) or random (weighted).",
+           "routing"),
+    Option("max_attempts", 3, parse_positive_int,
+           "Upstream attempts per request before giving up (failover happens only before the first byte).",
+           "routing"),
+    Option("connect_timeout", 10.0, parse_seconds, "Seconds to open a connection to an upstream.", "upstream"),
+    Option("first_byte_timeout", 120.0, parse_seconds,
+           "Seconds from sending a request until the upstream's response headers arrive.", "upstream"),
+    Option("stream_idle_timeout", 120.0, parse_seconds,
+           "Seconds allowed between two upstream reads (stream events or body chunks).", "upstream"),
+    Option("request_timeout", 600.0, parse_seconds,
+           "Total seconds for a non-streaming upstream call. Streams are never cut by this.", "upstream"),
+    Option("upstream_max_connections", 1000, parse_positive_int,
+           "Keep-alive connection pool size per controller.", "upstream"),
+    Option("upstream_keepalive_timeout", 30.0, parse_seconds,
+           "Seconds an idle upstream connection stays in the pool.", "upstream"),
+    Option("max_body_size", 32 * 1024 * 1024, parse_positive_int,
+           "Largest request body accepted, in bytes; larger gets 413.", "server"),
+    Option("cors_origins", ("*",), parse_list,
+           "Comma-separated origins allowed by CORS; * allows every origin; empty disables CORS headers.",
+           "server"),
+    Option("shutdown_timeout", 30.0, parse_seconds,
+           "Seconds to let in-flight requests and streams finish after SIGTERM.", "server"),
+    Option("access_log", True, parse_bool, "Log one line per request.", "logging"),
+    Option("log_level", "info", one_of("debug", "info", "warning", "error"), "Log level.", "logging"),
+    Option("log_format", "text", one_of("text", "json"), "Log format: text or json.", "logging"),
+)
+
+OPTIONS_BY_KEY = {option.key: option for option in OPTIONS}

@@ -1,0 +1,60 @@
+"""A string type for API keys that cannot be printed by accident."""
+
+from __future__ import annotations
+
+import re
+
+# Things that look like OpenAI-style keys (sk-..., sk-proj-...) or bearer tokens in free text.
+_KEY_LIKE = re.compile(rb"(sk|rk|pk)-[A-Za-z0-9_\-]{8,}")
+
+
+class Secret:
+    """An API key: `str()` and `repr()` show a short prefix only; `reveal()` gives the value."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        """The real value, for the one place that must send it upstream."""
+        return self._value
+
+    def redacted(self) -> str:
+        """A label safe for logs: at most the first three characters, then a mask."""
+        if len(self._value) >= 16:
+            return self._value[:3] + "…(redacted)"
+        return "(redacted)"
+
+    def __str__(self) -> str:
+        return self.redacted()
+
+    def __repr__(self) -> str:
+        return f"Secret({self.redacted()!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(("Secret", self._value))
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        raise TypeError("Secret values are not picklable")
+
+
+def scrub(data: bytes, secrets: tuple[bytes, ...] = ()) -> bytes:
+    """Remove key-like strings and the given secret values from bytes headed to a client or log."""
+    for value in secrets:
+        if value and value in data:
+            data = data.replace(value, b"[redacted]")
+    if b"k-" in data:
+        data = _KEY_LIKE.sub(rb"\1-[redacted]", data)
+    return data
+
+
+def scrub_text(text: str, secrets: tuple[bytes, ...] = ()) -> str:
+    """`scrub` for text."""
+    return scrub(text.encode("utf-8", "surrogatepass"), secrets).decode("utf-8", "replace")

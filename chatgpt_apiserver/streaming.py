@@ -1,0 +1,74 @@
+"""Relaying a stream: one upstream event at a time, ending in [DONE] or in one error event."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Awaitable, Callable, Optional
+
+from .controllers import UpstreamError
+from .errors import stream_error_event
+from .relay import Answer
+from .secret import scrub
+from .sse import DONE, MalformedEvent, event_data, read_event
+
+log = logging.getLogger("chatgpt_apiserver.streaming")
+
+Send = Callable[[bytes], Awaitable[None]]
+
+
+@dataclass
+class StreamResult:
+    """How a relayed stream ended."""
+
+    events: int = 0
+    completed: bool = False
+    error: Optional[str] = None
+
+
+async def relay_stream(answer: Answer, send: Send, secrets: tuple[bytes, ...] = ()) -> StreamResult:
+    """Send every upstream event as it arrives; on an upstream failure send the error event instead of [DONE].
+
+    `send` writes one event and awaits its flush; it raises if the client has gone, which ends the relay.
+    """
+    result = StreamResult()
+    reply = answer.reply
+    splitter = answer.splitter
+    assert splitter is not None
+    pending = answer.first_events
+    try:
+        while True:
+            for event in pending:
+                data = event_data(event)
+                if data is not None:
+                    if data == DONE:
+                        await send(event)
+                        result.events += 1
+                        result.completed = True
+                        return result
+                    if "error" in read_event(data):
+                        # Already in OpenAI's error shape: pass it on (scrubbed) and end without [DONE].
+                        await send(scrub(event, secrets))
+                        result.events += 1
+                        result.error = "the upstream sent an error event"
+                        log.warning("controller %s sent an error event mid-stream", answer.controller.name)
+                        return result
+                await send(event)
+                result.events += 1
+            chunk = await reply.read_chunk()
+            if not chunk:
+                if splitter.pending.strip():
+                    raise MalformedEvent("the upstream stream ended inside an event")
+                raise UpstreamError("protocol", "the upstream stream ended without [DONE]")
+            pending = splitter.feed(chunk)
+    except (UpstreamError, MalformedEvent) as exc:
+        kind = exc.kind if isinstance(exc, UpstreamError) else "protocol"
+        message = "The upstream stream failed: " + (exc.message if isinstance(exc, UpstreamError) else str(exc))
+        code = "upstream_timeout" if kind == "timeout" else "upstream_stream_error"
+        log.warning("stream from controller %s failed after %d events: %s", answer.controller.name,
+                    result.events, message)
+        result.error = message
+        await send(stream_error_event(message, "server_error", code))
+        return result
+    finally:
+        reply.close()

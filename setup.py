@@ -1,0 +1,35 @@
+"""Packaging for chatgpt-apiserver."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="chatgpt-apiserver",
+    version="0.1.0",
+    description="OpenAI-compatible chat-completions gateway that spreads requests over many API keys",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(include=["chatgpt_apiserver", "chatgpt_apiserver.*"]),
+    install_requires=[
+        "tornado>=6.4",
+        "aiohttp>=3.9",
+        "uvloop>=0.19",
+        "orjson>=3.9",
+        "voluptuous>=0.14",
+        "configargparse>=1.7",
+        "openai>=1.40",
+        "PyYAML>=6.0",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8",
+            "pytest-tornado>=0.8.1",
+            "pytest-timeout>=2.3",
+            "hypothesis>=6.100",
+            "ruff>=0.5",
+            "mypy>=1.10",
+            "types-PyYAML",
+        ],
+    },
+    entry_points={"console_scripts": ["chatgpt-apiserver=chatgpt_apiserver.cli:main"]},
+)
