@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import random
 from abc import ABC, abstractmethod
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 from .controllers import Controller
 
@@ -50,7 +51,7 @@ class WeightedRandom(Balancer):
     """Each candidate with probability weight / total weight."""
 
     def __init__(self, rng: Optional[random.Random] = None) -> None:
-        self._rng = rng or random.Random()
+        self._rng = rng or random.Random()  # noqa: S311 - load spreading, not cryptography
 
     def pick(self, candidates: Sequence[Controller]) -> Optional[Controller]:
         if not candidates:

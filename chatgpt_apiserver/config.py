@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Optional
 
 import configargparse
 import orjson
@@ -42,7 +43,7 @@ class Settings:
             raise AttributeError(name) from None
 
 
-class _FlatJsonParser(configargparse.ConfigFileParser):
+class _FlatJsonParser(configargparse.ConfigFileParser):  # type: ignore[misc]
     """Reads the flattened `{flag-name: text}` object that `parse_settings` hands to configargparse."""
 
     def get_syntax_description(self) -> str:
@@ -123,7 +124,7 @@ def _flatten(document: Mapping[str, Any], problems: list[str], where: str) -> di
 def _check_unknown_keys(document: Mapping[str, Any], where: str, problems: list[str]) -> None:
     known_top = {option.key.split(".")[0] for option in OPTIONS} | {"controllers"}
     for key in document:
-        if key not in known_top:
+        if key not in known_top and not key.startswith("_"):
             problems.append(f"{key} in {where}: unknown setting")
     for option in OPTIONS:
         if "." in option.key:
@@ -137,7 +138,7 @@ def _check_unknown_keys(document: Mapping[str, Any], where: str, problems: list[
         if isinstance(section, Mapping):
             allowed = {option.key.split(".", 1)[1] for option in OPTIONS if option.key.startswith(head + ".")}
             for key in section:
-                if key not in allowed:
+                if key not in allowed and not key.startswith("_"):
                     problems.append(f"{head}.{key} in {where}: unknown setting")
 
 
@@ -156,7 +157,8 @@ def _sources(parser: configargparse.ArgParser, where: str) -> dict[str, str]:
     return found
 
 
-def _document_for(location: Location, env: Mapping[str, str], demo_config: Optional[str]) -> tuple[dict[str, Any], bool]:
+def _document_for(location: Location, env: Mapping[str, str],
+                  demo_config: Optional[str]) -> tuple[dict[str, Any], bool]:
     """The config document: the file found, else one controller from OPENAI_API_KEY, else the demo."""
     if location.path is not None:
         return load(location.path), False
@@ -177,7 +179,8 @@ def _document_for(location: Location, env: Mapping[str, str], demo_config: Optio
     )
 
 
-def parse_settings(argv: Optional[Sequence[str]] = None, env: Optional[Mapping[str, str]] = None) -> tuple[Settings, bool]:
+def parse_settings(argv: Optional[Sequence[str]] = None,
+                   env: Optional[Mapping[str, str]] = None) -> tuple[Settings, bool]:
     """Parse flags, env and the config file into validated `Settings`; also return `--check-config`."""
     env = dict(os.environ if env is None else env)
     parser = build_parser()

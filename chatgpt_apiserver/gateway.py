@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any, Optional
 
 from .balancer import Balancer, make_balancer
 from .config import Settings
@@ -27,6 +28,8 @@ class Gateway:
         self.clock = clock
         self.draining = False
         self.in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._discovered: dict[str, tuple[float, list[str]]] = {}
         secrets: list[bytes] = []
         for controller in controllers:
@@ -34,7 +37,7 @@ class Gateway:
         self.secrets: tuple[bytes, ...] = tuple(secrets)
 
     @classmethod
-    def from_settings(cls, settings: Settings, clock: Callable[[], float] = time.monotonic) -> "Gateway":
+    def from_settings(cls, settings: Settings, clock: Callable[[], float] = time.monotonic) -> Gateway:
         """Build every controller named in `settings`."""
         transport = Transport(
             connect_timeout=settings.connect_timeout,
@@ -54,6 +57,25 @@ class Gateway:
         """Close every controller's connection pool."""
         for controller in self.controllers:
             await controller.close()
+
+    def enter(self) -> None:
+        """A request started."""
+        self.in_flight += 1
+        self._idle.clear()
+
+    def leave(self) -> None:
+        """A request ended."""
+        self.in_flight -= 1
+        if not self.in_flight:
+            self._idle.set()
+
+    async def wait_idle(self, grace: float) -> bool:
+        """Wait up to `grace` seconds for in-flight requests to end; True if they all did."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), grace)
+        except TimeoutError:
+            return False
+        return True
 
     def serves(self, model: str) -> bool:
         """Whether any controller takes `model`."""

@@ -9,6 +9,7 @@ import re
 from typing import Any, Optional
 
 import orjson
+from tornado.http1connection import HTTP1Connection
 from tornado.iostream import StreamClosedError
 from tornado.web import HTTPError, RequestHandler
 
@@ -49,7 +50,7 @@ class BaseHandler(RequestHandler):
             origin = self.request.headers.get("Origin")
             if "*" in origins:
                 self.set_header("Access-Control-Allow-Origin", "*")
-            elif origin in origins:
+            elif origin is not None and origin in origins:
                 self.set_header("Access-Control-Allow-Origin", origin)
                 self.set_header("Vary", "Origin")
             self.set_header("Access-Control-Expose-Headers", f"X-Request-Id, {CONTROLLER_HEADER}, Retry-After")
@@ -119,7 +120,7 @@ class ChatCompletionsHandler(BaseHandler):
 
     async def post(self, *args: Any) -> None:
         self._task = asyncio.current_task()
-        self.gateway.in_flight += 1
+        self.gateway.enter()
         try:
             await self._handle()
         except ApiError as error:
@@ -130,7 +131,7 @@ class ChatCompletionsHandler(BaseHandler):
             log.info("client went away; request %s cancelled", self.request_id)
         finally:
             self._task = None
-            self.gateway.in_flight -= 1
+            self.gateway.leave()
 
     async def _handle(self) -> None:
         body = self.request.body
@@ -150,8 +151,9 @@ class ChatCompletionsHandler(BaseHandler):
         self.set_header("Content-Type", "text/event-stream; charset=utf-8")
         self.set_header("Cache-Control", "no-cache")
         self.set_header("X-Accel-Buffering", "no")
-        stream_socket = self.request.connection.stream  # type: ignore[attr-defined]
-        stream_socket.set_nodelay(True)
+        connection = self.request.connection
+        if isinstance(connection, HTTP1Connection):
+            connection.stream.set_nodelay(True)  # each event leaves at once
         await relay_stream(answer, self._send_event, self.gateway.secrets)
         if not self._client_gone:
             self.finish()

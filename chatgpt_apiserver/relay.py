@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping, Optional
+from typing import Optional
 
 import orjson
 
@@ -77,8 +78,9 @@ async def _first_events(reply: Reply) -> tuple[list[bytes], EventSplitter]:
         chunk = await reply.read_chunk()
         if not chunk:
             raise UpstreamError("protocol", "the upstream ended the stream before sending any event")
-        for event in splitter.feed(chunk):
-            events.append(event)
+        fresh = splitter.feed(chunk)
+        events.extend(fresh)
+        for event in fresh:
             data = event_data(event)
             if data is None:
                 continue  # a comment or keep-alive: relay it, keep reading
@@ -90,6 +92,7 @@ async def _first_events(reply: Reply) -> tuple[list[bytes], EventSplitter]:
                 raise UpstreamError("protocol", str(exc)) from None
             if "error" in parsed:
                 raise UpstreamError("upstream_error", "the upstream sent an error event")
+            # The rest of this batch is checked as it is relayed.
             return events, splitter
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import socket
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from tornado.netutil import bind_sockets
 from .app import make_app
 from .config import Settings
 from .gateway import Gateway
+from .notify import notify
 
 log = logging.getLogger("chatgpt_apiserver.server")
 
@@ -35,15 +37,12 @@ class Running:
         """The port actually bound (useful when the setting is 0)."""
         return int(self.sockets[0].getsockname()[1])
 
-    async def stop(self, timeout: Optional[float] = None) -> None:
-        """Stop accepting, let in-flight requests finish for up to `timeout`, then close everything."""
+    async def stop(self, grace: Optional[float] = None) -> None:
+        """Stop accepting, let in-flight requests finish for up to `grace` seconds, then close everything."""
         gateway = self.gateway
         gateway.draining = True
         self.server.stop()
-        deadline = asyncio.get_running_loop().time() + (timeout if timeout is not None else
-                                                        gateway.settings.shutdown_timeout)
-        while gateway.in_flight and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.05)
+        await gateway.wait_idle(gateway.settings.shutdown_timeout if grace is None else grace)
         await self.server.close_all_connections()
         await gateway.close()
 
@@ -68,11 +67,13 @@ async def start_server(settings: Settings, gateway: Optional[Gateway] = None) ->
 async def serve(settings: Settings) -> int:
     """Serve until SIGTERM or SIGINT, then drain; return the exit status."""
     running = await start_server(settings)
+    notify(f"READY=1\nSTATUS=serving on {settings.host}:{running.port}\nMAINPID={os.getpid()}")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     await stop.wait()
+    notify("STOPPING=1")
     log.info("stopping: draining %d in-flight request(s)", running.gateway.in_flight)
     await running.stop()
     log.info("stopped")

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from string import Template
+from typing import Any, Optional
 from urllib.parse import urlsplit
 
 import voluptuous as vol
@@ -55,13 +56,22 @@ def _url(value: Any) -> str:
     return value.rstrip("/")
 
 
-def _proxy_url(value: Any) -> str:
+def _proxy_url(value: Any) -> Optional[Secret]:
+    """A proxy URL; kept as a Secret because it may carry credentials."""
+    if value is None:
+        return None
     if not isinstance(value, str):
         raise vol.Invalid("expected a proxy URL")
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise vol.Invalid(f"expected an http:// proxy URL, got {parts.scheme or 'no'} scheme")
-    return value
+    return Secret(value)
+
+
+def _secret_text(value: Any) -> Secret:
+    if not isinstance(value, str):
+        raise vol.Invalid("expected a string")
+    return Secret(value)
 
 
 _NonEmpty = vol.All(str, vol.Length(min=1))
@@ -69,7 +79,8 @@ _Seconds = vol.All(vol.Coerce(float), vol.Range(min=0))
 
 ENTRY = vol.Schema({
     vol.Required("type"): _NonEmpty,
-    vol.Optional("name"): vol.All(_NonEmpty, vol.Match(r"^[A-Za-z0-9_.:@/-]+$", msg="use letters, digits and _.:@/- only")),
+    vol.Optional("name"): vol.All(_NonEmpty, vol.Match(r"^[A-Za-z0-9_.:@/-]+$",
+                                                        msg="use letters, digits and _.:@/- only")),
     vol.Optional("weight"): _weight,
     vol.Optional("models"): _models,
     vol.Optional("config"): dict,
@@ -83,8 +94,8 @@ OPENAI_SETTINGS = vol.Schema({
     vol.Optional("base_url"): _url,
     vol.Optional("organization"): vol.Any(None, str),
     vol.Optional("project"): vol.Any(None, str),
-    vol.Optional("proxy"): vol.Any(None, _proxy_url),
-    vol.Optional("headers"): {str: str},
+    vol.Optional("proxy"): _proxy_url,
+    vol.Optional("headers"): {str: _secret_text},  # values may be keys (Azure's api-key)
 })
 
 MOCK_SETTINGS = vol.Schema({
@@ -108,6 +119,11 @@ class ControllerSpec:
     settings: dict[str, Any] = field(default_factory=dict)
     api_key: Optional[Secret] = None
     api_key_source: str = ""
+
+
+def without_comments(document: dict[str, Any]) -> dict[str, Any]:
+    """Keys that begin with an underscore are comments (JSON has no other kind)."""
+    return {key: value for key, value in document.items() if not str(key).startswith("_")}
 
 
 def _path_of(error: vol.Invalid) -> str:
@@ -149,7 +165,7 @@ def _api_key(settings: dict[str, Any], prefix: str, where: str, base: Path,
             problems.append(f"{_join(prefix, 'api_key_env')} in {where}: env var {name} is not set or empty")
             return None, ""
         return Secret(value), f"env {name}"
-    path = resolve(base, os.path.expandvars(settings["api_key_file"]))
+    path = resolve(base, Template(settings["api_key_file"]).safe_substitute(env))
     try:
         value = path.read_text().strip()
     except OSError as exc:
@@ -161,7 +177,8 @@ def _api_key(settings: dict[str, Any], prefix: str, where: str, base: Path,
     return Secret(value), f"file {path}"
 
 
-def build_specs(entries: Any, base: Path, where: str, env: Mapping[str, str], problems: list[str]) -> list[ControllerSpec]:
+def build_specs(entries: Any, base: Path, where: str, env: Mapping[str, str],
+                problems: list[str]) -> list[ControllerSpec]:
     """Validate the `controllers` list; append every problem found to `problems`."""
     if entries is None or entries == []:
         problems.append(f"controllers in {where}: at least one controller is required")
@@ -177,7 +194,7 @@ def build_specs(entries: Any, base: Path, where: str, env: Mapping[str, str], pr
             problems.append(f"{prefix} in {where}: expected an object with type and config")
             continue
         try:
-            entry = ENTRY(raw)
+            entry = ENTRY(without_comments(raw))
         except vol.MultipleInvalid as errors:
             _report(errors, prefix, where, problems)
             continue
@@ -201,7 +218,7 @@ def build_specs(entries: Any, base: Path, where: str, env: Mapping[str, str], pr
                 continue
             settings_where, settings_prefix, settings_base = str(path), "", path
         try:
-            settings = schema(settings)
+            settings = schema(without_comments(settings))
         except vol.MultipleInvalid as errors:
             _report(errors, settings_prefix, settings_where, problems)
             continue

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from typing import Any, Optional
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -48,7 +48,7 @@ def _describe_error(exc: BaseException) -> tuple[str, str]:
 class AiohttpReply(Reply):
     """A reply read from an aiohttp response."""
 
-    __slots__ = ("_response", "status", "headers")
+    __slots__ = ("_response", "headers", "status")
 
     def __init__(self, response: aiohttp.ClientResponse) -> None:
         self._response = response
@@ -58,13 +58,13 @@ class AiohttpReply(Reply):
     async def read(self) -> bytes:
         try:
             return await self._response.read()
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             raise UpstreamError(*_describe_error(exc)) from None
 
     async def read_chunk(self) -> bytes:
         try:
             return await self._response.content.readany()
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             raise UpstreamError(*_describe_error(exc)) from None
 
     def close(self) -> None:
@@ -82,12 +82,14 @@ class UpstreamController(Controller):
         settings = spec.settings
         self.base_url: str = settings["base_url"]
         self._url = self.base_url + "/chat/completions"
-        self._proxy: Optional[str] = settings.get("proxy")
+        proxy: Optional[Secret] = settings.get("proxy")
+        self._proxy: Optional[str] = proxy.reveal() if proxy else None
         self._transport = transport
         assert spec.api_key is not None
         self._key: Secret = spec.api_key
         headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
-        headers.update(settings.get("headers") or {})
+        extra: dict[str, Secret] = settings.get("headers") or {}
+        headers.update({name: value.reveal() for name, value in extra.items()})
         headers["Authorization"] = "Bearer " + self._key.reveal()
         if settings.get("organization"):
             headers["OpenAI-Organization"] = settings["organization"]
@@ -99,8 +101,9 @@ class UpstreamController(Controller):
     @property
     def secret_values(self) -> tuple[bytes, ...]:
         """Values to scrub from anything this upstream says: its key and its header values."""
-        extra = tuple(v.encode() for v in (self.spec.settings.get("headers") or {}).values() if len(v) >= 8)
-        return (self._key.reveal().encode(),) + extra
+        headers: dict[str, Secret] = self.spec.settings.get("headers") or {}
+        extra = tuple(v.reveal().encode() for v in headers.values() if len(v.reveal()) >= 8)
+        return (self._key.reveal().encode(), *extra)
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(
@@ -132,7 +135,7 @@ class UpstreamController(Controller):
             response = await self._session.post(
                 self._url, data=call.body, headers={"X-Request-Id": call.request_id}, proxy=self._proxy,
             )
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise UpstreamError(*_describe_error(exc)) from None
         return AiohttpReply(response)
 
@@ -143,7 +146,8 @@ class UpstreamController(Controller):
         client = openai.AsyncOpenAI(
             api_key=self._key.reveal(), base_url=self.base_url, max_retries=0, timeout=10.0,
             organization=self.spec.settings.get("organization"), project=self.spec.settings.get("project"),
-            default_headers=self.spec.settings.get("headers") or None, http_client=http_client,
+            default_headers={k: v for k, v in self._headers.items() if k not in ("Authorization", "Content-Type")},
+            http_client=http_client,
         )
         try:
             page = await client.models.list()
@@ -160,7 +164,3 @@ class UpstreamController(Controller):
             info["proxy"] = f"{proxy.scheme}://{proxy.hostname}:{proxy.port or ''}"
         return info
 
-
-def header_names(headers: Mapping[str, str]) -> list[str]:
-    """Header names only: values may be secrets."""
-    return sorted(headers)

@@ -1,0 +1,204 @@
+"""A fake OpenAI-compatible upstream on a loopback port that records requests and misbehaves on cue."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import orjson
+from tornado.httpserver import HTTPServer
+from tornado.testing import bind_unused_port
+from tornado.web import Application, RequestHandler
+
+
+@dataclass
+class Cue:
+    """What the fake does with the next request.
+
+    mode: json | stream | status | stall | stall_after | cut | malformed | malformed_event | no_done | error_event
+    """
+
+    mode: str = "json"
+    status: int = 200
+    body: Optional[bytes] = None
+    headers: dict[str, str] = field(default_factory=dict)
+    events: int = 3
+    interval: float = 0.0
+    delay: float = 0.0
+    text: str = "hello"
+    after: int = 0  # for cut / stall_after / malformed_event / error_event: which event misbehaves
+    chunked_bytes: Optional[int] = None  # split each event's bytes into writes of this size
+
+
+@dataclass
+class Seen:
+    """One request as the fake received it."""
+
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+    @property
+    def json(self) -> Any:
+        return orjson.loads(self.body)
+
+
+def completion(model: str, text: str, n: int = 1, usage: bool = True) -> dict[str, Any]:
+    """A non-streaming chat completion in OpenAI's shape."""
+    body: dict[str, Any] = {
+        "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()), "model": model,
+        "choices": [{"index": i, "message": {"role": "assistant", "content": text, "refusal": None},
+                     "logprobs": None, "finish_reason": "stop"} for i in range(n)],
+    }
+    if usage:
+        body["usage"] = {"prompt_tokens": 5, "completion_tokens": 7 * n, "total_tokens": 5 + 7 * n}
+    return body
+
+
+def chunk(model: str, delta: dict[str, Any], n: int = 1, finish: Optional[str] = None, **extra: Any) -> bytes:
+    """One SSE event carrying a chat.completion.chunk."""
+    body = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1, "model": model,
+            "choices": [{"index": i, "delta": delta, "logprobs": None, "finish_reason": finish} for i in range(n)],
+            **extra}
+    return b"data: " + orjson.dumps(body) + b"\n\n"
+
+
+class ChatHandler(RequestHandler):
+    """POST /v1/chat/completions following the fake's current cue."""
+
+    def initialize(self, fake: FakeUpstream) -> None:
+        self.fake = fake
+        self.closed = asyncio.Event()
+
+    def on_connection_close(self) -> None:
+        self.fake.connections_closed_early += 1
+        self.closed.set()
+
+    async def post(self) -> None:
+        fake = self.fake
+        fake.requests.append(Seen(self.request.path, dict(self.request.headers), self.request.body))
+        cue = fake.next_cue()
+        payload = orjson.loads(self.request.body) if self.request.body else {}
+        model = payload.get("model", "unknown")
+        n = payload.get("n") or 1
+        if cue.delay:
+            await asyncio.sleep(cue.delay)
+        for name, value in cue.headers.items():
+            self.set_header(name, value)
+        if cue.mode == "stall":
+            await self.closed.wait()
+            return
+        if cue.mode == "status":
+            self.set_status(cue.status)
+            self.set_header("Content-Type", "application/json")
+            self.finish(cue.body if cue.body is not None else orjson.dumps(
+                {"error": {"message": f"fake error {cue.status}", "type": "server_error", "param": None,
+                           "code": None}}))
+            return
+        if cue.mode == "malformed":
+            self.set_header("Content-Type", "application/json")
+            self.finish(b'{"id": "chatcmpl-fake", "choices": [')
+            return
+        if cue.mode == "json" or not payload.get("stream"):
+            self.set_header("Content-Type", "application/json")
+            self.finish(cue.body if cue.body is not None else orjson.dumps(completion(model, cue.text, n)))
+            return
+        await self._stream(cue, model, n, payload)
+
+    async def _write(self, data: bytes, cue: Cue) -> None:
+        if cue.chunked_bytes:
+            for start in range(0, len(data), cue.chunked_bytes):
+                self.write(data[start:start + cue.chunked_bytes])
+                await self.flush()
+        else:
+            self.write(data)
+            await self.flush()
+
+    async def _stream(self, cue: Cue, model: str, n: int, payload: dict[str, Any]) -> None:
+        self.set_header("Content-Type", "text/event-stream")
+        self.set_header("Cache-Control", "no-cache")
+        await self._write(chunk(model, {"role": "assistant", "content": ""}, n), cue)
+        for index in range(cue.events):
+            if cue.interval:
+                await asyncio.sleep(cue.interval)
+            if cue.mode == "cut" and index == cue.after:
+                self.request.connection.stream.close()  # type: ignore[attr-defined]
+                return
+            if cue.mode == "stall_after" and index == cue.after:
+                await self.closed.wait()
+                return
+            if cue.mode == "malformed_event" and index == cue.after:
+                await self._write(b'data: {"id": "chatcmpl-fake", "choices": [\n\n', cue)
+                continue
+            if cue.mode == "error_event" and index == cue.after:
+                await self._write(b'data: {"error": {"message": "upstream exploded", "type": "server_error"}}\n\n',
+                                  cue)
+                self.finish()
+                return
+            await self._write(chunk(model, {"content": f"{cue.text}{index} "}, n), cue)
+        await self._write(chunk(model, {}, n, finish="stop"), cue)
+        if (payload.get("stream_options") or {}).get("include_usage"):
+            await self._write(chunk(model, {}, 0, usage={"prompt_tokens": 5, "completion_tokens": cue.events,
+                                                          "total_tokens": 5 + cue.events}), cue)
+        if cue.mode != "no_done":
+            await self._write(b"data: [DONE]\n\n", cue)
+        self.finish()
+
+
+class ModelsHandler(RequestHandler):
+    """GET /v1/models."""
+
+    def initialize(self, fake: FakeUpstream) -> None:
+        self.fake = fake
+
+    def get(self) -> None:
+        self.fake.requests.append(Seen(self.request.path, dict(self.request.headers), b""))
+        self.set_header("Content-Type", "application/json")
+        self.finish(orjson.dumps({"object": "list", "data": [
+            {"id": name, "object": "model", "created": 0, "owned_by": "fake"} for name in self.fake.model_ids]}))
+
+
+class FakeUpstream:
+    """One fake upstream server; start it inside the event loop with `start()`."""
+
+    def __init__(self, name: str = "fake", model_ids: tuple[str, ...] = ("fake-model",)) -> None:
+        self.name = name
+        self.model_ids = model_ids
+        self.requests: list[Seen] = []
+        self.cues: list[Cue] = []
+        self.default = Cue()
+        self.connections_closed_early = 0
+        self.port = 0
+        self._server: Optional[HTTPServer] = None
+
+    def next_cue(self) -> Cue:
+        return self.cues.pop(0) if self.cues else self.default
+
+    def cue(self, *cues: Cue) -> None:
+        """Queue one-shot behaviours, used before the default."""
+        self.cues.extend(cues)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    @property
+    def chat_requests(self) -> list[Seen]:
+        return [seen for seen in self.requests if seen.path.endswith("/chat/completions")]
+
+    def start(self) -> None:
+        app = Application([
+            (r"/v1/chat/completions", ChatHandler, {"fake": self}),
+            (r"/v1/models", ModelsHandler, {"fake": self}),
+        ], log_function=lambda handler: None)
+        sock, self.port = bind_unused_port()
+        self._server = HTTPServer(app)
+        self._server.add_sockets([sock])
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+            await self._server.close_all_connections()
+            self._server = None

@@ -1,0 +1,177 @@
+"""The HTTP surface in-process with pytest-tornado: validation errors, routes, methods, CORS."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from tornado.httpclient import AsyncHTTPClient, HTTPResponse
+from tornado.web import Application
+
+from chatgpt_apiserver.app import make_app
+from chatgpt_apiserver.config import parse_settings
+from chatgpt_apiserver.gateway import Gateway
+
+GOOD = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> Application:
+    config = tmp_path / "chatgpt-apiserver.json"
+    config.write_bytes(orjson.dumps({"controllers": [
+        {"type": "mock", "config": {"tokens_per_second": 10000, "first_token_delay": 0}}]}))
+    settings, _ = parse_settings(["--config-file", str(config)], {})
+    return make_app(Gateway.from_settings(settings))
+
+
+async def fetch(client: AsyncHTTPClient, url: str, method: str = "POST", body: Any = None,
+                headers: Any = None) -> HTTPResponse:
+    if body is not None and not isinstance(body, bytes):
+        body = orjson.dumps(body)
+    return await client.fetch(url, method=method, body=body, headers=headers, raise_error=False,
+                              allow_nonstandard_methods=True)
+
+
+def with_(**changes: Any) -> dict[str, Any]:
+    body = dict(GOOD)
+    body.update(changes)
+    return body
+
+
+BAD_REQUESTS = [
+    (b"", None, "invalid_json"),
+    (b"{not json", None, "invalid_json"),
+    (b"null", None, "invalid_json"),
+    (b"[1, 2]", None, "invalid_json"),
+    (b'"text"', None, "invalid_json"),
+    ({"messages": GOOD["messages"]}, "model", "invalid_value"),
+    (with_(model=""), "model", "invalid_value"),
+    (with_(model=7), "model", "invalid_value"),
+    (with_(messages=[]), "messages", "invalid_value"),
+    (with_(messages="hi"), "messages", "invalid_value"),
+    ({"model": "m"}, "messages", "invalid_value"),
+    (with_(messages=["hi"]), "messages[0]", "invalid_value"),
+    (with_(messages=[{"content": "hi"}]), "messages[0].role", "invalid_value"),
+    (with_(messages=[{"role": "robot", "content": "hi"}]), "messages[0].role", "invalid_value"),
+    (with_(messages=[{"role": "user"}]), "messages[0].content", "invalid_value"),
+    (with_(messages=[{"role": "user", "content": 5}]), "messages[0].content", "invalid_value"),
+    (with_(messages=[{"role": "user", "content": []}]), "messages[0].content", "invalid_value"),
+    (with_(messages=[{"role": "user", "content": [{"text": "x"}]}]), "messages[0].content[0]", "invalid_value"),
+    (with_(stream="yes"), "stream", "invalid_value"),
+    (with_(stream=1), "stream", "invalid_value"),
+    (with_(temperature=2.5), "temperature", "invalid_value"),
+    (with_(temperature="hot"), "temperature", "invalid_value"),
+    (with_(top_p=1.1), "top_p", "invalid_value"),
+    (with_(n=0), "n", "invalid_value"),
+    (with_(n=129), "n", "invalid_value"),
+    (with_(n=1.5), "n", "invalid_value"),
+    (with_(n=True), "n", "invalid_value"),
+    (with_(presence_penalty=-3), "presence_penalty", "invalid_value"),
+    (with_(frequency_penalty=2.1), "frequency_penalty", "invalid_value"),
+    (with_(max_tokens="10"), "max_tokens", "invalid_value"),
+    (with_(max_completion_tokens=1.5), "max_completion_tokens", "invalid_value"),
+    (with_(top_logprobs=21), "top_logprobs", "invalid_value"),
+    (with_(logprobs="true"), "logprobs", "invalid_value"),
+    (with_(stop=5), "stop", "invalid_value"),
+    (with_(stream_options={"include_usage": "yes"}), "stream_options.include_usage", "invalid_value"),
+    (with_(stream_options=[]), "stream_options", "invalid_value"),
+    (with_(logit_bias={"50256": "x"}), "logit_bias.50256", "invalid_value"),
+    (with_(tools={"type": "function"}), "tools", "invalid_value"),
+    (with_(response_format="json"), "response_format", "invalid_value"),
+    (with_(parallel_tool_calls=None), "parallel_tool_calls", "invalid_value"),
+    (with_(user=5), "user", "invalid_value"),
+]
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("body,param,code", BAD_REQUESTS)
+async def test_bad_requests_get_400_naming_the_field(http_client: AsyncHTTPClient, base_url: str,
+                                                     body: Any, param: Any, code: str) -> None:
+    response = await fetch(http_client, base_url + "/v1/chat/completions", body=body if body != b"" else b"")
+    assert response.code == 400, response.body
+    error = orjson.loads(response.body)["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["type"] == "invalid_request_error"
+    assert error["param"] == param
+    assert error["code"] == code
+    if param:
+        assert param in error["message"]
+
+
+GOOD_VARIANTS = [
+    with_(stream=None, temperature=None, top_p=None, n=None, max_tokens=None, seed=None, stop=None,
+          stream_options=None, logit_bias=None, logprobs=None, presence_penalty=None),
+    with_(temperature=0, top_p=1, n=128, presence_penalty=-2, frequency_penalty=2, top_logprobs=20),
+    with_(max_tokens=-1, max_completion_tokens=0, seed=-(2**63)),
+    with_(stop=["a", "b"], logit_bias={"50256": -100}, parallel_tool_calls=False, store=True),
+    with_(messages=[{"role": "system", "content": "s"},
+                    {"role": "developer", "content": [{"type": "text", "text": "d"}]},
+                    {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:,"}}]},
+                    {"role": "assistant", "tool_calls": [{"id": "1", "type": "function",
+                                                          "function": {"name": "f", "arguments": "{}"}}]},
+                    {"role": "assistant", "content": None},
+                    {"role": "tool", "content": "r", "tool_call_id": "1"},
+                    {"role": "function", "content": None, "name": "f"}]),
+    with_(reasoning_effort="low", verbosity="low", service_tier="auto", metadata={"a": "b"},
+          prediction={"type": "content", "content": "x"}, web_search_options={}, modalities=["text"]),
+]
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("body", GOOD_VARIANTS)
+async def test_everything_openai_accepts_is_accepted(http_client: AsyncHTTPClient, base_url: str,
+                                                     body: Any) -> None:
+    response = await fetch(http_client, base_url + "/v1/chat/completions", body=body)
+    assert response.code == 200, response.body
+
+
+@pytest.mark.gen_test
+async def test_trailing_slash_is_served_without_redirect(http_client: AsyncHTTPClient, base_url: str) -> None:
+    response = await fetch(http_client, base_url + "/v1/chat/completions/", body=GOOD)
+    assert response.code == 200
+    assert orjson.loads(response.body)["object"] == "chat.completion"
+
+
+@pytest.mark.gen_test
+async def test_unknown_path_is_a_json_404(http_client: AsyncHTTPClient, base_url: str) -> None:
+    for method in ("GET", "POST", "DELETE"):
+        response = await fetch(http_client, base_url + "/v1/nothing", method=method,
+                               body=b"{}" if method == "POST" else None)
+        assert response.code == 404
+        assert orjson.loads(response.body)["error"]["code"] == "unknown_url"
+
+
+@pytest.mark.gen_test
+async def test_wrong_method_is_a_json_405_with_allow(http_client: AsyncHTTPClient, base_url: str) -> None:
+    response = await fetch(http_client, base_url + "/v1/chat/completions", method="GET")
+    assert response.code == 405
+    assert response.headers["Allow"] == "POST, OPTIONS"
+    assert orjson.loads(response.body)["error"]["type"] == "invalid_request_error"
+    response = await fetch(http_client, base_url + "/status", method="DELETE")
+    assert response.code == 405 and "GET" in response.headers["Allow"]
+
+
+@pytest.mark.gen_test
+async def test_cors_preflight_allows_authorization(http_client: AsyncHTTPClient, base_url: str) -> None:
+    response = await fetch(http_client, base_url + "/v1/chat/completions", method="OPTIONS", headers={
+        "Origin": "https://chat.example", "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization, content-type, x-stainless-lang"})
+    assert response.code == 204
+    assert response.headers["Access-Control-Allow-Origin"] == "*"
+    allowed = {h.strip() for h in response.headers["Access-Control-Allow-Headers"].split(",")}
+    assert {"authorization", "content-type", "x-stainless-lang"} <= allowed
+    assert "POST" in response.headers["Access-Control-Allow-Methods"]
+
+
+@pytest.mark.gen_test
+async def test_request_id_is_echoed_when_valid(http_client: AsyncHTTPClient, base_url: str) -> None:
+    response = await fetch(http_client, base_url + "/v1/chat/completions", body=GOOD,
+                           headers={"X-Request-Id": "abc-123"})
+    assert response.headers["X-Request-Id"] == "abc-123"
+    response = await fetch(http_client, base_url + "/v1/chat/completions", body=b"{",
+                           headers={"X-Request-Id": "bad id with spaces"})
+    assert response.code == 400
+    assert response.headers["X-Request-Id"] != "bad id with spaces"
+    assert len(response.headers["X-Request-Id"]) == 24

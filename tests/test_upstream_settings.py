@@ -1,0 +1,44 @@
+"""openai controller settings that must really take effect: proxy, organization, project, headers."""
+
+from __future__ import annotations
+
+from .fake_proxy import FakeProxy
+from .harness import Stack, openai_controller
+
+BODY = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def test_proxy_takes_effect(stack: Stack) -> None:
+    fake = stack.fake("up")
+    proxy = FakeProxy()
+    stack.loop.call(proxy.start)
+    try:
+        stack.gateway({"controllers": [openai_controller(fake, config={"proxy": f"http://127.0.0.1:{proxy.port}"})]})
+        status, _, _ = stack.request("POST", "/v1/chat/completions", BODY)
+        assert status == 200
+        assert proxy.seen == [("POST", f"{fake.base_url}/chat/completions")]
+        assert len(fake.chat_requests) == 1
+    finally:
+        stack.loop.run(proxy.stop())
+
+
+def test_organization_project_and_extra_headers_are_sent(stack: Stack) -> None:
+    fake = stack.fake("up")
+    stack.gateway({"controllers": [openai_controller(fake, config={
+        "organization": "org-1", "project": "proj-2", "headers": {"X-Team": "search", "api-key": "azure-style"}})]})
+    status, _, _ = stack.request("POST", "/v1/chat/completions", BODY, headers={
+        "Content-Type": "application/json", "Authorization": "Bearer client-own-key", "Cookie": "a=b",
+        "X-Custom-Client": "1"})
+    assert status == 200
+    headers = fake.chat_requests[0].headers
+    assert headers["Openai-Organization"] == "org-1" and headers["Openai-Project"] == "proj-2"
+    assert headers["X-Team"] == "search" and headers["Api-Key"] == "azure-style"
+    assert headers["Authorization"] == "Bearer sk-test-up-0123456789abcdef"
+    assert "Cookie" not in headers and "X-Custom-Client" not in headers
+
+
+def test_base_url_with_a_path_prefix(stack: Stack) -> None:
+    fake = stack.fake("up")
+    stack.gateway({"controllers": [openai_controller(fake, config={"base_url": fake.base_url + "/"})]})
+    status, _, _ = stack.request("POST", "/v1/chat/completions", BODY)
+    assert status == 200 and fake.chat_requests[0].path == "/v1/chat/completions"
