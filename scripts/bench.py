@@ -1,0 +1,352 @@
+"""Benchmarks for chatgpt-apiserver: throughput, added latency, streaming, open streams, memory.
+
+Run through scripts/bench (which installs wrk and the package). Everything runs on loopback:
+  core 0: the gateway (or the bare Tornado reference server), pinned with taskset;
+  core 1: the fast fake upstream, wrk and the streaming client.
+Prints a table and writes bench-results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import uvloop
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_client import Connection, StreamStats, percentile, request_bytes  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+SCRIPTS = ROOT / "scripts"
+MESSAGES_2 = [{"role": "system", "content": "You are a helpful assistant."},
+              {"role": "user", "content": "Say hello in one short sentence, please."}]
+MESSAGES_100 = [{"role": "user" if i % 2 == 0 else "assistant",
+                 "content": f"Message number {i} of a long conversation about load balancing and rate limits."}
+                for i in range(100)]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def start(cmd: list[str], core: int, log: Path | None = None, env: dict[str, str] | None = None
+          ) -> subprocess.Popen[bytes]:
+    out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - the child owns it
+    return subprocess.Popen(["taskset", "-c", str(core), *cmd], stdout=out, stderr=out,
+                            env={**os.environ, **(env or {})}, cwd=ROOT)
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def rss_kb(pid: int) -> int:
+    """Resident memory of `pid` (the taskset child execs, so the pid is the server's)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def body(messages: list[dict[str, str]] = MESSAGES_2, **bench: Any) -> dict[str, Any]:
+    payload: dict[str, Any] = {"model": "gpt-4o-mini", "messages": messages}
+    if bench.pop("stream", False):
+        payload["stream"] = True
+        payload["stream_options"] = {"include_usage": True}
+    if bench:
+        payload["bench"] = bench
+    return payload
+
+
+def wrk(port: int, payload: dict[str, Any], connections: int, seconds: float) -> dict[str, float]:
+    """Run wrk on core 1; return req/s and latency percentiles in ms."""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+                     f"wrk.body = {json.dumps(json.dumps(payload))}\n")
+    done = subprocess.run(["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency",
+                           "-s", script.name, f"http://127.0.0.1:{port}/v1/chat/completions"],
+                          capture_output=True, text=True, check=True)
+    os.unlink(script.name)
+    out = done.stdout
+    result = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))}  # type: ignore[union-attr]
+    for label, key in (("50%", "p50_ms"), ("99%", "p99_ms")):
+        found = re.search(rf"{re.escape(label)}\s+([\d.]+)(us|ms|s)", out)
+        assert found, out
+        value, unit = float(found.group(1)), found.group(2)
+        result[key] = value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    result["errors"] = float(errors.group(1)) if errors else 0.0
+    return result
+
+
+class Bench:
+    """Starts the processes and runs each measurement."""
+
+    def __init__(self, quick: bool, workdir: Path) -> None:
+        self.quick = quick
+        self.workdir = workdir
+        self.results: dict[str, Any] = {"quick": quick, "machine": machine()}
+        self.upstream_port = free_port()
+        self.upstream = start([PYTHON, str(SCRIPTS / "bench_upstream.py"), str(self.upstream_port)], core=1)
+        wait_port(self.upstream_port)
+
+    def seconds(self, full: float) -> float:
+        return max(2.0, full / 4) if self.quick else full
+
+    def gateway(self, *extra: str, log: bool = False) -> tuple[subprocess.Popen[bytes], int]:
+        port = free_port()
+        config = self.workdir / "gateway.json"
+        base = f"http://127.0.0.1:{self.upstream_port}/v1"
+        config.write_bytes(orjson.dumps({"controllers": [
+            {"type": "openai", "name": "bench-a", "config": {"api_key": "sk-bench-a-000000000000", "base_url": base}},
+            {"type": "openai", "name": "bench-b", "config": {"api_key": "sk-bench-b-000000000000", "base_url": base}},
+        ]}))
+        args = [PYTHON, "-m", "chatgpt_apiserver", "--config-file", str(config), "--port", str(port),
+                "--upstream-max-connections", "20000", "--log-level", "info" if log else "warning",
+                "--access-log", "true" if log else "false", *extra]
+        process = start(args, core=0, log=self.workdir / ("gateway-logged.log" if log else "gateway.log"))
+        wait_port(port)
+        return process, port
+
+    def reference(self) -> tuple[subprocess.Popen[bytes], int]:
+        port = free_port()
+        process = start([PYTHON, str(SCRIPTS / "bench_reference.py"), str(port)], core=0)
+        wait_port(port)
+        return process, port
+
+    def run(self) -> dict[str, Any]:
+        gateway, port = self.gateway()
+        try:
+            wrk(port, body(), 32, 2)  # warm up
+            self.results["upstream_check"] = self.upstream_check(port)
+            self.results["a_added_latency"] = self.added_latency(port)
+            self.results["b_throughput"] = self.throughput(port)
+            self.results["c_queueing"] = self.queueing(port)
+            self.results["d_streaming"] = uvloop.run(self.streaming(port))
+            self.results["e_open_streams"] = uvloop.run(self.open_streams(port, gateway.pid))
+            self.results["f_long_conversation"] = self.long_conversation(port)
+        finally:
+            stop(gateway)
+        logged, logged_port = self.gateway(log=True)
+        try:
+            wrk(logged_port, body(), 32, 2)
+            with_logs = wrk(logged_port, body(), 32, self.seconds(10))
+            self.results["g_with_logs"] = {
+                "rps": with_logs["rps"],
+                "ratio_to_b": with_logs["rps"] / self.results["b_throughput"]["gateway_rps"],
+            }
+        finally:
+            stop(logged)
+        return self.results
+
+    def upstream_check(self, gateway_port: int) -> dict[str, float]:
+        direct = wrk(self.upstream_port, body(), 32, self.seconds(5))["rps"]
+        via = wrk(gateway_port, body(), 32, self.seconds(5))["rps"]
+        return {"upstream_rps": direct, "gateway_rps": via, "ratio": direct / via}
+
+    def added_latency(self, port: int) -> dict[str, float]:
+        rounds = 3 if self.quick else 6
+        p50s, p99s, direct50, direct99 = [], [], [], []
+        for _ in range(rounds):
+            direct = wrk(self.upstream_port, body(), 1, self.seconds(3))
+            via = wrk(port, body(), 1, self.seconds(3))
+            p50s.append(via["p50_ms"] - direct["p50_ms"])
+            p99s.append(via["p99_ms"] - direct["p99_ms"])
+            direct50.append(direct["p50_ms"])
+            direct99.append(direct["p99_ms"])
+        return {"added_p50_ms": statistics.median(p50s), "added_p99_ms": statistics.median(p99s),
+                "direct_p50_ms": statistics.median(direct50), "direct_p99_ms": statistics.median(direct99)}
+
+    def throughput(self, port: int) -> dict[str, float]:
+        via = wrk(port, body(), 32, self.seconds(10))
+        reference, ref_port = self.reference()
+        try:
+            wrk(ref_port, body(), 32, 2)
+            ceiling = wrk(ref_port, body(), 32, self.seconds(10))
+        finally:
+            stop(reference)
+        return {"gateway_rps": via["rps"], "reference_rps": ceiling["rps"], "ratio": via["rps"] / ceiling["rps"],
+                "errors": via["errors"]}
+
+    def queueing(self, port: int) -> dict[str, float]:
+        payload = body(delay_ms=100)
+        direct = wrk(self.upstream_port, payload, 200, self.seconds(8))
+        via = wrk(port, payload, 200, self.seconds(8))
+        return {"direct_rps": direct["rps"], "gateway_rps": via["rps"], "ratio": via["rps"] / direct["rps"],
+                "errors": via["errors"]}
+
+    async def streaming(self, port: int) -> dict[str, float]:
+        count = 60 if self.quick else 200
+        payload = body(stream=True, events=20, interval_ms=5)
+        direct, via = Connection(self.upstream_port), Connection(port)
+        results: dict[str, list[StreamStats]] = {"direct": [], "gateway": []}
+        try:
+            for _ in range(count):
+                results["direct"].append(await direct.stream(request_bytes(self.upstream_port, "/v1/chat/completions",
+                                                                           payload)))
+                results["gateway"].append(await via.stream(request_bytes(port, "/v1/chat/completions", payload)))
+        finally:
+            direct.close()
+            via.close()
+
+        def figures(stats: list[StreamStats]) -> tuple[float, float, float]:
+            ttfts = [s.ttft * 1000 for s in stats]
+            gaps = [g * 1000 for s in stats for g in s.gaps]
+            return percentile(ttfts, 0.5), percentile(ttfts, 0.99), percentile(gaps, 0.99)
+
+        d50, d99, dgap = figures(results["direct"])
+        g50, g99, ggap = figures(results["gateway"])
+        incomplete = sum(1 for s in results["gateway"] if not s.done or s.error)
+        return {"added_ttft_p50_ms": g50 - d50, "added_ttft_p99_ms": g99 - d99, "added_gap_p99_ms": ggap - dgap,
+                "direct_ttft_p50_ms": d50, "gateway_ttft_p50_ms": g50, "incomplete_streams": incomplete}
+
+    async def open_streams(self, port: int, pid: int) -> dict[str, float]:
+        total = 500 if self.quick else 5000
+        events = 10 if self.quick else 30
+        interval = 1000
+        ramp_per_second = 1000
+        payload = request_bytes(port, "/v1/chat/completions", body(stream=True, events=events, interval_ms=interval))
+        before = rss_kb(pid)
+        peak = [before]
+        stats: list[StreamStats] = []
+
+        async def one(delay: float) -> None:
+            await asyncio.sleep(delay)
+            connection = Connection(port)
+            try:
+                stats.append(await connection.stream(payload))
+            except OSError as error:
+                stats.append(StreamStats(error=str(error)))
+            finally:
+                connection.close()
+
+        async def sample() -> None:
+            while True:
+                peak.append(rss_kb(pid))
+                await asyncio.sleep(0.5)
+
+        sampler = asyncio.create_task(sample())
+        await asyncio.gather(*(one(i / ramp_per_second) for i in range(total)))
+        sampler.cancel()
+        expected = events + 2  # the deltas, the usage event and [DONE]
+        received = [s.events for s in stats]
+        lost = sum(max(0, expected - r) for r in received)
+        gaps = [g * 1000 for s in stats for g in s.gaps[:-2]]  # the last events arrive together
+        return {"streams": total, "events_per_stream": events, "interval_ms": interval,
+                "events_lost": lost, "failed_streams": sum(1 for s in stats if s.error or not s.done),
+                "gap_p99_ms": percentile(gaps, 0.99), "gap_p99_over_interval": percentile(gaps, 0.99) / interval,
+                "rss_before_mb": before / 1024, "rss_peak_mb": max(peak) / 1024,
+                "kb_per_stream": (max(peak) - before) / total}
+
+    def long_conversation(self, port: int) -> dict[str, float]:
+        short = wrk(port, body(MESSAGES_2), 1, self.seconds(4))
+        long = wrk(port, body(MESSAGES_100), 1, self.seconds(4))
+        short_rps = wrk(port, body(MESSAGES_2), 32, self.seconds(4))["rps"]
+        long_rps = wrk(port, body(MESSAGES_100), 32, self.seconds(4))["rps"]
+        return {"p50_2_ms": short["p50_ms"], "p50_100_ms": long["p50_ms"],
+                "latency_ratio": long["p50_ms"] / short["p50_ms"], "rps_2": short_rps, "rps_100": long_rps,
+                "cost_ratio": short_rps / long_rps}
+
+    def close(self) -> None:
+        stop(self.upstream)
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    return {"cpu": model, "cores": os.cpu_count(), "python": sys.version.split()[0],
+            "date": time.strftime("%Y-%m-%d")}
+
+
+TARGETS = [
+    ("(b) throughput ratio to bare Tornado", ("b_throughput", "ratio"), ">=", 0.50, "{:.2f}"),
+    ("(a) added p50 latency, c=1 (ms)", ("a_added_latency", "added_p50_ms"), "<=", 0.5, "{:.3f}"),
+    ("(a) added p99 latency, c=1 (ms)", ("a_added_latency", "added_p99_ms"), "<=", 2.0, "{:.3f}"),
+    ("(c) queueing: gateway / direct req/s", ("c_queueing", "ratio"), ">=", 0.9, "{:.2f}"),
+    ("(d) added time to first token, p50 (ms)", ("d_streaming", "added_ttft_p50_ms"), "<=", 1.0, "{:.3f}"),
+    ("(d) added time to first token, p99 (ms)", ("d_streaming", "added_ttft_p99_ms"), None, None, "{:.3f}"),
+    ("(d) added gap between events, p99 (ms)", ("d_streaming", "added_gap_p99_ms"), None, None, "{:.3f}"),
+    ("(e) open streams held", ("e_open_streams", "streams"), None, None, "{:.0f}"),
+    ("(e) events lost", ("e_open_streams", "events_lost"), "<=", 0, "{:.0f}"),
+    ("(e) gap p99 / interval", ("e_open_streams", "gap_p99_over_interval"), "<=", 2.0, "{:.3f}"),
+    ("(e) resident memory per stream (KB)", ("e_open_streams", "kb_per_stream"), "<=", 64, "{:.1f}"),
+    ("(f) 100-message / 2-message cost (c=32)", ("f_long_conversation", "cost_ratio"), "<=", 2.0, "{:.2f}"),
+    ("(f) 100-message / 2-message p50 (c=1)", ("f_long_conversation", "latency_ratio"), "<=", 2.0, "{:.2f}"),
+    ("(g) with access log: ratio to (b)", ("g_with_logs", "ratio_to_b"), ">=", 0.95, "{:.2f}"),
+    ("fake upstream / gateway speed", ("upstream_check", "ratio"), ">=", 5.0, "{:.1f}"),
+]
+
+
+def table(results: dict[str, Any]) -> str:
+    lines = [f"{'figure':<44} {'value':>10}  {'target':>9}  ok", "-" * 72]
+    for label, (group, key), op, target, fmt in TARGETS:
+        value = results.get(group, {}).get(key)
+        if value is None:
+            continue
+        verdict = ""
+        if op is not None and target is not None:
+            good = value >= target if op == ">=" else value <= target
+            verdict = "yes" if good else "NO"
+        shown_target = f"{op} {target}" if op else ""
+        lines.append(f"{label:<44} {fmt.format(value):>10}  {shown_target:>9}  {verdict}")
+    b = results.get("b_throughput", {})
+    lines.append("")
+    lines.append(f"gateway {b.get('gateway_rps', 0):.0f} req/s, bare Tornado {b.get('reference_rps', 0):.0f} req/s, "
+                 f"fake upstream {results.get('upstream_check', {}).get('upstream_rps', 0):.0f} req/s (c=32)")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="a one-minute smoke run")
+    parser.add_argument("--output", default=str(ROOT / "bench-results.json"))
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as workdir:
+        bench = Bench(args.quick, Path(workdir))
+        try:
+            results = bench.run()
+        finally:
+            bench.close()
+    Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
+    print(table(results))
+    print(f"\nwrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
