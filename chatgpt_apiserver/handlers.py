@@ -143,6 +143,9 @@ class ChatCompletionsHandler(BaseHandler):
         stream = bool(payload.get("stream"))
         call = Call(body, payload, payload["model"], stream, self.request_id)
         answer = await open_answer(self.gateway, call)
+        if self._client_gone:
+            answer.reply.close()
+            return
         self.set_header(CONTROLLER_HEADER, answer.controller.name)
         if answer.splitter is None:
             self._finish_body(answer.status, answer.reply.content_type, answer.body,

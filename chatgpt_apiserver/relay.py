@@ -96,22 +96,53 @@ async def _first_events(reply: Reply) -> tuple[list[bytes], EventSplitter]:
             return events, splitter
 
 
+class Deadline:
+    """Cancels the current task at a point in time; cheaper than `asyncio.timeout` on the hot path."""
+
+    __slots__ = ("_handle", "expired", "loop", "task")
+
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        self.task = task
+        self._handle: Optional[asyncio.TimerHandle] = None
+        self.expired = False
+
+    def at(self, when: float) -> None:
+        """Fire at loop time `when` (replacing any earlier setting)."""
+        if self._handle is not None:
+            self._handle.cancel()
+        self._handle = self.loop.call_at(when, self._fire)
+
+    def clear(self) -> None:
+        """Do not fire."""
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _fire(self) -> None:
+        self.expired = True
+        self.task.cancel()
+
+
 async def _attempt(controller: Controller, call: Call, gateway: Gateway) -> Answer | Failure:
     """One attempt on one controller."""
     settings = gateway.settings
-    loop = asyncio.get_running_loop()
-    started = loop.time()
+    deadline = Deadline()
+    started = deadline.loop.time()
+    deadline.at(started + settings.first_byte_timeout)
     reply: Optional[Reply] = None
     try:
-        async with asyncio.timeout(settings.first_byte_timeout) as deadline:
-            reply = await controller.send(call)
-            status = reply.status
-            if status == 200 and call.stream and reply.content_type.startswith("text/event-stream"):
-                deadline.reschedule(None)
-                events, splitter = await _first_events(reply)
-                return Answer(controller, reply, status, first_events=events, splitter=splitter)
-            deadline.reschedule(started + settings.request_timeout)
-            body = await reply.read()
+        reply = await controller.send(call)
+        status = reply.status
+        if status == 200 and call.stream and reply.content_type.startswith("text/event-stream"):
+            deadline.clear()  # from here the stream idle timeout applies
+            events, splitter = await _first_events(reply)
+            return Answer(controller, reply, status, first_events=events, splitter=splitter)
+        deadline.at(started + settings.request_timeout)
+        body = await reply.read()
+        deadline.clear()
         if status in RETRY_ELSEWHERE or status >= 500:
             reply.close()
             retry_after = retry_after_seconds(reply.headers.get("Retry-After")) if status == 429 else None
@@ -129,15 +160,20 @@ async def _attempt(controller: Controller, call: Call, gateway: Gateway) -> Answ
         if reply is not None:
             reply.close()
         return Failure(controller.name, exc.kind, exc.message)
-    except TimeoutError:
+    except asyncio.CancelledError:
         if reply is not None:
             reply.close()
+        if not deadline.expired:
+            raise
+        deadline.task.uncancel()
         what = "response headers" if reply is None else "the response"
         return Failure(controller.name, "timeout", f"timed out waiting for {what}")
     except BaseException:
         if reply is not None:
             reply.close()
         raise
+    finally:
+        deadline.clear()
 
 
 def _give_up(failures: list[Failure], model: str) -> ApiError:
