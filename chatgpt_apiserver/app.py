@@ -8,6 +8,7 @@ from tornado.web import Application, RequestHandler
 
 from .gateway import Gateway
 from .handlers import (
+    AdminControllersHandler,
     ChatCompletionsHandler,
     HealthHandler,
     ModelsHandler,
@@ -39,6 +40,7 @@ def make_app(gateway: Gateway) -> Application:
         (r"/status/?", StatusHandler, deps),
         (r"/healthz/?", HealthHandler, deps),
         (r"/readyz/?", ReadyHandler, deps),
+        (r"/admin/controllers/?", AdminControllersHandler, deps),
     ]
     return Application(
         routes,

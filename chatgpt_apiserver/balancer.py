@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import random
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Optional
 
 from .controllers import Controller
@@ -61,8 +62,45 @@ class WeightedRandom(Balancer):
         return self._rng.choices(candidates, weights=[c.weight for c in candidates])[0]
 
 
-def make_balancer(pool_type: str, rng: Optional[random.Random] = None) -> Balancer:
+class LeastBusy(Balancer):
+    """Fewest requests in flight per unit of weight; ties go round robin."""
+
+    def __init__(self) -> None:
+        self._turn = 0
+
+    def pick(self, candidates: Sequence[Controller]) -> Optional[Controller]:
+        if not candidates:
+            return None
+        self._turn += 1
+        count = len(candidates)
+        order = [candidates[(self._turn + i) % count] for i in range(count)]
+        return min(order, key=lambda c: (c.state.in_flight + 1) / c.weight)
+
+
+class MostCapacity(Balancer):
+    """The most headroom against its own limits (rpm, tpm, concurrency), times weight; ties round robin."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._turn = 0
+
+    def pick(self, candidates: Sequence[Controller]) -> Optional[Controller]:
+        if not candidates:
+            return None
+        now = self._clock()
+        self._turn += 1
+        count = len(candidates)
+        order = [candidates[(self._turn + i) % count] for i in range(count)]
+        return max(order, key=lambda c: c.state.headroom(now) * c.weight)
+
+
+def make_balancer(pool_type: str, rng: Optional[random.Random] = None,
+                  clock: Callable[[], float] = time.monotonic) -> Balancer:
     """The balancer for a `pool.type` value (validated at start-up)."""
     if pool_type == "random":
         return WeightedRandom(rng)
+    if pool_type == "least_busy":
+        return LeastBusy()
+    if pool_type == "capacity":
+        return MostCapacity(clock)
     return SmoothWeighted()

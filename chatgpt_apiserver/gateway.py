@@ -6,11 +6,13 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, Optional
+from typing import Any
 
-from .balancer import Balancer, make_balancer
+from .balancer import make_balancer
 from .config import Settings
 from .controllers import Controller, Transport, build_controller
+from .health import BreakerPolicy, ControllerState
+from .scheduler import QueuePolicy, RetryBudget, Scheduler
 
 log = logging.getLogger("chatgpt_apiserver.gateway")
 
@@ -20,12 +22,17 @@ DISCOVERY_TTL = 300.0
 class Gateway:
     """Everything a request handler needs to route a call: who serves a model, and in what order."""
 
-    def __init__(self, settings: Settings, controllers: list[Controller], balancer: Balancer,
+    def __init__(self, settings: Settings, controllers: list[Controller],
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
         self.controllers = controllers
-        self.balancer = balancer
         self.clock = clock
+        policy = BreakerPolicy(settings.breaker_failures, settings.breaker_ejection, settings.breaker_max_ejection)
+        for controller in controllers:
+            controller.state = ControllerState(controller.name, controller.spec.limits, policy, clock())
+        self.scheduler = Scheduler(controllers, make_balancer(settings.pool_type, clock=clock),
+                                   QueuePolicy(settings.max_queue_wait, settings.max_queue_size), clock)
+        self.retries = RetryBudget(settings.retry_budget_ratio, settings.retry_budget_per_second, clock)
         self.draining = False
         self.in_flight = 0
         self._idle = asyncio.Event()
@@ -46,7 +53,7 @@ class Gateway:
             keepalive_timeout=settings.upstream_keepalive_timeout,
         )
         controllers = [build_controller(spec, transport) for spec in settings.controllers]
-        return cls(settings, controllers, make_balancer(settings.pool_type), clock)
+        return cls(settings, controllers, clock)
 
     async def start(self) -> None:
         """Open every controller's connection pool."""
@@ -77,19 +84,11 @@ class Gateway:
             return False
         return True
 
-    def serves(self, model: str) -> bool:
-        """Whether any controller takes `model`."""
-        return any(controller.serves(model) for controller in self.controllers)
-
-    def pick(self, model: str, tried: list[Controller]) -> Optional[Controller]:
-        """The next controller for `model` that this request has not tried yet."""
-        candidates = [c for c in self.controllers if c not in tried and c.serves(model)]
-        return self.balancer.pick(candidates)
-
     @property
     def ready(self) -> bool:
-        """At least one controller can take requests, and the server is not draining."""
-        return bool(self.controllers) and not self.draining
+        """At least one controller is not disabled, cooling or ejected, and the server is not draining."""
+        now = self.clock()
+        return not self.draining and any(c.state.status(now) == "ok" for c in self.controllers)
 
     async def models(self) -> list[str]:
         """Declared model names, plus what controllers without a declared list report upstream."""
@@ -119,5 +118,6 @@ class Gateway:
         return found
 
     def describe(self) -> list[dict[str, Any]]:
-        """Non-secret facts about every controller."""
-        return [controller.describe() for controller in self.controllers]
+        """Non-secret facts and live state of every controller (the admin view)."""
+        now = self.clock()
+        return [{**controller.describe(), **controller.state.snapshot(now)} for controller in self.controllers]

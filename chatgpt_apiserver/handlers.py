@@ -17,6 +17,7 @@ from .controllers import Call
 from .errors import ApiError
 from .gateway import Gateway
 from .relay import client_error_body, open_answer, relayed_headers
+from .rewrite import client_wants_usage
 from .schemas import parse_chat_request
 from .streaming import relay_stream
 
@@ -141,10 +142,11 @@ class ChatCompletionsHandler(BaseHandler):
                            code="request_too_large")
         payload = parse_chat_request(body)
         stream = bool(payload.get("stream"))
-        call = Call(body, payload, payload["model"], stream, self.request_id)
+        call = Call(body, payload, payload["model"], stream, self.request_id,
+                    inject_usage=stream and not client_wants_usage(payload))
         answer = await open_answer(self.gateway, call)
         if self._client_gone:
-            answer.reply.close()
+            answer.close()
             return
         self.set_header(CONTROLLER_HEADER, answer.controller.name)
         if answer.splitter is None:
@@ -157,7 +159,7 @@ class ChatCompletionsHandler(BaseHandler):
         connection = self.request.connection
         if isinstance(connection, HTTP1Connection):
             connection.stream.set_nodelay(True)  # each event leaves at once
-        await relay_stream(answer, self._send_event, self.gateway.secrets)
+        await relay_stream(answer, call, self._send_event, self.gateway.secrets)
         if not self._client_gone:
             self.finish()
 
@@ -183,6 +185,14 @@ class ModelsHandler(BaseHandler):
         names = await self.gateway.models()
         data = [{"id": name, "object": "model", "created": 0, "owned_by": "chatgpt-apiserver"} for name in names]
         self.write_json({"object": "list", "data": data})
+
+
+class AdminControllersHandler(BaseHandler):
+    """GET /admin/controllers: every controller's limits, bucket levels, state and counts."""
+
+    def get(self) -> None:
+        self.write_json({"controllers": self.gateway.describe(), "queue_length": self.gateway.scheduler.queue_length,
+                         "in_flight": self.gateway.in_flight})
 
 
 class StatusHandler(BaseHandler):

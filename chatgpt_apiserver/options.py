@@ -75,7 +75,7 @@ def parse_text(text: str) -> str:
     return str(text)
 
 
-POOL_TYPES = ("balanced", "random")
+POOL_TYPES = ("balanced", "random", "least_busy", "capacity")
 
 
 @dataclass(frozen=True)
@@ -111,11 +111,31 @@ OPTIONS: tuple[Option, ...] = (
            "Address to listen on. Use 0.0.0.0 (all IPv4) or :: to listen publicly."),
     Option("port", 8080, parse_port, "TCP port to listen on (a number or a numeric string)."),
     Option("pool.type", "balanced", one_of(*POOL_TYPES),
-           "How controllers are ordered: balanced (smooth weighted round robin) or random (weighted).",
+           "How an eligible controller is chosen: balanced (smooth weighted round robin), random (weighted), "
+           "least_busy (fewest in flight per weight) or capacity (most headroom against its limits).",
            "routing"),
     Option("max_attempts", 3, parse_positive_int,
            "Upstream attempts per request before giving up (failover happens only before the first byte).",
            "routing"),
+    Option("max_queue_wait", 10.0, parse_seconds,
+           "Seconds a request may wait for a controller with room before it gets 429.", "routing"),
+    Option("max_queue_size", 1000, parse_positive_int,
+           "Requests that may wait at once; beyond it, 429 at once.", "routing"),
+    Option("default_completion_tokens", 512, parse_positive_int,
+           "Tokens reserved for the answer when a request sets no max_tokens (settled against usage).", "routing"),
+    Option("cooldown_default", 1.0, parse_seconds,
+           "Cooldown after a 429 that names no reset time.", "routing"),
+    Option("quota_disable_seconds", 3600.0, parse_seconds,
+           "How long a controller that ran out of quota (insufficient_quota) is disabled.", "routing"),
+    Option("breaker_failures", 5, parse_positive_int,
+           "Consecutive 5xx, connection errors or timeouts that eject a controller.", "routing"),
+    Option("breaker_ejection", 5.0, parse_seconds,
+           "First ejection in seconds; each further one doubles, up to breaker_max_ejection.", "routing"),
+    Option("breaker_max_ejection", 300.0, parse_seconds, "Longest ejection in seconds.", "routing"),
+    Option("retry_budget_ratio", 0.2, parse_seconds,
+           "Retries earned per request, so an outage of every key cannot multiply load.", "routing"),
+    Option("retry_budget_per_second", 5.0, parse_seconds,
+           "Retries earned per second regardless of traffic.", "routing"),
     Option("connect_timeout", 10.0, parse_seconds, "Seconds to open a connection to an upstream.", "upstream"),
     Option("first_byte_timeout", 120.0, parse_seconds,
            "Seconds from sending a request until the upstream's response headers arrive.", "upstream"),

@@ -1,4 +1,4 @@
-"""Getting an answer: try controllers in the balancer's order until one replies, before any byte is sent."""
+"""Getting an answer: try controllers until one replies, all before any byte is sent to the client."""
 
 from __future__ import annotations
 
@@ -11,9 +11,12 @@ from typing import Optional
 import orjson
 
 from .controllers import Call, Controller, Reply, UpstreamError
-from .controllers.base import retry_after_seconds
 from .errors import ApiError
 from .gateway import Gateway
+from .limits import RateHeaders
+from .outcomes import record_failure, record_status, record_usage, usage_of
+from .rewrite import estimate_tokens, upstream_body
+from .scheduler import Lease
 from .secret import scrub
 from .sse import DONE, EventSplitter, MalformedEvent, event_data, read_event
 
@@ -28,7 +31,7 @@ class Failure:
     """One failed attempt, for the log and the final error message."""
 
     controller: str
-    kind: str  # connection, timeout, protocol, 429, auth, 5xx, upstream_error
+    kind: str  # connection, timeout, protocol, 429, quota, auth, 5xx, upstream_error
     message: str
     retry_after: Optional[float] = None
 
@@ -40,16 +43,21 @@ class Answer:
     controller: Controller
     reply: Reply
     status: int
+    lease: Lease
     body: bytes = b""
     first_events: list[bytes] = field(default_factory=list)
     splitter: Optional[EventSplitter] = None
     attempts: int = 1
-    failures: list[Failure] = field(default_factory=list)
+
+    def close(self) -> None:
+        """Abandon the answer: close the upstream reply and end the lease."""
+        self.reply.close()
+        self.lease.release(None)
 
 
-def _kind_of_status(status: int) -> str:
+def _kind_of_status(status: int, body: bytes) -> str:
     if status == 429:
-        return "429"
+        return "quota" if b"insufficient_quota" in body or b"exceeded your current quota" in body else "429"
     if status in (401, 403):
         return "auth"
     if status == 408:
@@ -126,39 +134,49 @@ class Deadline:
         self.task.cancel()
 
 
-async def _attempt(controller: Controller, call: Call, gateway: Gateway) -> Answer | Failure:
-    """One attempt on one controller."""
+async def _attempt(lease: Lease, call: Call, gateway: Gateway) -> Answer | Failure:
+    """One attempt on the leased controller; its state learns from the outcome."""
+    controller = lease.controller
     settings = gateway.settings
     deadline = Deadline()
     started = deadline.loop.time()
     deadline.at(started + settings.first_byte_timeout)
     reply: Optional[Reply] = None
     try:
-        reply = await controller.send(call)
+        reply = await controller.send(call, upstream_body(call, controller.upstream_model(call.model)))
         status = reply.status
         if status == 200 and call.stream and reply.content_type.startswith("text/event-stream"):
             deadline.clear()  # from here the stream idle timeout applies
             events, splitter = await _first_events(reply)
-            return Answer(controller, reply, status, first_events=events, splitter=splitter)
+            record_status(controller, status, reply.headers, b"", gateway.scheduler, settings, gateway.clock())
+            return Answer(controller, reply, status, lease, first_events=events, splitter=splitter)
         deadline.at(started + settings.request_timeout)
         body = await reply.read()
         deadline.clear()
-        if status in RETRY_ELSEWHERE or status >= 500:
-            reply.close()
-            retry_after = retry_after_seconds(reply.headers.get("Retry-After")) if status == 429 else None
-            snippet = scrub(body[:300], gateway.secrets).decode("utf-8", "replace")
-            log.info("controller %s answered %d: %s", controller.name, status, snippet)
-            return Failure(controller.name, _kind_of_status(status), f"upstream answered {status}", retry_after)
         if 200 <= status < 300:
             try:
-                orjson.loads(body)
+                document = orjson.loads(body)
             except orjson.JSONDecodeError:
                 reply.close()
+                record_failure(controller, gateway.scheduler, gateway.clock())
                 return Failure(controller.name, "protocol", "the upstream answered with malformed JSON")
-        return Answer(controller, reply, status, body=body)
+            record_status(controller, status, reply.headers, body, gateway.scheduler, settings, gateway.clock())
+            lease.release(record_usage(controller, usage_of(document)))
+            return Answer(controller, reply, status, lease, body=body)
+        record_status(controller, status, reply.headers, body, gateway.scheduler, settings, gateway.clock())
+        if status in RETRY_ELSEWHERE or status >= 500:
+            reply.close()
+            kind = _kind_of_status(status, body)
+            retry_after = RateHeaders.parse(reply.headers).cooldown() if status == 429 else None
+            snippet = scrub(body[:300], gateway.secrets).decode("utf-8", "replace")
+            log.info("controller %s answered %d: %s", controller.name, status, snippet)
+            return Failure(controller.name, kind, f"upstream answered {status}", retry_after)
+        lease.release(0)
+        return Answer(controller, reply, status, lease, body=body)
     except UpstreamError as exc:
         if reply is not None:
             reply.close()
+        record_failure(controller, gateway.scheduler, gateway.clock())
         return Failure(controller.name, exc.kind, exc.message)
     except asyncio.CancelledError:
         if reply is not None:
@@ -166,6 +184,7 @@ async def _attempt(controller: Controller, call: Call, gateway: Gateway) -> Answ
         if not deadline.expired:
             raise
         deadline.task.uncancel()
+        record_failure(controller, gateway.scheduler, gateway.clock())
         what = "response headers" if reply is None else "the response"
         return Failure(controller.name, "timeout", f"timed out waiting for {what}")
     except BaseException:
@@ -178,9 +197,9 @@ async def _attempt(controller: Controller, call: Call, gateway: Gateway) -> Answ
 
 def _give_up(failures: list[Failure], model: str) -> ApiError:
     """The client's error once no attempt produced an answer."""
-    summary = "; ".join(f"{f.controller}: {f.message}" for f in failures)
+    summary = "; ".join(f"{f.controller}: {f.message}" for f in failures) or "no attempt was possible"
     kinds = {f.kind for f in failures}
-    if kinds == {"429"}:
+    if kinds and kinds <= {"429", "quota"}:
         waits = [f.retry_after for f in failures if f.retry_after is not None]
         wait = max(1, int(min(waits) + 0.999)) if waits else 1
         return ApiError(429, f"Every controller for model {model!r} is rate limited upstream ({summary}).",
@@ -194,24 +213,41 @@ def _give_up(failures: list[Failure], model: str) -> ApiError:
 
 async def open_answer(gateway: Gateway, call: Call) -> Answer:
     """Try controllers until one gives a usable reply; raise `ApiError` when none can."""
-    if not gateway.serves(call.model):
+    scheduler = gateway.scheduler
+    serving = scheduler.serving(call.model)
+    if not serving:
         raise ApiError(404, f"The model {call.model!r} is not served by this gateway.",
                        param="model", code="model_not_found")
-    tried: list[Controller] = []
+    tokens = estimate_tokens(call, gateway.settings.default_completion_tokens)
+    gateway.retries.deposit()
+    excluded: list[Controller] = []  # failed for reasons a cooldown does not cover
     failures: list[Failure] = []
-    for _ in range(gateway.settings.max_attempts):
-        controller = gateway.pick(call.model, tried)
-        if controller is None:
+    for attempt in range(gateway.settings.max_attempts):
+        if len(excluded) == len(serving):
             break
-        tried.append(controller)
-        outcome = await _attempt(controller, call, gateway)
+        if attempt and not gateway.retries.withdraw():
+            log.warning("retry budget exhausted; request %s gives up after %d attempt(s)", call.request_id, attempt)
+            break
+        try:
+            lease = await scheduler.acquire(call.model, tokens, excluded)
+        except ApiError:
+            if failures:
+                break  # report what the attempts met, not the queue
+            raise
+        try:
+            outcome = await _attempt(lease, call, gateway)
+        except BaseException:
+            lease.release(None)  # the client went away: keep the reservation, the upstream may count it
+            raise
         if isinstance(outcome, Answer):
-            outcome.attempts = len(tried)
-            outcome.failures = failures
+            outcome.attempts = attempt + 1
             return outcome
+        lease.release(0)
         failures.append(outcome)
+        if outcome.kind != "429":
+            excluded.append(lease.controller)  # a 429 cools the controller; it may serve again after
         log.warning("attempt %d on controller %s failed (%s): %s; request %s",
-                    len(tried), outcome.controller, outcome.kind, outcome.message, call.request_id)
+                    attempt + 1, outcome.controller, outcome.kind, outcome.message, call.request_id)
     raise _give_up(failures, call.model)
 
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
-from .controllers import UpstreamError
+from .controllers import Call, UpstreamError
 from .errors import stream_error_event
+from .outcomes import record_usage, usage_of
 from .relay import Answer
 from .secret import scrub
 from .sse import DONE, MalformedEvent, event_data, read_event
@@ -25,12 +26,14 @@ class StreamResult:
     events: int = 0
     completed: bool = False
     error: Optional[str] = None
+    usage: Optional[dict[str, Any]] = None
 
 
-async def relay_stream(answer: Answer, send: Send, secrets: tuple[bytes, ...] = ()) -> StreamResult:
+async def relay_stream(answer: Answer, call: Call, send: Send, secrets: tuple[bytes, ...] = ()) -> StreamResult:
     """Send every upstream event as it arrives; on an upstream failure send the error event instead of [DONE].
 
-    `send` writes one event and awaits its flush; it raises if the client has gone, which ends the relay.
+    The final usage event settles the controller's token reservation; it is relayed only if the client
+    asked for it. `send` writes one event and awaits its flush; it raises if the client has gone.
     """
     result = StreamResult()
     reply = answer.reply
@@ -47,13 +50,19 @@ async def relay_stream(answer: Answer, send: Send, secrets: tuple[bytes, ...] = 
                         result.events += 1
                         result.completed = True
                         return result
-                    if "error" in read_event(data):
+                    parsed = read_event(data)
+                    if "error" in parsed:
                         # Already in OpenAI's error shape: pass it on (scrubbed) and end without [DONE].
                         await send(scrub(event, secrets))
                         result.events += 1
                         result.error = "the upstream sent an error event"
                         log.warning("controller %s sent an error event mid-stream", answer.controller.name)
                         return result
+                    usage = usage_of(parsed)
+                    if usage is not None:
+                        result.usage = usage
+                        if call.inject_usage and not parsed.get("choices"):
+                            continue  # asked for by the gateway, not the client
                 await send(event)
                 result.events += 1
             chunk = await reply.read_chunk()
@@ -73,3 +82,4 @@ async def relay_stream(answer: Answer, send: Send, secrets: tuple[bytes, ...] = 
         return result
     finally:
         reply.close()
+        answer.lease.release(record_usage(answer.controller, result.usage))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -79,6 +80,8 @@ class ChatHandler(RequestHandler):
     async def post(self) -> None:
         fake = self.fake
         fake.requests.append(Seen(self.request.path, dict(self.request.headers), self.request.body))
+        if not fake.admit(self):
+            return
         cue = fake.next_cue()
         payload = orjson.loads(self.request.body) if self.request.body else {}
         model = payload.get("model", "unknown")
@@ -171,7 +174,44 @@ class FakeUpstream:
         self.default = Cue()
         self.connections_closed_early = 0
         self.port = 0
+        # Rate limit enforced like OpenAI does: a token bucket of `rpm` with `burst`, 429 beyond it.
+        self.rpm: Optional[float] = None
+        self.burst = 1.0
+        self._level = 0.0
+        self._updated = 0.0
+        self.rejected = 0
+        self.accepted_at: list[float] = []
         self._server: Optional[HTTPServer] = None
+
+    def limit(self, rpm: float, burst: float) -> None:
+        """Enforce `rpm` (with `burst`) from now on."""
+        self.rpm, self.burst = rpm, burst
+        self._level, self._updated = burst, time.monotonic()
+
+    def admit(self, handler: RequestHandler) -> bool:
+        """Apply the rate limit: False (after answering 429) when it is exceeded."""
+        if self.rpm is None:
+            return True
+        now = time.monotonic()
+        rate = self.rpm / 60
+        self._level = min(self.burst, self._level + (now - self._updated) * rate)
+        self._updated = now
+        if self._level >= 1:
+            self._level -= 1
+            self.accepted_at.append(now)
+            handler.set_header("x-ratelimit-limit-requests", str(int(self.rpm)))
+            handler.set_header("x-ratelimit-remaining-requests", str(int(self._level)))
+            return True
+        self.rejected += 1
+        wait = (1 - self._level) / rate
+        handler.set_status(429)
+        handler.set_header("Retry-After", str(max(1, math.ceil(wait))))
+        handler.set_header("x-ratelimit-remaining-requests", "0")
+        handler.set_header("x-ratelimit-reset-requests", f"{wait:.3f}s")
+        handler.set_header("Content-Type", "application/json")
+        handler.finish(orjson.dumps({"error": {"message": "Rate limit reached for requests", "type": "requests",
+                                               "param": None, "code": "rate_limit_exceeded"}}))
+        return False
 
     def next_cue(self) -> Cue:
         return self.cues.pop(0) if self.cues else self.default

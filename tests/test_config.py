@@ -173,7 +173,7 @@ def test_every_error_is_reported_at_once(tmp_path: Path) -> None:
     expected = [
         "env CHATGPT_APISERVER_LOG_LEVEL: expected one of debug, info, warning, error, got 'loud'",
         f"port in {where}: expected a port number, got 'eighty'",
-        f"pool.type in {where}: expected one of balanced, random, got 'fastest'",
+        f"pool.type in {where}: expected one of balanced, random, least_busy, capacity, got 'fastest'",
         f"pool.size in {where}: unknown setting",
         f"colour in {where}: unknown setting",
         "--max-attempts: expected a whole number of at least 1, got 0",

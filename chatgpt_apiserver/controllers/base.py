@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from ..health import ControllerState
 from .specs import ControllerSpec
 
 
@@ -28,6 +29,8 @@ class Call:
     model: str
     stream: bool
     request_id: str
+    # The client did not ask for the final usage event; the gateway asks upstream and strips it.
+    inject_usage: bool = False
 
 
 class Reply(ABC):
@@ -62,6 +65,7 @@ class Controller(ABC):
         self.name = spec.name
         self.weight = spec.weight
         self.models = spec.models
+        self.state = ControllerState(spec.name, spec.limits)
 
     def serves(self, model: str) -> bool:
         """Whether this controller takes requests for `model`."""
@@ -80,8 +84,8 @@ class Controller(ABC):
         """Release pools and sessions."""
 
     @abstractmethod
-    async def send(self, call: Call) -> Reply:
-        """Send `call` and return once the reply's headers are in. Raises `UpstreamError`."""
+    async def send(self, call: Call, body: bytes) -> Reply:
+        """Send `body` (the call's, rewritten for this upstream) once headers are in. Raises `UpstreamError`."""
 
     @abstractmethod
     async def discover_models(self) -> list[str]:
@@ -89,8 +93,10 @@ class Controller(ABC):
 
     def describe(self) -> dict[str, Any]:
         """Non-secret facts for logs, --check-config and the admin view."""
+        limits = self.spec.limits
         return {"name": self.name, "type": self.spec.type, "weight": self.weight,
-                "models": sorted(self.models) if self.models is not None else None}
+                "models": dict(sorted(self.models.items())) if self.models is not None else None,
+                "limits": {"rpm": limits.rpm, "tpm": limits.tpm, "max_concurrency": limits.max_concurrency}}
 
 
 def retry_after_seconds(value: Optional[str]) -> Optional[float]:

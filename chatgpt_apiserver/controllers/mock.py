@@ -75,7 +75,7 @@ class MockController(Controller):
         finish = "length" if limit < len(self.words) else "stop"
         return self.words[:count], finish
 
-    async def send(self, call: Call) -> Reply:
+    async def send(self, call: Call, body: bytes) -> Reply:
         payload = call.payload
         n = payload.get("n") or 1
         tokens, finish = self._tokens(payload)
@@ -86,15 +86,15 @@ class MockController(Controller):
         created = int(time.time())
         if call.stream:
             options = payload.get("stream_options") or {}
-            events = self._events(ident, created, call.model, n, tokens, finish,
-                                  usage if options.get("include_usage") else None)
+            wants_usage = options.get("include_usage") or call.inject_usage
+            events = self._events(ident, created, call.model, n, tokens, finish, usage if wants_usage else None)
             return MockReply(None, events, stream=True)
         await asyncio.sleep(self.first_delay + len(tokens) / self.rate)
         choices = [{"index": i, "message": {"role": "assistant", "content": "".join(tokens).rstrip(), "refusal": None},
                     "logprobs": None, "finish_reason": finish} for i in range(n)]
-        body = {"id": ident, "object": "chat.completion", "created": created, "model": call.model,
-                "choices": choices, "usage": usage, "system_fingerprint": "mock"}
-        return MockReply(orjson.dumps(body), None, stream=False)
+        answer = {"id": ident, "object": "chat.completion", "created": created, "model": call.model,
+                  "choices": choices, "usage": usage, "system_fingerprint": "mock"}
+        return MockReply(orjson.dumps(answer), None, stream=False)
 
     async def _events(self, ident: str, created: int, model: str, n: int, tokens: list[str], finish: str,
                       usage: Optional[dict[str, int]]) -> AsyncIterator[bytes]:

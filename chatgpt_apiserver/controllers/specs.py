@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 import voluptuous as vol
 
 from ..configfile import ConfigError, load, resolve
+from ..health import Limits
 from ..secret import Secret
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -77,6 +78,19 @@ def _secret_text(value: Any) -> Secret:
 _NonEmpty = vol.All(str, vol.Length(min=1))
 _Seconds = vol.All(vol.Coerce(float), vol.Range(min=0))
 
+_PerMinute = vol.All(vol.Coerce(float), vol.Range(min=0.001, msg="must be a positive number"))
+
+
+def _burst(value: Any) -> dict[str, float]:
+    """A number (the request bucket's burst) or {"requests": n, "tokens": m}."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+        return {"requests": float(value)}
+    if isinstance(value, dict) and value and set(value) <= {"requests", "tokens"} and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in value.values()):
+        return {k: float(v) for k, v in value.items()}
+    raise vol.Invalid('expected a positive number or {"requests": n, "tokens": m}')
+
+
 ENTRY = vol.Schema({
     vol.Required("type"): _NonEmpty,
     vol.Optional("name"): vol.All(_NonEmpty, vol.Match(r"^[A-Za-z0-9_.:@/-]+$",
@@ -85,6 +99,10 @@ ENTRY = vol.Schema({
     vol.Optional("models"): _models,
     vol.Optional("config"): dict,
     vol.Optional("config_file"): _NonEmpty,
+    vol.Optional("rpm"): _PerMinute,
+    vol.Optional("tpm"): _PerMinute,
+    vol.Optional("max_concurrency"): vol.All(int, vol.Range(min=1, msg="must be at least 1")),
+    vol.Optional("burst"): _burst,
 })
 
 OPENAI_SETTINGS = vol.Schema({
@@ -119,6 +137,7 @@ class ControllerSpec:
     settings: dict[str, Any] = field(default_factory=dict)
     api_key: Optional[Secret] = None
     api_key_source: str = ""
+    limits: Limits = field(default_factory=Limits)
 
 
 def without_comments(document: dict[str, Any]) -> dict[str, Any]:
@@ -233,6 +252,9 @@ def build_specs(entries: Any, base: Path, where: str, env: Mapping[str, str],
             problems.append(f"{prefix}.name in {where}: {name!r} is already used by {names[name]}")
             continue
         names[name] = prefix
+        burst = entry.get("burst", {})
+        limits = Limits(entry.get("rpm"), entry.get("tpm"), entry.get("max_concurrency"),
+                        burst.get("requests"), burst.get("tokens"))
         specs.append(ControllerSpec(name, kind, entry.get("weight", 1), entry.get("models"),
-                                    settings, api_key, key_source))
+                                    settings, api_key, key_source, limits))
     return specs

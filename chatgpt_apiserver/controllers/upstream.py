@@ -127,13 +127,13 @@ class UpstreamController(Controller):
             await self._session.close()
             self._session = None
 
-    async def send(self, call: Call) -> Reply:
+    async def send(self, call: Call, body: bytes) -> Reply:
         if self._session is None:
             await self.start()
         assert self._session is not None
         try:
             response = await self._session.post(
-                self._url, data=call.body, headers={"X-Request-Id": call.request_id}, proxy=self._proxy,
+                self._url, data=body, headers={"X-Request-Id": call.request_id}, proxy=self._proxy,
             )
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise UpstreamError(*_describe_error(exc)) from None

@@ -1,0 +1,152 @@
+"""Token buckets and the upstream's own rate-limit headers, with time injected for exact tests."""
+
+from __future__ import annotations
+
+import email.utils
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Optional
+
+Clock = Callable[[], float]
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+
+
+class TokenBucket:
+    """Refills continuously at `per_minute / 60` per second up to `capacity`; may go below zero when settled."""
+
+    __slots__ = ("capacity", "level", "rate", "updated")
+
+    def __init__(self, per_minute: float, burst: Optional[float] = None, now: float = 0.0) -> None:
+        self.rate = per_minute / 60.0
+        self.capacity = float(burst if burst is not None else per_minute)
+        self.level = self.capacity
+        self.updated = now
+
+    def refill(self, now: float) -> float:
+        """Bring the level up to `now` and return it."""
+        if now > self.updated:
+            self.level = min(self.capacity, self.level + (now - self.updated) * self.rate)
+            self.updated = now
+        return self.level
+
+    def has(self, amount: float, now: float) -> bool:
+        """Whether `amount` could be taken now."""
+        return self.refill(now) >= min(amount, self.capacity)
+
+    def take(self, amount: float, now: float) -> None:
+        """Remove `amount` (check `has` first); a request larger than the capacity empties the bucket."""
+        self.refill(now)
+        self.level -= amount
+
+    def give(self, amount: float, now: float) -> None:
+        """Return `amount` (a reservation that was larger than what was used)."""
+        self.refill(now)
+        self.level = min(self.capacity, self.level + amount)
+
+    def wait_for(self, amount: float, now: float) -> float:
+        """Seconds until `amount` can be taken (0 if now)."""
+        missing = min(amount, self.capacity) - self.refill(now)
+        if missing <= 0:
+            return 0.0
+        return missing / self.rate if self.rate > 0 else float("inf")
+
+    def correct(self, remaining: Optional[float], limit: Optional[float], now: float) -> None:
+        """Believe the upstream: never more left than it says, and never a higher limit than it has."""
+        self.refill(now)
+        if limit is not None and 0 < limit < self.capacity:
+            self.rate = self.rate * limit / self.capacity
+            self.capacity = limit
+            self.level = min(self.level, limit)
+        if remaining is not None and remaining < self.level:
+            self.level = remaining
+
+    def fraction(self, now: float) -> float:
+        """Level over capacity, 0..1."""
+        return max(0.0, self.refill(now)) / self.capacity if self.capacity else 0.0
+
+
+def parse_duration(text: Optional[str]) -> Optional[float]:
+    """OpenAI's reset format: '6m0s', '1.5s', '20ms', '1h2m3s', or plain seconds ('12')."""
+    if not text:
+        return None
+    text = text.strip()
+    try:
+        return max(0.0, float(text))
+    except ValueError:
+        pass
+    total = 0.0
+    position = 0
+    for match in _DURATION_PART.finditer(text):
+        if match.start() != position:
+            return None
+        total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        position = match.end()
+    return total if position == len(text) and position > 0 else None
+
+
+def parse_retry_after(text: Optional[str], wall_clock: Clock = time.time) -> Optional[float]:
+    """Retry-After in seconds: a number of seconds or an HTTP date."""
+    if not text:
+        return None
+    seconds = parse_duration(text)
+    if seconds is not None:
+        return seconds
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - wall_clock())
+
+
+def _number(headers: Mapping[str, str], name: str) -> Optional[float]:
+    value = headers.get(name)
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class RateHeaders:
+    """What an upstream said about its limits in `x-ratelimit-*` and `Retry-After`."""
+
+    limit_requests: Optional[float] = None
+    remaining_requests: Optional[float] = None
+    reset_requests: Optional[float] = None
+    limit_tokens: Optional[float] = None
+    remaining_tokens: Optional[float] = None
+    reset_tokens: Optional[float] = None
+    retry_after: Optional[float] = None
+
+    @classmethod
+    def parse(cls, headers: Mapping[str, str]) -> RateHeaders:
+        """Read the headers (case-insensitively, as any HTTP header mapping gives them)."""
+        return cls(
+            limit_requests=_number(headers, "x-ratelimit-limit-requests"),
+            remaining_requests=_number(headers, "x-ratelimit-remaining-requests"),
+            reset_requests=parse_duration(headers.get("x-ratelimit-reset-requests")),
+            limit_tokens=_number(headers, "x-ratelimit-limit-tokens"),
+            remaining_tokens=_number(headers, "x-ratelimit-remaining-tokens"),
+            reset_tokens=parse_duration(headers.get("x-ratelimit-reset-tokens")),
+            retry_after=parse_retry_after(headers.get("retry-after")),
+        )
+
+    def cooldown(self) -> Optional[float]:
+        """After a 429: seconds until the upstream says it is free again."""
+        if self.retry_after is not None:
+            return self.retry_after
+        waits = []
+        if self.remaining_requests is not None and self.remaining_requests < 1 and self.reset_requests is not None:
+            waits.append(self.reset_requests)
+        if self.remaining_tokens is not None and self.remaining_tokens < 1 and self.reset_tokens is not None:
+            waits.append(self.reset_tokens)
+        if waits:
+            return max(waits)
+        known = [w for w in (self.reset_requests, self.reset_tokens) if w is not None]
+        return min(known) if known else None
