@@ -8,10 +8,14 @@ from .config import Settings
 from .options import OPTIONS
 
 
-def _show(value: Any) -> str:
+def _show(value: Any, secret: bool) -> str:
+    if secret:
+        if isinstance(value, tuple):
+            return f"({len(value)} key{'s' if len(value) != 1 else ''}, redacted)" if value else "(none)"
+        return "(set, redacted)" if value else "(none)"
     if isinstance(value, tuple):
-        return ",".join(value) or "(none)"
-    return str(value)
+        return ",".join(str(item) for item in value) or "(none)"
+    return "(none)" if value is None else str(value)
 
 
 def render(settings: Settings) -> str:
@@ -24,7 +28,7 @@ def render(settings: Settings) -> str:
     lines.append("settings:")
     width = max(len(option.key) for option in OPTIONS)
     for option in OPTIONS:
-        value = _show(settings.values[option.dest])
+        value = _show(settings.values[option.dest], option.secret)
         lines.append(f"  {option.key:<{width}} = {value:<24} ({settings.sources[option.dest]})")
     lines.append("")
     lines.append(f"controllers ({len(settings.controllers)}):")

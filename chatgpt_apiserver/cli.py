@@ -34,19 +34,20 @@ def get_settings(argv: Optional[Sequence[str]]) -> tuple[Optional[Settings], boo
     return settings, check, 0
 
 
-def run_server(settings: Settings) -> int:
-    """Serve on uvloop until a stop signal."""
+def run_server(settings: Settings, argv: Sequence[str]) -> int:
+    """Serve on uvloop until a stop signal; SIGHUP re-reads the config from the same `argv`."""
     import uvloop
 
     from .server import serve
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(serve(settings))
+        return runner.run(serve(settings, argv))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point for `chatgpt-apiserver` and `python -m chatgpt_apiserver`."""
-    settings, check, status = get_settings(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    settings, check, status = get_settings(argv)
     if settings is None:
         return status
     if check:
@@ -57,7 +58,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if settings.demo:
         log.warning(DEMO_BANNER)
     try:
-        return run_server(settings)
+        return run_server(settings, argv)
     except OSError as error:
         log.error("cannot listen on %s:%s: %s", settings.host, settings.port, error.strerror)
         return 1

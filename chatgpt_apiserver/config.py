@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -14,7 +15,8 @@ import orjson
 from . import __version__
 from .configfile import ConfigError, Location, load, locate
 from .controllers.specs import ControllerSpec, build_specs
-from .options import OPTIONS, Option
+from .options import OPTIONS, Option, parse_bool
+from .secret import Secret
 
 HOW_TO_START = """\
 How to start:
@@ -80,14 +82,48 @@ def build_parser() -> configargparse.ArgParser:
     groups: dict[str, Any] = {}
     for option in OPTIONS:
         group = groups.setdefault(option.group, parser.add_argument_group(option.group))
+        flag_style = {"nargs": "?", "const": "true"} if option.parse is parse_bool else {}
         group.add_argument(*option.flags, dest=option.dest, env_var=option.env, default=None,
-                           metavar=option.dest.split("_")[-1].upper(),
+                           metavar=option.dest.split("_")[-1].upper(), **flag_style,
                            help=f"{option.help} [default: {_show_default(option.default)}]")
     return parser
 
 
 def _show_default(value: Any) -> str:
-    return ",".join(value) if isinstance(value, tuple) else str(value)
+    if isinstance(value, tuple):
+        return ",".join(value) or "none"
+    return "none" if value is None else str(value)
+
+
+def _is_loopback(host: str) -> bool:
+    if host in ("localhost", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _security_checks(values: dict[str, Any], sources: dict[str, str], base: Path, problems: list[str]) -> None:
+    """Client keys from the file, and the refusal to serve a public address with no keys."""
+    keys: list[Secret] = list(values.get("client_keys") or ())
+    path_text = values.get("client_keys_file")
+    if path_text:
+        path = base.parent / path_text if not Path(path_text).is_absolute() else Path(path_text)
+        try:
+            lines = path.read_text().splitlines()
+        except OSError as exc:
+            problems.append(f"{sources['client_keys_file']}: cannot read {path}: {exc.strerror}")
+            lines = []
+        keys += [Secret(line.strip()) for line in lines if line.strip() and not line.strip().startswith("#")]
+    values["client_keys"] = tuple(keys)
+    host = values.get("host", "127.0.0.1")
+    if not keys and not values.get("allow_unauthenticated") and not _is_loopback(host):
+        problems.append(
+            f"{sources['host']}: refusing to listen on {host}, a non-loopback address, with no client keys: "
+            "anyone who can reach it could spend the upstream keys. Set client_keys (or client_keys_file, or "
+            "CHATGPT_APISERVER_CLIENT_KEYS), or pass --allow-unauthenticated if something in front of it "
+            "authenticates clients.")
 
 
 def _lookup(document: Mapping[str, Any], dotted: str) -> Any:
@@ -212,6 +248,8 @@ def parse_settings(argv: Optional[Sequence[str]] = None,
             problems.append(f"{source}: {exc}")
 
     base = location.path if location.path else Path.cwd() / "environment"
+    if not any(problem.startswith(("--host", "env CHATGPT_APISERVER_HOST", "host in")) for problem in problems):
+        _security_checks(values, final_sources, base, problems)
     controllers = build_specs(document.get("controllers"), base, where, env, problems)
     if problems:
         raise ConfigError(problems)

@@ -14,7 +14,7 @@ from tornado.iostream import StreamClosedError
 from tornado.web import HTTPError, RequestHandler
 
 from .controllers import Call
-from .errors import ApiError
+from .errors import ApiError, stream_error_event
 from .gateway import Gateway
 from .relay import client_error_body, open_answer, relayed_headers
 from .rewrite import client_wants_usage
@@ -34,9 +34,10 @@ def _implemented(cls: type) -> list[str]:
 
 
 class BaseHandler(RequestHandler):
-    """JSON errors in OpenAI's shape, CORS, request ids."""
+    """JSON errors in OpenAI's shape, CORS, request ids, and who may call the route."""
 
     gateway: Gateway
+    access = "client"  # client: needs a client key when keys are set; admin: the admin key; open: anyone
 
     def initialize(self, gateway: Gateway) -> None:
         self.gateway = gateway
@@ -60,6 +61,23 @@ class BaseHandler(RequestHandler):
         given = self.request.headers.get("X-Request-Id")
         self.request_id = given if given and REQUEST_ID.match(given) else os.urandom(12).hex()
         self.set_header("X-Request-Id", self.request_id)
+        if self.access != "open" and self.request.method != "OPTIONS":
+            self._authenticate()
+
+    def _authenticate(self) -> None:
+        gateway = self.gateway
+        rings = [gateway.admin_keys] if self.access == "admin" and gateway.admin_keys else [gateway.client_keys]
+        if not rings[0]:
+            return
+        if not any(ring.check(self.request.headers.get("Authorization")) for ring in rings):
+            which = "admin key" if rings[0] is gateway.admin_keys else "API key"
+            raise ApiError(401, f"Missing or invalid {which}: send 'Authorization: Bearer <key>'.",
+                           code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if isinstance(value, ApiError):
+            return  # an answer, not a fault
+        super().log_exception(typ, value, tb)
 
     def options(self, *args: Any) -> None:
         """CORS preflight: allow this route's methods and whatever headers the browser asks for."""
@@ -113,26 +131,48 @@ class ChatCompletionsHandler(BaseHandler):
 
     _task: Optional[asyncio.Task[Any]] = None
     _client_gone = False
+    _abort_reason = ""
 
     def on_connection_close(self) -> None:
         self._client_gone = True
         if self._task is not None:
+            self._task.cancel()  # stops the upstream call or stream at once
+
+    def abort(self, reason: str) -> None:
+        """End this request now (shutdown timeout): a stream gets the error event, a waiting request 503."""
+        self._abort_reason = reason
+        if self._task is not None:
             self._task.cancel()
 
     async def post(self, *args: Any) -> None:
+        gateway = self.gateway
+        if gateway.in_flight >= gateway.settings.max_concurrent_requests:
+            raise ApiError(503, "The gateway is at its concurrent request limit; retry shortly.",
+                           code="overloaded", headers={"Retry-After": "1"})
         self._task = asyncio.current_task()
-        self.gateway.enter()
+        gateway.enter(self)
         try:
             await self._handle()
         except ApiError as error:
             self.send_api_error(error)
         except (asyncio.CancelledError, StreamClosedError):
-            if not self._client_gone:
+            if self._client_gone:
+                log.info("client went away; request %s cancelled", self.request_id)
+            elif self._abort_reason:
+                self._finish_aborted()
+            else:
                 raise
-            log.info("client went away; request %s cancelled", self.request_id)
         finally:
             self._task = None
-            self.gateway.leave()
+            gateway.leave(self)
+
+    def _finish_aborted(self) -> None:
+        message = f"The request was cut short: {self._abort_reason}."
+        if self._headers_written:
+            self.write(stream_error_event(message, "server_error", "shutting_down"))
+            self.finish()
+        else:
+            self.send_api_error(ApiError(503, message, code="shutting_down", headers={"Retry-After": "1"}))
 
     async def _handle(self) -> None:
         body = self.request.body
@@ -190,6 +230,8 @@ class ModelsHandler(BaseHandler):
 class AdminControllersHandler(BaseHandler):
     """GET /admin/controllers: every controller's limits, bucket levels, state and counts."""
 
+    access = "admin"
+
     def get(self) -> None:
         self.write_json({"controllers": self.gateway.describe(), "queue_length": self.gateway.scheduler.queue_length,
                          "in_flight": self.gateway.in_flight})
@@ -198,6 +240,8 @@ class AdminControllersHandler(BaseHandler):
 class StatusHandler(BaseHandler):
     """GET /status: the original server's liveness answer."""
 
+    access = "open"
+
     def get(self) -> None:
         self.write_json({"status": "ok"})
 
@@ -205,12 +249,16 @@ class StatusHandler(BaseHandler):
 class HealthHandler(BaseHandler):
     """GET /healthz: the process is alive and its event loop turns."""
 
+    access = "open"
+
     def get(self) -> None:
         self.write_json({"status": "ok"})
 
 
 class ReadyHandler(BaseHandler):
     """GET /readyz: at least one controller can take requests."""
+
+    access = "open"
 
     def get(self) -> None:
         if self.gateway.ready:
@@ -222,6 +270,8 @@ class ReadyHandler(BaseHandler):
 
 class NotFoundHandler(BaseHandler):
     """Any unknown path: a JSON 404 for every method."""
+
+    access = "open"
 
     def prepare(self) -> None:
         super().prepare()

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
+
+from .secret import Secret
 
 ENV_PREFIX = "CHATGPT_APISERVER_"
 
@@ -57,6 +59,23 @@ def parse_list(text: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in str(text).split(",") if item.strip())
 
 
+def parse_secret_list(text: str) -> tuple[Secret, ...]:
+    """A comma-separated list of keys, each held as a Secret."""
+    return tuple(Secret(item) for item in parse_list(text))
+
+
+def parse_secret(text: str) -> Optional[Secret]:
+    """One key, held as a Secret (empty means none)."""
+    value = str(text).strip()
+    return Secret(value) if value else None
+
+
+def parse_optional_path(text: str) -> Optional[str]:
+    """A file path, or nothing."""
+    value = str(text).strip()
+    return value or None
+
+
 def one_of(*choices: str) -> Callable[[str], str]:
     """A parser accepting one of `choices`, case-insensitively."""
 
@@ -87,6 +106,7 @@ class Option:
     parse: Callable[[str], Any]
     help: str
     group: str = "server"
+    secret: bool = False
 
     @property
     def dest(self) -> str:
@@ -152,6 +172,22 @@ OPTIONS: tuple[Option, ...] = (
     Option("cors_origins", ("*",), parse_list,
            "Comma-separated origins allowed by CORS; * allows every origin; empty disables CORS headers.",
            "server"),
+    Option("client_keys", (), parse_secret_list,
+           "Keys clients must send as 'Authorization: Bearer <key>' (comma-separated). None: no check.",
+           "security", secret=True),
+    Option("client_keys_file", None, parse_optional_path,
+           "File with one client key per line (blank lines and # comments ignored).", "security"),
+    Option("admin_key", None, parse_secret,
+           "Key for /admin/* and /metrics. Unset: those routes take a client key (or are open without keys).",
+           "security", secret=True),
+    Option("allow_unauthenticated", False, parse_bool,
+           "Allow listening on a non-loopback address without client keys.", "security"),
+    Option("max_concurrent_requests", 10000, parse_positive_int,
+           "Requests handled at once; beyond it, 503 with Retry-After.", "server"),
+    Option("client_idle_timeout", 75.0, parse_seconds,
+           "Seconds an idle client connection (or one still sending its headers) is kept.", "server"),
+    Option("client_body_timeout", 30.0, parse_seconds,
+           "Seconds a client may take to send its request body.", "server"),
     Option("shutdown_timeout", 30.0, parse_seconds,
            "Seconds to let in-flight requests and streams finish after SIGTERM.", "server"),
     Option("access_log", True, parse_bool, "Log one line per request.", "logging"),

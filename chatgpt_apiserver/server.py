@@ -7,6 +7,8 @@ import logging
 import os
 import signal
 import socket
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Optional
 
@@ -14,7 +16,8 @@ from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
 from .app import make_app
-from .config import Settings
+from .config import Settings, parse_settings
+from .configfile import ConfigError
 from .gateway import Gateway
 from .notify import notify
 
@@ -42,7 +45,10 @@ class Running:
         gateway = self.gateway
         gateway.draining = True
         self.server.stop()
-        await gateway.wait_idle(gateway.settings.shutdown_timeout if grace is None else grace)
+        if not await gateway.wait_idle(gateway.settings.shutdown_timeout if grace is None else grace):
+            log.warning("shutdown timeout: ending %d request(s) still in flight", gateway.in_flight)
+            gateway.abort_all("the server is shutting down")
+            await gateway.wait_idle(5.0)
         await self.server.close_all_connections()
         await gateway.close()
 
@@ -54,7 +60,8 @@ async def start_server(settings: Settings, gateway: Optional[Gateway] = None) ->
     server = HTTPServer(
         make_app(gateway),
         max_body_size=settings.max_body_size * HARD_BODY_CAP_FACTOR,
-        idle_connection_timeout=3600,
+        idle_connection_timeout=settings.client_idle_timeout,
+        body_timeout=settings.client_body_timeout,
     )
     sockets = bind_sockets(settings.port, settings.host)
     server.add_sockets(sockets)
@@ -64,14 +71,45 @@ async def start_server(settings: Settings, gateway: Optional[Gateway] = None) ->
     return running
 
 
-async def serve(settings: Settings) -> int:
-    """Serve until SIGTERM or SIGINT, then drain; return the exit status."""
+async def reload(running: Running, argv: Sequence[str]) -> bool:
+    """SIGHUP: re-read and validate the config; swap it in if valid, else keep serving the old one."""
+    notify(f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
+    try:
+        try:
+            settings, _check = parse_settings(argv)
+        except ConfigError as error:
+            log.error("reload failed; still serving the previous config. %s", error)
+            return False
+        except SystemExit:
+            log.error("reload failed: the command line no longer parses; still serving the previous config")
+            return False
+        old = running.gateway.settings
+        for key in ("host", "port"):
+            if getattr(settings, key) != getattr(old, key):
+                log.warning("reload: %s changed from %s to %s; that takes a restart", key, getattr(old, key),
+                            getattr(settings, key))
+        await running.gateway.reload(settings)
+        return True
+    finally:
+        notify("READY=1")
+
+
+async def serve(settings: Settings, argv: Sequence[str] = ()) -> int:
+    """Serve until SIGTERM or SIGINT (SIGHUP reloads), then drain; return the exit status."""
     running = await start_server(settings)
     notify(f"READY=1\nSTATUS=serving on {settings.host}:{running.port}\nMAINPID={os.getpid()}")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    reloads: set[asyncio.Task[bool]] = set()
+
+    def on_hangup() -> None:
+        task = loop.create_task(reload(running, argv))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_hangup)
     await stop.wait()
     notify("STOPPING=1")
     log.info("stopping: draining %d in-flight request(s)", running.gateway.in_flight)

@@ -105,7 +105,8 @@ def test_cannot_listen_is_a_clear_error(tmp_path: Path, flag: str) -> None:
     blocker.listen()
     value = str(blocker.getsockname()[1]) if flag == "--port" else "192.0.2.1"
     try:
-        done = subprocess.run([sys.executable, "-m", "chatgpt_apiserver", "--config-file", str(config), flag, value],
+        done = subprocess.run([sys.executable, "-m", "chatgpt_apiserver", "--config-file", str(config), flag, value,
+                               "--allow-unauthenticated"],
                               env=clean_env(), capture_output=True, text=True, timeout=60)
     finally:
         blocker.close()
