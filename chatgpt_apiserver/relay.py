@@ -140,7 +140,8 @@ async def _attempt(lease: Lease, call: Call, gateway: Gateway) -> Answer | Failu
     settings = gateway.settings
     deadline = Deadline()
     started = deadline.loop.time()
-    deadline.at(started + settings.first_byte_timeout)
+    first_byte = settings.first_byte_timeout
+    deadline.at(started + (first_byte if call.stream else min(first_byte, settings.request_timeout)))
     reply: Optional[Reply] = None
     try:
         reply = await controller.send(call, upstream_body(call, controller.upstream_model(call.model)))

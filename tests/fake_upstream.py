@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -10,6 +11,7 @@ from typing import Any, Optional
 
 import orjson
 from tornado.httpserver import HTTPServer
+from tornado.iostream import StreamClosedError
 from tornado.testing import bind_unused_port
 from tornado.web import Application, RequestHandler
 
@@ -108,7 +110,8 @@ class ChatHandler(RequestHandler):
             self.set_header("Content-Type", "application/json")
             self.finish(cue.body if cue.body is not None else orjson.dumps(completion(model, cue.text, n)))
             return
-        await self._stream(cue, model, n, payload)
+        with contextlib.suppress(StreamClosedError):  # the gateway hung up: what some tests want
+            await self._stream(cue, model, n, payload)
 
     async def _write(self, data: bytes, cue: Cue) -> None:
         if cue.chunked_bytes:

@@ -1,0 +1,148 @@
+"""The server as systemd drives it: SIGTERM drains, SIGHUP reloads (run as a real subprocess)."""
+
+from __future__ import annotations
+
+import http.client
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from .fake_upstream import Cue, FakeUpstream
+from .harness import Stack, openai_controller
+from .test_process import clean_env, free_port, wait_for_port
+
+STREAM = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+
+
+class Server:
+    """chatgpt-apiserver in a subprocess, with its log captured."""
+
+    def __init__(self, config: Path, *args: str) -> None:
+        self.port = free_port()
+        self.log = config.parent / "server.log"
+        with open(self.log, "wb") as log:  # the child keeps its own copy of the descriptor
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "chatgpt_apiserver", "--config-file", str(config), "--port", str(self.port),
+                 *args], env=clean_env(), stdout=subprocess.DEVNULL, stderr=log)
+        wait_for_port(self.port, self.process)
+
+    def request(self, body: Any, path: str = "/v1/chat/completions", method: str = "POST") -> tuple[int, bytes]:
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        connection.request(method, path, body=orjson.dumps(body) if body is not None else None)
+        response = connection.getresponse()
+        result = response.status, response.read()
+        connection.close()
+        return result
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(30)
+
+
+def write_config(path: Path, fakes: list[FakeUpstream], **extra: Any) -> Path:
+    path.write_bytes(orjson.dumps({"controllers": [openai_controller(f) for f in fakes], **extra}))
+    return path
+
+
+def stream_in_background(port: int, results: list[bytes]) -> threading.Thread:
+    def run() -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        connection.request("POST", "/v1/chat/completions", body=orjson.dumps(STREAM))
+        results.append(connection.getresponse().read())
+        connection.close()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def test_sigterm_drains_an_open_stream_then_exits_0(stack: Stack, tmp_path: Path) -> None:
+    fake = stack.fake("up")
+    fake.default = Cue(mode="stream", events=15, interval=0.1)
+    server = Server(write_config(tmp_path / "c.json", [fake]), "--shutdown-timeout", "10")
+    results: list[bytes] = []
+    probe = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)  # kept alive across SIGTERM
+    try:
+        probe.request("GET", "/readyz")
+        assert probe.getresponse().read() and True
+        thread = stream_in_background(server.port, results)
+        while not fake.chat_requests:
+            time.sleep(0.02)
+        time.sleep(0.2)
+        server.process.send_signal(signal.SIGTERM)
+        time.sleep(0.2)
+        probe.request("GET", "/readyz")
+        ready = probe.getresponse()
+        assert ready.status == 503 and b"draining" in ready.read()
+        try:  # while it drains, the listener no longer accepts
+            socket.create_connection(("127.0.0.1", server.port), timeout=1).close()
+            accepting = True
+        except OSError:
+            accepting = False
+        assert not accepting
+        thread.join(30)
+    finally:
+        probe.close()
+        code = server.stop()
+    assert code == 0
+    assert results and results[0].endswith(b"data: [DONE]\n\n")  # the stream finished
+
+
+def test_sigterm_ends_streams_past_the_shutdown_timeout_with_the_error_event(stack: Stack, tmp_path: Path) -> None:
+    fake = stack.fake("up")
+    fake.default = Cue(mode="stream", events=100, interval=0.1)
+    server = Server(write_config(tmp_path / "c.json", [fake]), "--shutdown-timeout", "0.5")
+    results: list[bytes] = []
+    thread = stream_in_background(server.port, results)
+    while not fake.chat_requests:
+        time.sleep(0.02)
+    started = time.monotonic()
+    server.process.send_signal(signal.SIGTERM)
+    thread.join(30)
+    assert server.process.wait(30) == 0
+    assert time.monotonic() - started < 5
+    last = [event for event in results[0].split(b"\n\n") if event][-1]
+    assert b"shutting down" in last and last.startswith(b'data: {"error"')
+
+
+def test_sighup_reload_valid_and_invalid(stack: Stack, tmp_path: Path) -> None:
+    first, second = stack.fake("first"), stack.fake("second")
+    first.default = Cue(mode="stream", events=15, interval=0.1)
+    config = write_config(tmp_path / "c.json", [first])
+    server = Server(config)
+    try:
+        results: list[bytes] = []
+        thread = stream_in_background(server.port, results)  # in flight across both reloads
+        while not first.chat_requests:
+            time.sleep(0.02)
+        write_config(config, [second])
+        server.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while "config reloaded" not in server.output() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        status, _ = server.request({**STREAM, "stream": False})
+        assert status == 200 and len(second.chat_requests) == 1
+        config.write_text('{"controllers": [{"type": "nope"}], "max_attempts": 0}')
+        server.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while "reload failed" not in server.output() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        output = server.output()
+        assert "unknown controller type 'nope'" in output and "max_attempts in" in output
+        assert server.request({**STREAM, "stream": False})[0] == 200  # still serving the last good config
+        assert len(second.chat_requests) == 2
+        thread.join(30)
+        assert results[0].endswith(b"data: [DONE]\n\n")  # the in-flight stream was never dropped
+    finally:
+        assert server.stop() == 0
