@@ -80,6 +80,7 @@ def test_every_controller_rate_limited_gives_429_with_retry_after(stack: Stack) 
         openai.OpenAI(base_url=stack.base_url, api_key="k", max_retries=0).chat.completions.create(**BODY)
     assert caught.value.response.headers["retry-after"] == "3"
     assert caught.value.response.status_code == 429
+    assert len(a.chat_requests) + len(b.chat_requests) <= 3  # max_attempts
 
 
 def test_attempts_are_bounded(stack: Stack) -> None:

@@ -259,3 +259,20 @@ def test_admin_view_shape(stack: Stack) -> None:
     assert view["models"] == {"gpt-4o": "gpt-4o"} and view["weight"] == 3 and view["state"] == "ok"
     assert set(view["buckets"]) == {"requests", "tokens"}  # type: ignore[arg-type]
     assert "sk-" not in orjson.dumps(view).decode()
+
+
+def test_reload_keeps_state_of_unchanged_controllers(stack: Stack) -> None:
+    keep, drop, new = stack.fake("keep"), stack.fake("drop"), stack.fake("new")
+    keep.cue(Cue(mode="status", status=429, headers={"Retry-After": "60"}))
+    stack.gateway({"controllers": [openai_controller(keep, weight=5), openai_controller(drop)]})
+    assert stack.request("POST", "/v1/chat/completions", BODY)[0] == 200  # keep cools down, drop answers
+    assert admin(stack)["keep"]["state"] == "cooling"
+    gateway = stack.running.gateway  # type: ignore[union-attr]
+    dropped = next(c for c in gateway.controllers if c.name == "drop")
+    settings = stack.settings({"controllers": [openai_controller(keep, weight=5), openai_controller(new)]})
+    stack.loop.run(gateway.reload(settings))
+    view = admin(stack)
+    assert set(view) == {"keep", "new"}
+    assert view["keep"]["state"] == "cooling"  # its cooldown survived the reload
+    assert stack.request("POST", "/v1/chat/completions", BODY)[1]["x-chatgpt-apiserver-controller"] == "new"
+    assert dropped.state.in_flight == 0
