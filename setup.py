@@ -10,6 +10,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=find_packages(include=["chatgpt_apiserver", "chatgpt_apiserver.*"]),
+    package_data={"chatgpt_apiserver": ["static/*.html"]},
+    include_package_data=True,
     install_requires=[
         "tornado>=6.4",
         "aiohttp>=3.9",
@@ -19,6 +21,7 @@ setup(
         "configargparse>=1.7",
         "openai>=1.40",
         "PyYAML>=6.0",
+        "prometheus-client>=0.17",
     ],
     extras_require={
         "test": [

@@ -13,6 +13,7 @@ from .balancer import make_balancer
 from .config import Settings
 from .controllers import Controller, Transport, build_controller
 from .health import FOREVER, BreakerPolicy, ControllerState
+from .metrics import Metrics
 from .scheduler import QueuePolicy, RetryBudget, Scheduler
 
 log = logging.getLogger("chatgpt_apiserver.gateway")
@@ -54,8 +55,11 @@ class Gateway:
         self.clock = clock
         for controller in controllers:
             self._new_state(controller, settings)
+        self.metrics = Metrics(lambda: self.controllers, lambda: self.in_flight,
+                               lambda: self.scheduler.queue_length, clock)
         self.scheduler = Scheduler(controllers, make_balancer(settings.pool_type, clock=clock),
-                                   QueuePolicy(settings.max_queue_wait, settings.max_queue_size), clock)
+                                   QueuePolicy(settings.max_queue_wait, settings.max_queue_size), clock,
+                                   self.metrics.queue_wait.observe)
         self.retries = RetryBudget(settings.retry_budget_ratio, settings.retry_budget_per_second, clock)
         self.draining = False
         self.in_flight = 0

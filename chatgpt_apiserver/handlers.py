@@ -6,9 +6,11 @@ import asyncio
 import logging
 import os
 import re
-from typing import Any, Optional
+from pathlib import Path
+from typing import Any, Optional, Union
 
 import orjson
+from prometheus_client import CONTENT_TYPE_LATEST
 from tornado.http1connection import HTTP1Connection
 from tornado.iostream import StreamClosedError
 from tornado.web import HTTPError, RequestHandler
@@ -23,6 +25,7 @@ from .streaming import relay_stream
 
 log = logging.getLogger("chatgpt_apiserver.handlers")
 
+STATUS_PAGE = Path(__file__).with_name("static") / "status.html"
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
 CONTROLLER_HEADER = "X-Chatgpt-Apiserver-Controller"
 _HTTP_METHODS = ("GET", "HEAD", "POST", "DELETE", "PATCH", "PUT", "OPTIONS")
@@ -38,10 +41,24 @@ class BaseHandler(RequestHandler):
 
     gateway: Gateway
     access = "client"  # client: needs a client key when keys are set; admin: the admin key; open: anyone
+    route = "other"  # the metrics label
 
     def initialize(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self.request_id = ""
+        # What the access log reports about this request.
+        self.model = ""
+        self.stream = False
+        self.controller = ""
+        self.attempts = 0
+        self.bytes_out = 0
+        self.ttfb: Optional[float] = None
+        self.tokens: Optional[int] = None
+
+    def write(self, chunk: Union[str, bytes, dict[str, Any]]) -> None:
+        if isinstance(chunk, bytes):
+            self.bytes_out += len(chunk)
+        super().write(chunk)
 
     def set_default_headers(self) -> None:
         # Runs before initialize() and again after clear(), so it reads the application's settings.
@@ -129,6 +146,8 @@ class BaseHandler(RequestHandler):
 class ChatCompletionsHandler(BaseHandler):
     """POST /v1/chat/completions: validate, pick a controller, relay the answer."""
 
+    route = "chat_completions"
+
     _task: Optional[asyncio.Task[Any]] = None
     _client_gone = False
     _abort_reason = ""
@@ -182,14 +201,17 @@ class ChatCompletionsHandler(BaseHandler):
                            code="request_too_large")
         payload = parse_chat_request(body)
         stream = bool(payload.get("stream"))
+        self.model, self.stream = payload["model"], stream
         call = Call(body, payload, payload["model"], stream, self.request_id,
                     inject_usage=stream and not client_wants_usage(payload))
         answer = await open_answer(self.gateway, call)
         if self._client_gone:
             answer.close()
             return
+        self.controller, self.attempts = answer.controller.name, answer.attempts
         self.set_header(CONTROLLER_HEADER, answer.controller.name)
         if answer.splitter is None:
+            self.tokens = _total_tokens(answer.usage)
             self._finish_body(answer.status, answer.reply.content_type, answer.body,
                               relayed_headers(answer.reply.headers))
             return
@@ -199,11 +221,15 @@ class ChatCompletionsHandler(BaseHandler):
         connection = self.request.connection
         if isinstance(connection, HTTP1Connection):
             connection.stream.set_nodelay(True)  # each event leaves at once
-        await relay_stream(answer, call, self._send_event, self.gateway.secrets)
+        result = await relay_stream(answer, call, self._send_event, self.gateway.secrets)
+        self.tokens = _total_tokens(result.usage)
         if not self._client_gone:
             self.finish()
 
     async def _send_event(self, event: bytes) -> None:
+        if self.ttfb is None:
+            self.ttfb = self.request.request_time()
+            self.gateway.metrics.ttft.observe(self.ttfb)
         self.write(event)
         await self.flush()
 
@@ -218,8 +244,15 @@ class ChatCompletionsHandler(BaseHandler):
         self.finish(body)
 
 
+def _total_tokens(usage: Optional[dict[str, Any]]) -> Optional[int]:
+    total = usage.get("total_tokens") if usage else None
+    return total if isinstance(total, int) else None
+
+
 class ModelsHandler(BaseHandler):
     """GET /v1/models: every model some controller serves, in OpenAI's list shape."""
+
+    route = "models"
 
     async def get(self, *args: Any) -> None:
         names = await self.gateway.models()
@@ -231,16 +264,41 @@ class AdminControllersHandler(BaseHandler):
     """GET /admin/controllers: every controller's limits, bucket levels, state and counts."""
 
     access = "admin"
+    route = "admin"
 
     def get(self) -> None:
         self.write_json({"controllers": self.gateway.describe(), "queue_length": self.gateway.scheduler.queue_length,
-                         "in_flight": self.gateway.in_flight})
+                         "in_flight": self.gateway.in_flight, "draining": self.gateway.draining})
+
+
+class MetricsHandler(BaseHandler):
+    """GET /metrics: Prometheus text."""
+
+    access = "admin"
+    route = "metrics"
+
+    def get(self) -> None:
+        self.set_header("Content-Type", CONTENT_TYPE_LATEST)
+        self.finish(self.gateway.metrics.render())
+
+
+class StatusPageHandler(BaseHandler):
+    """GET / and /dashboard: the live status page (one static file that reads /admin/controllers)."""
+
+    access = "open"  # the page itself holds no data; it asks for the admin key when the data needs one
+    route = "status_page"
+
+    def get(self) -> None:
+        self.set_header("Content-Type", "text/html; charset=utf-8")
+        self.set_header("Cache-Control", "no-cache")
+        self.finish(STATUS_PAGE.read_bytes())
 
 
 class StatusHandler(BaseHandler):
     """GET /status: the original server's liveness answer."""
 
     access = "open"
+    route = "status"
 
     def get(self) -> None:
         self.write_json({"status": "ok"})
@@ -250,6 +308,7 @@ class HealthHandler(BaseHandler):
     """GET /healthz: the process is alive and its event loop turns."""
 
     access = "open"
+    route = "healthz"
 
     def get(self) -> None:
         self.write_json({"status": "ok"})
@@ -259,6 +318,7 @@ class ReadyHandler(BaseHandler):
     """GET /readyz: at least one controller can take requests."""
 
     access = "open"
+    route = "readyz"
 
     def get(self) -> None:
         if self.gateway.ready:

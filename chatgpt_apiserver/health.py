@@ -42,6 +42,13 @@ class Counters:
     rate_limited: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    retries: int = 0
+    outcomes: dict[str, int] = field(default_factory=dict)  # ok, 429, quota, auth, 5xx, timeout, ...
+    tokens_by_model: dict[str, list[int]] = field(default_factory=dict)  # model -> [prompt, completion]
+
+    def outcome(self, kind: str) -> None:
+        """Count one attempt's outcome."""
+        self.outcomes[kind] = self.outcomes.get(kind, 0) + 1
 
 
 @dataclass

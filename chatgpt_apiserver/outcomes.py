@@ -70,17 +70,22 @@ def usage_of(document: Any) -> Optional[dict[str, Any]]:
     return None
 
 
-def record_usage(controller: Controller, usage: Optional[dict[str, Any]]) -> Optional[float]:
+def record_usage(controller: Controller, usage: Optional[dict[str, Any]], model: str) -> Optional[float]:
     """Count the tokens an answer used; return the total for settling the reservation."""
     if usage is None:
         return None
     prompt = usage.get("prompt_tokens")
     completion = usage.get("completion_tokens")
     counters = controller.state.counters
+    by_model = counters.tokens_by_model.get(model)
+    if by_model is None:
+        by_model = counters.tokens_by_model[model] = [0, 0]
     if isinstance(prompt, int):
         counters.prompt_tokens += prompt
+        by_model[0] += prompt
     if isinstance(completion, int):
         counters.completion_tokens += completion
+        by_model[1] += completion
     total = usage.get("total_tokens")
     if isinstance(total, (int, float)):
         return float(total)

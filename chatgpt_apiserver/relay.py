@@ -6,7 +6,7 @@ import asyncio
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 import orjson
 
@@ -48,6 +48,7 @@ class Answer:
     first_events: list[bytes] = field(default_factory=list)
     splitter: Optional[EventSplitter] = None
     attempts: int = 1
+    usage: Optional[dict[str, Any]] = None
 
     def close(self) -> None:
         """Abandon the answer: close the upstream reply and end the lease."""
@@ -162,8 +163,9 @@ async def _attempt(lease: Lease, call: Call, gateway: Gateway) -> Answer | Failu
                 record_failure(controller, gateway.scheduler, gateway.clock())
                 return Failure(controller.name, "protocol", "the upstream answered with malformed JSON")
             record_status(controller, status, reply.headers, body, gateway.scheduler, settings, gateway.clock())
-            lease.release(record_usage(controller, usage_of(document)))
-            return Answer(controller, reply, status, lease, body=body)
+            usage = usage_of(document)
+            lease.release(record_usage(controller, usage, call.model))
+            return Answer(controller, reply, status, lease, body=body, usage=usage)
         record_status(controller, status, reply.headers, body, gateway.scheduler, settings, gateway.clock())
         if status in RETRY_ELSEWHERE or status >= 500:
             reply.close()
@@ -240,9 +242,14 @@ async def open_answer(gateway: Gateway, call: Call) -> Answer:
         except BaseException:
             lease.release(None)  # the client went away: keep the reservation, the upstream may count it
             raise
+        counters = lease.controller.state.counters
+        if attempt:
+            counters.retries += 1
         if isinstance(outcome, Answer):
+            counters.outcome("ok" if outcome.status < 400 else "client_error")
             outcome.attempts = attempt + 1
             return outcome
+        counters.outcome(outcome.kind)
         lease.release(0)
         failures.append(outcome)
         if outcome.kind != "429":

@@ -85,8 +85,9 @@ class Scheduler:
     """Picks a controller with room for a request, or holds the request first in, first out."""
 
     def __init__(self, controllers: list[Controller], balancer: Balancer, queue: QueuePolicy,
-                 clock: Callable[[], float]) -> None:
+                 clock: Callable[[], float], on_wait: Optional[Callable[[float], None]] = None) -> None:
         self.controllers = controllers
+        self.on_wait = on_wait
         self.balancer = balancer
         self.queue = queue
         self.clock = clock
@@ -135,7 +136,10 @@ class Scheduler:
         self._arm(now + earliest)
         try:
             async with asyncio.timeout(self.queue.max_wait):
-                return await waiter.future
+                lease = await waiter.future
+            if self.on_wait is not None:
+                self.on_wait(self.clock() - now)
+            return lease
         except TimeoutError:
             if waiter.future.done() and not waiter.future.cancelled():
                 return waiter.future.result()  # admitted just as the wait ran out

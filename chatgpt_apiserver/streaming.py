@@ -82,4 +82,4 @@ async def relay_stream(answer: Answer, call: Call, send: Send, secrets: tuple[by
         return result
     finally:
         reply.close()
-        answer.lease.release(record_usage(answer.controller, result.usage))
+        answer.lease.release(record_usage(answer.controller, result.usage, call.model))
