@@ -4,6 +4,18 @@
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${CHATGPT_APISERVER_VENV:-$ROOT/.venv}"
 
+# ensure_debian_packages COMMAND:PACKAGE ... installs each PACKAGE whose COMMAND is missing.
+ensure_debian_packages() {
+  local missing=()
+  for pair in "$@"; do
+    command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  echo "==> installing Debian packages: ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
 ensure_venv() {
   local extras="${1:-.}"
   local python="${PYTHON:-python3}"

@@ -86,6 +86,9 @@ def test_systemd_notify_ready_and_stopping(tmp_path: Path) -> None:
         ready = listener.recv(4096).decode()
         assert ready.startswith("READY=1") and f"MAINPID={process.pid}" in ready
         wait_for_port(port, process)
+        process.send_signal(signal.SIGHUP)
+        assert listener.recv(4096).decode().startswith("RELOADING=1\nMONOTONIC_USEC=")
+        assert listener.recv(4096).decode() == "READY=1"
         process.send_signal(signal.SIGTERM)
         assert listener.recv(4096).decode() == "STOPPING=1"
     finally:

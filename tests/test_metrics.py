@@ -1,0 +1,97 @@
+"""Metrics and the access log after scripted traffic."""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+import time
+
+import orjson
+import pytest
+
+from chatgpt_apiserver.logs import configure_logging
+
+from .fake_upstream import Cue
+from .harness import Stack, openai_controller
+
+BODY = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def scrape(stack: Stack, **headers: str) -> dict[str, float]:
+    status, got, body = stack.request("GET", "/metrics", headers=headers or None)
+    assert status == 200 and got["content-type"].startswith("text/plain")
+    values = {}
+    for line in body.decode().splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            values[name] = float(value)
+    return values
+
+
+def test_metrics_after_traffic_with_a_forced_429(stack: Stack) -> None:
+    limited, other = stack.fake("limited"), stack.fake("other")
+    limited.cue(Cue(mode="status", status=429, headers={"Retry-After": "30"}))
+    other.default = Cue(mode="stream", events=3)
+    stack.gateway({"controllers": [openai_controller(limited, weight=5, rpm=600, tpm=100000),
+                                   openai_controller(other)]})
+    assert stack.request("POST", "/v1/chat/completions", BODY)[0] == 200
+    assert stack.request("POST", "/v1/chat/completions", {**BODY, "stream": True})[0] == 200
+    assert stack.request("POST", "/v1/chat/completions", {"model": ""})[0] == 400
+    m = scrape(stack)
+    assert m['chatgpt_apiserver_upstream_attempts_total{controller="limited",outcome="429"}'] == 1
+    assert m['chatgpt_apiserver_upstream_attempts_total{controller="other",outcome="ok"}'] == 2
+    assert m['chatgpt_apiserver_upstream_retries_total{controller="other"}'] == 1
+    assert m['chatgpt_apiserver_controller_state{controller="limited",state="cooling"}'] == 1
+    assert m['chatgpt_apiserver_controller_state{controller="other",state="ok"}'] == 1
+    assert 25 < m['chatgpt_apiserver_controller_cooldown_seconds{controller="limited"}'] <= 30
+    assert m['chatgpt_apiserver_controller_bucket_capacity{bucket="requests",controller="limited"}'] == 600
+    assert m['chatgpt_apiserver_controller_bucket_level{bucket="requests",controller="limited"}'] <= 0.5
+    assert m['chatgpt_apiserver_requests_total{controller="other",route="chat_completions",status="200"}'] == 2
+    assert m['chatgpt_apiserver_requests_total{controller="-",route="chat_completions",status="400"}'] == 1
+    assert m['chatgpt_apiserver_tokens_total{controller="other",kind="completion",model="gpt-4o"}'] == 7 + 3
+    assert m['chatgpt_apiserver_tokens_total{controller="other",kind="prompt",model="gpt-4o"}'] == 10
+    assert m["chatgpt_apiserver_time_to_first_token_seconds_count"] == 1
+    assert m['chatgpt_apiserver_request_duration_seconds_count{route="chat_completions"}'] == 3
+    assert m["chatgpt_apiserver_requests_in_flight"] == 0 and m["chatgpt_apiserver_queue_length"] == 0
+    assert m['chatgpt_apiserver_controller_in_flight{controller="limited"}'] == 0
+    assert "chatgpt_apiserver_queue_wait_seconds_count" in m
+    _status, _, raw = stack.request("GET", "/metrics")
+    assert b"sk-" not in raw
+
+
+def test_metrics_take_the_admin_key(stack: Stack) -> None:
+    stack.gateway({"admin_key": "admin-secret", "client_keys": ["c"], "controllers": [{"type": "mock"}]})
+    assert stack.request("GET", "/metrics")[0] == 401
+    assert scrape(stack, Authorization="Bearer admin-secret")["chatgpt_apiserver_requests_in_flight"] == 0
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_access_log_lines(stack: Stack, fmt: str) -> None:
+    fake = stack.fake("up")
+    stack.gateway({"controllers": [openai_controller(fake)]}, "--log-format", fmt)
+    out = io.StringIO()
+    handler = configure_logging("info", fmt, stream=out)
+    try:
+        status, headers, body = stack.request("POST", "/v1/chat/completions", BODY, headers={
+            "Content-Type": "application/json", "X-Request-Id": "trace-42"})
+        deadline = time.monotonic() + 5  # the line is written just after the response leaves
+        while "chatgpt_apiserver.access" not in out.getvalue() and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        logging.getLogger().removeHandler(handler)
+    assert status == 200 and headers["x-request-id"] == "trace-42"
+    assert fake.chat_requests[0].headers["X-Request-Id"] == "trace-42"
+    line = next(line for line in out.getvalue().splitlines() if "chatgpt_apiserver.access" in line)
+    if fmt == "json":
+        entry = orjson.loads(line)
+        assert entry["request_id"] == "trace-42" and entry["status"] == 200 and entry["controller"] == "up"
+        assert entry["model"] == "gpt-4o" and entry["stream"] is False and entry["attempts"] == 1
+        assert entry["bytes"] == len(body) and entry["tokens"] == 12 and entry["client"] == "127.0.0.1"
+        assert entry["method"] == "POST" and entry["path"] == "/v1/chat/completions"
+        assert entry["time_ms"] >= entry["ttfb_ms"] > 0 and entry["time"].endswith("Z")
+    else:
+        for field in ("request_id=trace-42", "status=200", "controller=up", "model=gpt-4o", "stream=False",
+                      "attempts=1", f"bytes={len(body)}", "tokens=12", "client=127.0.0.1"):
+            assert field in line
+        assert re.search(r"time_ms=[\d.]+ ttfb_ms=[\d.]+", line)
