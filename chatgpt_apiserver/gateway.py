@@ -15,6 +15,7 @@ from .controllers import Controller, Transport, build_controller
 from .health import FOREVER, BreakerPolicy, ControllerState
 from .metrics import Metrics
 from .scheduler import QueuePolicy, RetryBudget, Scheduler
+from .shared import SharedState
 
 log = logging.getLogger("chatgpt_apiserver.gateway")
 
@@ -61,6 +62,9 @@ class Gateway:
                                    QueuePolicy(settings.max_queue_wait, settings.max_queue_size), clock,
                                    self.metrics.queue_wait.observe)
         self.retries = RetryBudget(settings.retry_budget_ratio, settings.retry_budget_per_second, clock)
+        if settings.redis_url:
+            self.scheduler.shared = SharedState(settings.redis_url.reveal(), settings.redis_prefix,
+                                                settings.redis_timeout, settings.redis_fallback, self._shared_changed)
         self.draining = False
         self.in_flight = 0
         self.active: set[Abortable] = set()
@@ -130,14 +134,24 @@ class Gateway:
         await controller.close()
 
     async def start(self) -> None:
-        """Open every controller's connection pool."""
+        """Open every controller's connection pool, and join the shared state when there is one."""
         for controller in self.controllers:
             await controller.start()
+        if self.scheduler.shared is not None:
+            await self.scheduler.shared.start()
+
+    def _shared_changed(self, available: bool, instances: int) -> None:
+        """Redis went away (each instance now keeps 1/N of every limit locally) or came back."""
+        now = self.clock()
+        for controller in self.controllers:
+            controller.state.rescale(1.0 if available else 1.0 / instances, now)
 
     async def close(self) -> None:
         """Close every controller's connection pool."""
         for task in self._retiring:
             task.cancel()
+        if self.scheduler.shared is not None:
+            await self.scheduler.shared.close()
         for controller in self.controllers:
             await controller.close()
 

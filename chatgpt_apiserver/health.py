@@ -70,12 +70,32 @@ class ControllerState:
     ejected_until: float = 0.0
     probing: bool = False
     counters: Counters = field(default_factory=Counters)
+    concurrency: Optional[int] = None
 
     def __post_init__(self) -> None:
-        if self.limits.rpm:
-            self.requests = TokenBucket(self.limits.rpm, self.limits.request_burst, self.now)
-        if self.limits.tpm:
-            self.tokens = TokenBucket(self.limits.tpm, self.limits.token_burst, self.now)
+        self.rescale(1.0, self.now)
+
+    def rescale(self, fraction: float, now: float) -> None:
+        """(Re)build the buckets at `fraction` of the configured limits (1/N when N instances share them)."""
+        limits = self.limits
+        self.requests = self.tokens = None
+        if limits.rpm:
+            burst = (limits.request_burst or limits.rpm) * fraction
+            self.requests = TokenBucket(limits.rpm * fraction, max(1.0, burst), now)
+        if limits.tpm:
+            burst = (limits.token_burst or limits.tpm) * fraction
+            self.tokens = TokenBucket(limits.tpm * fraction, burst, now)
+        self.concurrency = max(1, int(limits.max_concurrency * fraction)) if limits.max_concurrency else None
+
+    def mirror(self, reason: str, wait: float, now: float) -> None:
+        """Note what the shared state said about this controller, so it is skipped locally meanwhile."""
+        if reason == "cooling":
+            self.cooling_until = max(self.cooling_until, now + wait)
+        elif reason == "disabled":
+            self.disabled_until = max(self.disabled_until, now + wait)
+            self.disabled_reason = self.disabled_reason or "disabled by another instance"
+        elif reason == "ejected":
+            self.ejected_until = max(self.ejected_until, now + wait)
 
     # --- what the scheduler asks -------------------------------------------------------------------
 
@@ -97,7 +117,7 @@ class ControllerState:
 
     def has_room(self, tokens: float, now: float) -> bool:
         """Room in every configured limit for one more request of `tokens`."""
-        if self.limits.max_concurrency is not None and self.in_flight >= self.limits.max_concurrency:
+        if self.concurrency is not None and self.in_flight >= self.concurrency:
             return False
         if self.requests is not None and not self.requests.has(1, now):
             return False
@@ -122,8 +142,8 @@ class ControllerState:
             fractions.append(self.requests.fraction(now))
         if self.tokens is not None:
             fractions.append(self.tokens.fraction(now))
-        if self.limits.max_concurrency:
-            fractions.append(max(0.0, 1 - self.in_flight / self.limits.max_concurrency))
+        if self.concurrency:
+            fractions.append(max(0.0, 1 - self.in_flight / self.concurrency))
         return min(fractions)
 
     # --- reservations ------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from .controllers import Controller
 from .health import FOREVER
 from .limits import RateHeaders
 from .scheduler import Scheduler
+from .shared import SharedState
 
 log = logging.getLogger("chatgpt_apiserver.outcomes")
 
@@ -42,23 +43,36 @@ def record_status(controller: Controller, status: int, headers: Mapping[str, str
     if status < 400 or (status < 500 and status not in (401, 403, 408, 429)):
         state.succeeded(now)  # the upstream works; a client's own mistake says nothing against it
         return
+    shared = scheduler.shared if scheduler.shared is not None and scheduler.shared.available else None
     if status == 429:
         if is_quota_error(body):
-            state.disable("out of quota (insufficient_quota)", settings.quota_disable_seconds, now)
+            _disable(controller, "out of quota (insufficient_quota)", settings.quota_disable_seconds, now, shared)
             return
         parsed = parsed or RateHeaders.parse(headers)
         cooldown = parsed.cooldown()
-        state.rate_limited(cooldown if cooldown is not None else settings.cooldown_default, now)
+        seconds = cooldown if cooldown is not None else settings.cooldown_default
+        state.rate_limited(seconds, now)
+        if shared is not None:
+            shared.cool(controller, seconds)  # every instance stays off it
         return
     if status in (401, 403):
-        state.disable(f"the upstream rejected the key ({status})", FOREVER, now)
+        _disable(controller, f"the upstream rejected the key ({status})", FOREVER, now, shared)
         return
     record_failure(controller, scheduler, now)
 
 
+def _disable(controller: Controller, reason: str, seconds: float, now: float, shared: Optional[SharedState]) -> None:
+    controller.state.disable(reason, seconds, now)
+    if shared is not None:
+        shared.disable(controller, seconds, reason)
+
+
 def record_failure(controller: Controller, scheduler: Scheduler, now: float) -> None:
     """A 5xx, a connection error, a timeout or a malformed answer."""
-    controller.state.failed(scheduler.others_usable(controller), now)
+    may_eject = scheduler.others_usable(controller)
+    controller.state.failed(may_eject, now)
+    if scheduler.shared is not None and scheduler.shared.available:
+        scheduler.shared.fail(controller, may_eject)
 
 
 def usage_of(document: Any) -> Optional[dict[str, Any]]:

@@ -147,6 +147,11 @@ async def _attempt(lease: Lease, call: Call, gateway: Gateway) -> Answer | Failu
     try:
         reply = await controller.send(call, upstream_body(call, controller.upstream_model(call.model)))
         status = reply.status
+        if lease.shared:
+            lease.succeeded = status < 400 or (status not in RETRY_ELSEWHERE and status < 500)
+            limits = controller.spec.limits
+            if limits.rpm or limits.tpm:
+                lease.headers = RateHeaders.parse(reply.headers)
         if status == 200 and call.stream and reply.content_type.startswith("text/event-stream"):
             deadline.clear()  # from here the stream idle timeout applies
             events, splitter = await _first_events(reply)

@@ -13,6 +13,8 @@ from typing import Optional
 from .balancer import Balancer
 from .controllers import Controller
 from .errors import ApiError
+from .limits import RateHeaders
+from .shared import RedisUnavailable, SharedState
 
 log = logging.getLogger("chatgpt_apiserver.scheduler")
 
@@ -58,13 +60,16 @@ class RetryBudget:
 class Lease:
     """One admitted attempt on one controller: a concurrency slot, a request and reserved tokens."""
 
-    __slots__ = ("_scheduler", "controller", "released", "reserved")
+    __slots__ = ("_scheduler", "controller", "headers", "released", "reserved", "shared", "succeeded")
 
-    def __init__(self, scheduler: Scheduler, controller: Controller, reserved: float) -> None:
+    def __init__(self, scheduler: Scheduler, controller: Controller, reserved: float, shared: bool = False) -> None:
         self._scheduler = scheduler
         self.controller = controller
         self.reserved = reserved
         self.released = False
+        self.shared = shared  # taken from the Redis buckets, so settled there too
+        self.succeeded = False
+        self.headers: Optional[RateHeaders] = None
 
     def release(self, used_tokens: Optional[float] = None) -> None:
         """Give back the slot and settle the tokens (None: keep the whole reservation)."""
@@ -88,6 +93,8 @@ class Scheduler:
                  clock: Callable[[], float], on_wait: Optional[Callable[[float], None]] = None) -> None:
         self.controllers = controllers
         self.on_wait = on_wait
+        self.shared: Optional[SharedState] = None
+        self._shared_waiting = 0
         self.balancer = balancer
         self.queue = queue
         self.clock = clock
@@ -98,7 +105,7 @@ class Scheduler:
     @property
     def queue_length(self) -> int:
         """Requests waiting for a controller."""
-        return len(self._waiters)
+        return len(self._waiters) + self._shared_waiting
 
     def serving(self, model: str) -> list[Controller]:
         """Controllers configured for `model`."""
@@ -120,6 +127,16 @@ class Scheduler:
 
     async def acquire(self, model: str, tokens: float, exclude: Sequence[Controller] = ()) -> Lease:
         """A lease on a controller with room, waiting up to the queue policy's bound for one to free up."""
+        shared = self.shared
+        if shared is not None:
+            if shared.available:
+                try:
+                    return await self._acquire_shared(shared, model, tokens, exclude)
+                except RedisUnavailable:
+                    pass  # it has just gone away: the fallback rule applies below
+            if shared.fallback == "refuse":
+                raise ApiError(503, "The shared rate-limit state (Redis) is unavailable; retry shortly.",
+                               code="shared_state_unavailable", headers={"Retry-After": "1"})
         now = self.clock()
         if not self._waiters:
             lease = self._admit(model, tokens, exclude, now)
@@ -152,6 +169,54 @@ class Scheduler:
             if waiter in self._waiters:
                 self._waiters.remove(waiter)
 
+    async def _acquire_shared(self, shared: SharedState, model: str, tokens: float,
+                              exclude: Sequence[Controller]) -> Lease:
+        """Admission against the buckets in Redis (one round trip per controller tried), polling while full."""
+        started = self.clock()
+        deadline = started + self.queue.max_wait
+        queued = False
+        try:
+            while True:
+                now = self.clock()
+                lease, earliest = await self._take_shared(shared, model, tokens, exclude, now)
+                if lease is not None:
+                    if queued and self.on_wait is not None:
+                        self.on_wait(self.clock() - started)
+                    return lease
+                if math.isfinite(earliest) and now + earliest > deadline:
+                    raise self._full(model, earliest)
+                pause = min(earliest if math.isfinite(earliest) else 0.05, 0.25)
+                if now + pause > deadline:
+                    raise self._full(model, earliest)
+                if not queued:
+                    if self._shared_waiting >= self.queue.max_size:
+                        raise self._full(model, earliest, queue_full=True)
+                    queued = True
+                    self._shared_waiting += 1
+                await asyncio.sleep(pause)
+        finally:
+            if queued:
+                self._shared_waiting -= 1
+
+    async def _take_shared(self, shared: SharedState, model: str, tokens: float, exclude: Sequence[Controller],
+                           now: float) -> tuple[Optional[Lease], float]:
+        """Try the eligible controllers in the balancer's order; return a lease or the earliest wait."""
+        candidates = [c for c in self.controllers if c.serves(model) and c not in exclude and c.state.usable(now)]
+        if not candidates:
+            return None, self._earliest(model, tokens, exclude, now)
+        earliest = math.inf
+        while candidates:
+            chosen = self.balancer.pick(candidates)
+            assert chosen is not None
+            candidates.remove(chosen)
+            taken = await shared.take(chosen, tokens)
+            if taken.ok:
+                chosen.state.in_flight += 1
+                return Lease(self, chosen, tokens, shared=True), 0.0
+            chosen.state.mirror(taken.reason, taken.wait, self.clock())
+            earliest = min(earliest, taken.wait)
+        return None, earliest
+
     def _full(self, model: str, earliest: float, queue_full: bool = False) -> ApiError:
         retry = max(1, math.ceil(earliest)) if math.isfinite(earliest) else 1
         reason = "the wait queue is full" if queue_full else "no capacity freed up in time"
@@ -162,6 +227,11 @@ class Scheduler:
     def release(self, lease: Lease, used_tokens: Optional[float]) -> None:
         """End a lease and let waiting requests in."""
         lease.controller.state.release(lease.reserved, used_tokens, self.clock())
+        if lease.shared and self.shared is not None:
+            headers = lease.headers
+            self.shared.settle(lease.controller, lease.reserved - used_tokens if used_tokens is not None else 0.0,
+                               lease.succeeded, headers.remaining_requests if headers else None,
+                               headers.remaining_tokens if headers else None)
         if self._waiters:
             self.pump()
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from .harness import LoopThread, Stack
+from .redis_server import RedisServer
 
 
 @pytest.fixture(scope="session")
@@ -22,3 +23,11 @@ def stack(loop_thread: LoopThread, tmp_path: Path) -> Iterator[Stack]:
     built = Stack(loop_thread, tmp_path)
     yield built
     built.close()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A private Redis for one test (tests may stop and restart it)."""
+    server = RedisServer(tmp_path).start()
+    yield server
+    server.stop()

@@ -1,0 +1,308 @@
+"""Rate-limit state shared by several instances in Redis: atomic Lua scripts on Redis's own clock.
+
+Keys (P = redis_prefix, C = controller name; the braces keep one controller's keys in one cluster slot):
+  P:{C}:req, P:{C}:tok   hashes {level, ts}: the request and token buckets
+  P:{C}:inflight         hash instance -> requests in flight
+  P:{C}:cool             cooldown deadline (ms), expiring with it
+  P:{C}:off              hash {until, reason}: a disable
+  P:{C}:brk              hash {fails, ejections, until, probe}: the circuit breaker
+  P:instances:<id>       heartbeat of one gateway instance
+Every key expires on its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import socket
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Optional
+
+if TYPE_CHECKING:
+    from .controllers import Controller
+
+log = logging.getLogger("chatgpt_apiserver.shared")
+
+KEY_TTL_MS = 3_600_000
+HEARTBEAT_SECONDS = 2.0
+HEARTBEAT_TTL_MS = 10_000
+POOL_SIZE = 64
+
+_NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
+_LEVEL = """
+local function level(key, rate, cap)
+  local h = redis.call('HMGET', key, 'level', 'ts')
+  local lv, ts = tonumber(h[1]), tonumber(h[2])
+  if not lv then return cap end
+  return math.min(cap, lv + math.max(0, now - ts) * rate)
+end
+"""
+
+# KEYS: req tok inflight cool off brk
+# ARGV: instance req_rate_per_ms req_cap tok_rate_per_ms tok_cap tokens max_concurrency probe_ttl_ms
+TAKE = _NOW + _LEVEL + """
+local off = tonumber(redis.call('HGET', KEYS[5], 'until') or '0')
+if off > now then return {0, off - now, 'disabled'} end
+local cool = tonumber(redis.call('GET', KEYS[4]) or '0')
+if cool > now then return {0, cool - now, 'cooling'} end
+local brk = redis.call('HMGET', KEYS[6], 'until', 'ejections', 'probe')
+local ejected, ejections, probe = tonumber(brk[1] or '0'), tonumber(brk[2] or '0'), tonumber(brk[3] or '0')
+if ejected > now then return {0, ejected - now, 'ejected'} end
+if ejections > 0 and probe > now then return {0, probe - now, 'probing'} end
+local maxc = tonumber(ARGV[7])
+if maxc > 0 then
+  local total = 0
+  for _, v in ipairs(redis.call('HVALS', KEYS[3])) do total = total + tonumber(v) end
+  if total >= maxc then return {0, -1, 'busy'} end
+end
+local rcap, tcap = tonumber(ARGV[3]), tonumber(ARGV[5])
+local rlv, tlv = 0, 0
+if rcap > 0 then
+  rlv = level(KEYS[1], tonumber(ARGV[2]), rcap)
+  if rlv < 1 then return {0, math.ceil((1 - rlv) / tonumber(ARGV[2])), 'requests'} end
+end
+local want = tonumber(ARGV[6])
+if tcap > 0 then
+  tlv = level(KEYS[2], tonumber(ARGV[4]), tcap)
+  local need = math.min(want, tcap)
+  if tlv < need then return {0, math.ceil((need - tlv) / tonumber(ARGV[4])), 'tokens'} end
+end
+if rcap > 0 then
+  redis.call('HSET', KEYS[1], 'level', rlv - 1, 'ts', now)
+  redis.call('PEXPIRE', KEYS[1], @TTL@)
+end
+if tcap > 0 then
+  redis.call('HSET', KEYS[2], 'level', tlv - want, 'ts', now)
+  redis.call('PEXPIRE', KEYS[2], @TTL@)
+end
+redis.call('HINCRBY', KEYS[3], ARGV[1], 1)
+redis.call('PEXPIRE', KEYS[3], @TTL@)
+if ejections > 0 then redis.call('HSET', KEYS[6], 'probe', now + tonumber(ARGV[8])) end
+return {1, math.floor(rlv - 1), 'ok'}
+""".replace("@TTL@", str(KEY_TTL_MS))
+
+# KEYS: req tok inflight brk
+# ARGV: instance token_delta tok_rate tok_cap succeeded remaining_req remaining_tok req_rate req_cap
+SETTLE = _NOW + _LEVEL + """
+local left = redis.call('HINCRBY', KEYS[3], ARGV[1], -1)
+if left <= 0 then redis.call('HDEL', KEYS[3], ARGV[1]) end
+local tcap = tonumber(ARGV[4])
+if tcap > 0 then
+  local lv = level(KEYS[2], tonumber(ARGV[3]), tcap)
+  lv = math.min(tcap, lv + tonumber(ARGV[2]))
+  local remaining = tonumber(ARGV[7])
+  if remaining >= 0 and remaining < lv then lv = remaining end
+  redis.call('HSET', KEYS[2], 'level', lv, 'ts', now)
+  redis.call('PEXPIRE', KEYS[2], @TTL@)
+end
+local rcap = tonumber(ARGV[9])
+local rrem = tonumber(ARGV[6])
+if rcap > 0 and rrem >= 0 then
+  local lv = level(KEYS[1], tonumber(ARGV[8]), rcap)
+  if rrem < lv then redis.call('HSET', KEYS[1], 'level', rrem, 'ts', now) end
+end
+if ARGV[5] == '1' then redis.call('DEL', KEYS[4]) end
+return left
+""".replace("@TTL@", str(KEY_TTL_MS))
+
+# KEYS: cool   ARGV: seconds   -- a later deadline extends a cooldown, an earlier one never shortens it
+COOL = _NOW + """
+local untilms = now + math.floor(tonumber(ARGV[1]) * 1000)
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+if untilms > cur then redis.call('SET', KEYS[1], untilms, 'PX', untilms - now) end
+return math.max(untilms, cur) - now
+"""
+
+# KEYS: off   ARGV: seconds (-1: until a reload) reason
+DISABLE = _NOW + """
+local secs = tonumber(ARGV[1])
+local untilms = secs < 0 and (now + @FOREVER@) or (now + math.floor(secs * 1000))
+local cur = tonumber(redis.call('HGET', KEYS[1], 'until') or '0')
+if untilms > cur then
+  redis.call('HSET', KEYS[1], 'until', untilms, 'reason', ARGV[2])
+  redis.call('PEXPIRE', KEYS[1], untilms - now)
+end
+return 1
+""".replace("@FOREVER@", str(10 * 365 * 86_400_000))
+
+# KEYS: brk   ARGV: threshold may_eject base_ms max_ms
+FAIL = _NOW + """
+local fails = redis.call('HINCRBY', KEYS[1], 'fails', 1)
+local ejections = tonumber(redis.call('HGET', KEYS[1], 'ejections') or '0')
+local probing = ejections > 0 and tonumber(redis.call('HGET', KEYS[1], 'probe') or '0') > 0
+redis.call('PEXPIRE', KEYS[1], @TTL@)
+if (fails < tonumber(ARGV[1]) and not probing) or ARGV[2] ~= '1' then return 0 end
+local duration = math.min(tonumber(ARGV[4]), tonumber(ARGV[3]) * 2 ^ ejections)
+redis.call('HSET', KEYS[1], 'ejections', ejections + 1, 'until', now + duration, 'probe', 0)
+return duration
+""".replace("@TTL@", str(KEY_TTL_MS))
+
+
+@dataclass(frozen=True)
+class Taken:
+    """The answer of the take script."""
+
+    ok: bool
+    wait: float  # seconds until it could succeed; inf when only a release can free a slot
+    reason: str
+
+
+class RedisUnavailable(Exception):
+    """Redis did not answer in time, or at all."""
+
+
+class SharedState:
+    """The Redis side of the scheduler. Every call is one round trip, bounded by `timeout`."""
+
+    def __init__(self, url: str, prefix: str, timeout: float, fallback: str,
+                 on_change: Callable[[bool, int], None]) -> None:
+        import redis.asyncio as aioredis
+
+        self.prefix = prefix
+        self.timeout = timeout
+        self.fallback = fallback
+        self.instance = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
+        self.available = True
+        self.instances = 1
+        self._on_change = on_change
+        # Redis runs one command at a time: a bounded pool that waits for a free connection beats thousands.
+        pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=POOL_SIZE, timeout=timeout,
+                                                        socket_timeout=timeout, socket_connect_timeout=timeout,
+                                                        retry_on_timeout=False, health_check_interval=0)
+        self._client = aioredis.Redis.from_pool(pool)  # the client owns the pool and closes it
+        self._take = self._client.register_script(TAKE)
+        self._settle = self._client.register_script(SETTLE)
+        self._cool = self._client.register_script(COOL)
+        self._disable = self._client.register_script(DISABLE)
+        self._fail = self._client.register_script(FAIL)
+        self._heartbeat: Optional[asyncio.Task[None]] = None
+        self._background: set[asyncio.Task[Any]] = set()
+
+    def keys(self, name: str, *kinds: str) -> list[str]:
+        """The Redis keys of controller `name`."""
+        return [f"{self.prefix}:{{{name}}}:{kind}" for kind in kinds]
+
+    async def _run(self, script: Any, keys: list[str], args: Sequence[Any]) -> Any:
+        try:
+            return await asyncio.wait_for(script(keys=keys, args=list(args)), self.timeout)
+        except Exception as error:  # any client, connection or timeout error means Redis is away
+            self._went_down(error)
+            raise RedisUnavailable(str(error)) from None
+
+    def _went_down(self, error: BaseException) -> None:
+        if self.available:
+            self.available = False
+            what = (f"falling back to local buckets at 1/{self.instances} of each limit"
+                    if self.fallback == "local" else "refusing requests with 503")
+            log.error("Redis is unreachable (%s); %s until it returns", type(error).__name__, what)
+            self._on_change(False, self.instances)
+
+    async def start(self) -> None:
+        """Announce this instance and keep its heartbeat (and the instance count) fresh."""
+        await self._beat()
+        self._heartbeat = asyncio.get_running_loop().create_task(self._beat_forever())
+
+    async def close(self) -> None:
+        """Stop the heartbeat and drop this instance's key."""
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+        for task in list(self._background):
+            task.cancel()
+        with contextlib.suppress(Exception):  # best effort on the way out
+            await asyncio.wait_for(self._client.delete(f"{self.prefix}:instances:{self.instance}"), self.timeout)
+        await self._client.aclose()
+
+    async def _beat(self) -> None:
+        try:
+            await asyncio.wait_for(self._client.set(f"{self.prefix}:instances:{self.instance}", 1,
+                                                    px=HEARTBEAT_TTL_MS), self.timeout)
+            count = 0
+            async for _key in self._client.scan_iter(match=f"{self.prefix}:instances:*", count=1000):
+                count += 1
+        except Exception as error:
+            self._went_down(error)
+            return
+        self.instances = max(1, count)
+        if not self.available:
+            self.available = True
+            log.warning("Redis is reachable again; shared rate-limit state resumes (%d instance(s))",
+                        self.instances)
+            self._on_change(True, self.instances)
+
+    async def _beat_forever(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_SECONDS if self.available else 0.5)
+            await self._beat()
+
+    async def take(self, controller: Controller, tokens: float) -> Taken:
+        """Check and take one request and `tokens` for `controller`, atomically."""
+        limits = controller.spec.limits
+        state = controller.state
+        probe_ms = 1000 * max(5.0, state.breaker.base_ejection)
+        reply = await self._run(self._take, self.keys(controller.name, "req", "tok", "inflight", "cool", "off",
+                                                      "brk"), (
+            self.instance,
+            (limits.rpm or 0) / 60_000, limits.request_burst or limits.rpm or 0,
+            (limits.tpm or 0) / 60_000, limits.token_burst or limits.tpm or 0,
+            math.ceil(tokens), limits.max_concurrency or 0, probe_ms))
+        ok, wait_ms, reason = int(reply[0]), int(reply[1]), reply[2]
+        reason = reason.decode() if isinstance(reason, bytes) else str(reason)
+        return Taken(bool(ok), math.inf if wait_ms < 0 else wait_ms / 1000, reason)
+
+    def settle(self, controller: Controller, token_delta: float, succeeded: bool,
+               remaining_requests: Optional[float], remaining_tokens: Optional[float]) -> None:
+        """Give back the slot and settle tokens, in the background: the client's answer never waits on it."""
+        limits = controller.spec.limits
+        args = (self.instance, token_delta, (limits.tpm or 0) / 60_000, limits.token_burst or limits.tpm or 0,
+                "1" if succeeded else "0", -1 if remaining_requests is None else remaining_requests,
+                -1 if remaining_tokens is None else remaining_tokens,
+                (limits.rpm or 0) / 60_000, limits.request_burst or limits.rpm or 0)
+        self._spawn(self._run(self._settle, self.keys(controller.name, "req", "tok", "inflight", "brk"), args))
+
+    def cool(self, controller: Controller, seconds: float) -> None:
+        """Share a cooldown with every instance."""
+        self._spawn(self._run(self._cool, self.keys(controller.name, "cool"), (seconds,)))
+
+    def disable(self, controller: Controller, seconds: float, reason: str) -> None:
+        """Share a disable (inf: until a reload) with every instance."""
+        self._spawn(self._run(self._disable, self.keys(controller.name, "off"),
+                              (-1 if math.isinf(seconds) else seconds, reason)))
+
+    def fail(self, controller: Controller, may_eject: bool) -> None:
+        """Count a failure in the shared circuit breaker."""
+        policy = controller.state.breaker
+        self._spawn(self._run(self._fail, self.keys(controller.name, "brk"), (
+            policy.failures, "1" if may_eject else "0", int(policy.base_ejection * 1000),
+            int(policy.max_ejection * 1000))))
+
+    async def clear_disable(self, controller: Controller) -> None:
+        """A reload fixed the key: lift a shared disable."""
+        try:
+            await asyncio.wait_for(self._client.delete(*self.keys(controller.name, "off")), self.timeout)
+        except Exception as error:
+            self._went_down(error)
+
+    def _spawn(self, coro: Any) -> None:
+        if not self.available:
+            coro.close()
+            return
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(_forget(self._background))
+
+
+def _forget(tasks: set[asyncio.Task[Any]]) -> Callable[[asyncio.Task[Any]], None]:
+    def done(task: asyncio.Task[Any]) -> None:
+        tasks.discard(task)
+        if not task.cancelled():
+            task.exception()  # RedisUnavailable is already logged as a transition
+
+    return done

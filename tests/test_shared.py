@@ -1,0 +1,196 @@
+"""Scale-out: several instances share rate-limit state in a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from chatgpt_apiserver.controllers import ControllerSpec
+from chatgpt_apiserver.controllers.mock import MockController
+from chatgpt_apiserver.health import Limits
+from chatgpt_apiserver.shared import SharedState
+
+from .fake_upstream import Cue, FakeUpstream
+from .harness import Stack, openai_controller
+from .redis_server import RedisServer
+from .test_lifecycle import Server
+
+BODY = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def controller(name: str = "c", **limits: Any) -> MockController:
+    return MockController(ControllerSpec(name, "mock", 1, None, limits=Limits(**limits)))
+
+
+def shared(redis_server: RedisServer, prefix: str = "test") -> SharedState:
+    return SharedState(redis_server.url, prefix, 1.0, "local", lambda up, n: None)
+
+
+def test_concurrent_takes_never_overdraw(redis_server: RedisServer) -> None:
+    async def run() -> tuple[int, int]:
+        state = shared(redis_server)
+        requests = controller("req", rpm=1, request_burst=100)  # refills one a minute: effectively fixed
+        tokens = controller("tok", tpm=1, token_burst=1000)
+        try:
+            results = await asyncio.gather(*(state.take(requests, 1) for _ in range(300)))
+            token_results = await asyncio.gather(*(state.take(tokens, 30) for _ in range(100)))
+        finally:
+            await state.close()
+        return sum(r.ok for r in results), sum(r.ok for r in token_results)
+
+    took_requests, took_tokens = asyncio.run(run())
+    assert took_requests == 100
+    assert took_tokens == 1000 // 30
+
+
+def test_concurrency_cooldown_disable_and_settle(redis_server: RedisServer) -> None:
+    async def run() -> None:
+        state = shared(redis_server)
+        c = controller("c", tpm=1000, max_concurrency=2)
+        try:
+            assert (await state.take(c, 400)).ok and (await state.take(c, 400)).ok
+            busy = await state.take(c, 1)
+            assert not busy.ok and busy.reason == "busy"
+            state.settle(c, 400 - 100, True, None, None)  # used 100 of the 400 reserved
+            await asyncio.sleep(0.1)
+            level = float(redis_server.command("HGET", "test:{c}:tok", "level").split(b"\r\n")[1])
+            assert 500 <= level < 510  # 1000 - 800 + 300, plus a little refill
+            assert (await state.take(c, 1)).ok
+            state.cool(c, 10)
+            state.cool(c, 2)  # never shortens
+            await asyncio.sleep(0.1)
+            cooling = await state.take(c, 1)
+            assert not cooling.ok and cooling.reason == "cooling" and 9 < cooling.wait <= 10
+            ttl = int(redis_server.command("PTTL", "test:{c}:cool")[1:].split(b"\r\n")[0])
+            assert 9000 < ttl <= 10000  # the key expires by itself
+            state.disable(c, float("inf"), "bad key")
+            await asyncio.sleep(0.1)
+            assert (await state.take(c, 1)).reason == "disabled"
+        finally:
+            await state.close()
+
+    asyncio.run(run())
+
+
+def test_shared_circuit_breaker_ejects_for_everyone(redis_server: RedisServer) -> None:
+    async def run() -> None:
+        one, two = shared(redis_server), shared(redis_server)
+        c = controller("flaky")
+        try:
+            for _ in range(5):
+                one.fail(c, True)
+            await asyncio.sleep(0.1)
+            taken = await two.take(c, 1)
+            assert not taken.ok and taken.reason == "ejected" and 4 < taken.wait <= 5
+        finally:
+            await one.close()
+            await two.close()
+
+    asyncio.run(run())
+
+
+def start_instances(tmp_path: Path, fakes: list[FakeUpstream], redis_url: str, count: int,
+                    limits: dict[str, float], *extra: str) -> list[Server]:
+    config = tmp_path / "shared.json"
+    config.write_bytes(orjson.dumps({"controllers": [
+        openai_controller(fake, rpm=limits[fake.name], burst=1) for fake in fakes]}))
+    servers = []
+    for index in range(count):
+        workdir = tmp_path / f"instance-{index}"
+        workdir.mkdir()
+        (workdir / "c.json").write_bytes(config.read_bytes())
+        servers.append(Server(workdir / "c.json", "--redis-url", redis_url, "--max-queue-wait", "1", *extra))
+    return servers
+
+
+def post(port: int, body: dict[str, Any]) -> tuple[int, dict[str, str]]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    connection.request("POST", "/v1/chat/completions", body=orjson.dumps(body))
+    response = connection.getresponse()
+    response.read()
+    connection.close()
+    return response.status, {k.lower(): v for k, v in response.getheaders()}
+
+
+def test_instances_share_limits_and_never_overspend(stack: Stack, redis_server: RedisServer, tmp_path: Path) -> None:
+    limits = {"big": 240.0, "small": 120.0}  # 4 and 2 requests a second
+    fakes = [stack.fake(name) for name in limits]
+    for fake in fakes:
+        fake.limit(limits[fake.name], burst=2)
+    servers = start_instances(tmp_path, fakes, redis_server.url, 3, limits)
+    statuses: Counter[int] = Counter()
+    lock = threading.Lock()
+    stop_at = time.monotonic() + 5
+
+    def worker(port: int) -> None:
+        while time.monotonic() < stop_at:
+            status, _ = post(port, BODY)
+            with lock:
+                statuses[status] += 1
+            if status == 429:
+                time.sleep(0.2)
+
+    threads = [threading.Thread(target=worker, args=(s.port,)) for s in servers for _ in range(4)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    finally:
+        for server in servers:
+            assert server.stop() == 0
+    assert sum(fake.rejected for fake in fakes) == 0, "an upstream had to answer 429: the limits were overspent"
+    served = {fake.name: len(fake.accepted_at) for fake in fakes}
+    assert statuses[200] == sum(served.values()) and statuses[429] > 0
+    # Three instances, one shared budget: about 5 s x (4 + 2) per second, not three times that.
+    assert 20 <= sum(served.values()) <= 5.5 * 6 + 4
+    assert served["big"] > served["small"]
+
+
+def test_a_429_seen_by_one_instance_cools_the_controller_for_all(stack: Stack, redis_server: RedisServer,
+                                                                 tmp_path: Path) -> None:
+    hot, cold = stack.fake("hot"), stack.fake("cold")
+    hot.cue(Cue(mode="status", status=429, headers={"Retry-After": "30"}))
+    servers = start_instances(tmp_path, [hot, cold], redis_server.url, 2, {"hot": 6000, "cold": 6000})
+    try:
+        assert post(servers[0].port, BODY)[0] == 200  # hot answered 429, cold served it
+        assert len(hot.chat_requests) == 1
+        time.sleep(0.2)
+        for _ in range(6):
+            status, headers = post(servers[1].port, BODY)
+            assert status == 200 and headers["x-chatgpt-apiserver-controller"] == "cold"
+        assert len(hot.chat_requests) == 1  # the other instance never tried it
+    finally:
+        for server in servers:
+            server.stop()
+
+
+@pytest.mark.parametrize("fallback", ["local", "refuse"])
+def test_redis_outage_falls_back_and_recovers(stack: Stack, redis_server: RedisServer, fallback: str,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    fake = stack.fake("up")
+    stack.gateway({"redis_url": redis_server.url, "redis_fallback": fallback, "redis_timeout": 0.2,
+                   "controllers": [openai_controller(fake, rpm=6000)]})
+    assert stack.request("POST", "/v1/chat/completions", BODY)[0] == 200
+    assert b"up" in redis_server.command("KEYS", "*")
+    redis_server.stop()
+    started = time.monotonic()
+    statuses = [stack.request("POST", "/v1/chat/completions", BODY)[0] for _ in range(5)]
+    assert time.monotonic() - started < 3  # never hangs on Redis
+    assert statuses == ([200] * 5 if fallback == "local" else [503] * 5)
+    assert sum("Redis is unreachable" in r.getMessage() for r in caplog.records) == 1  # one line per transition
+    redis_server.start()
+    deadline = time.monotonic() + 10
+    while not any("reachable again" in r.getMessage() for r in caplog.records) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert stack.request("POST", "/v1/chat/completions", BODY)[0] == 200
+    assert b"{up}:req" in redis_server.command("KEYS", "*")  # the shared state is in use again
+    assert sum("reachable again" in r.getMessage() for r in caplog.records) == 1
