@@ -156,6 +156,8 @@ OPTIONS: tuple[Option, ...] = (
            "Retries earned per request, so an outage of every key cannot multiply load.", "routing"),
     Option("retry_budget_per_second", 5.0, parse_seconds,
            "Retries earned per second regardless of traffic.", "routing"),
+    Option("reuse_port", False, parse_bool,
+           "Bind with SO_REUSEPORT so several processes (one per core) share one port.", "scale-out"),
     Option("redis_url", None, parse_secret,
            "Share rate-limit state between instances in this Redis (redis://host:6379/0). Unset: in memory.",
            "scale-out", secret=True),

@@ -63,7 +63,7 @@ async def start_server(settings: Settings, gateway: Optional[Gateway] = None) ->
         idle_connection_timeout=settings.client_idle_timeout,
         body_timeout=settings.client_body_timeout,
     )
-    sockets = bind_sockets(settings.port, settings.host)
+    sockets = bind_sockets(settings.port, settings.host, reuse_port=settings.reuse_port, backlog=4096)
     server.add_sockets(sockets)
     running = Running(server, gateway, sockets)
     log.info("listening on %s:%d with %d controller(s): %s", settings.host, running.port,

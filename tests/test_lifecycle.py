@@ -24,14 +24,20 @@ STREAM = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "s
 class Server:
     """chatgpt-apiserver in a subprocess, with its log captured."""
 
-    def __init__(self, config: Path, *args: str) -> None:
-        self.port = free_port()
+    def __init__(self, config: Path, *args: str, port: int = 0) -> None:
+        self.port = port or free_port()
         self.log = config.parent / "server.log"
         with open(self.log, "wb") as log:  # the child keeps its own copy of the descriptor
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "chatgpt_apiserver", "--config-file", str(config), "--port", str(self.port),
                  *args], env=clean_env(), stdout=subprocess.DEVNULL, stderr=log)
-        wait_for_port(self.port, self.process)
+        if not port:
+            wait_for_port(self.port, self.process)
+            return
+        deadline = time.monotonic() + 30  # the port is already open: wait for this process's own listener
+        while "listening on" not in self.output():
+            assert self.process.poll() is None and time.monotonic() < deadline, self.output()
+            time.sleep(0.05)
 
     def request(self, body: Any, path: str = "/v1/chat/completions", method: str = "POST") -> tuple[int, bytes]:
         connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)

@@ -194,3 +194,27 @@ def test_redis_outage_falls_back_and_recovers(stack: Stack, redis_server: RedisS
     assert stack.request("POST", "/v1/chat/completions", BODY)[0] == 200
     assert b"{up}:req" in redis_server.command("KEYS", "*")  # the shared state is in use again
     assert sum("reachable again" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_processes_share_one_port_with_reuse_port(stack: Stack, redis_server: RedisServer, tmp_path: Path) -> None:
+    fake = stack.fake("up")
+    servers = []
+    for index in range(2):
+        workdir = tmp_path / f"instance-{index}"
+        workdir.mkdir()
+        config = workdir / "c.json"
+        config.write_bytes(orjson.dumps({"controllers": [openai_controller(fake, rpm=6000)]}))
+        port = servers[0].port if servers else 0
+        servers.append(Server(config, "--reuse-port", "--redis-url", redis_server.url, port=port))
+    try:
+        for _ in range(40):  # new connections are spread over both processes by the kernel
+            assert post(servers[0].port, BODY)[0] == 200
+        deadline = time.monotonic() + 5  # each line is written just after its response leaves
+        while True:
+            answered = [server.output().count("chatgpt_apiserver.access") for server in servers]
+            if sum(answered) == 40 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert sum(answered) == 40 and min(answered) > 0
+    finally:
+        assert [server.stop() for server in servers] == [0, 0]
