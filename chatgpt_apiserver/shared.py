@@ -22,6 +22,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional
 
+from redis.exceptions import NoScriptError
+
 if TYPE_CHECKING:
     from .controllers import Controller
 
@@ -31,6 +33,9 @@ KEY_TTL_MS = 3_600_000
 HEARTBEAT_SECONDS = 2.0
 HEARTBEAT_TTL_MS = 10_000
 POOL_SIZE = 64
+
+# One queued script call: (script, keys, args, future for its reply or None).
+Call = tuple[Any, Sequence[Any], Sequence[Any], Optional["asyncio.Future[Any]"]]
 
 _NOW = """
 local t = redis.call('TIME')
@@ -155,6 +160,17 @@ class Taken:
     reason: str
 
 
+@dataclass(frozen=True)
+class _Encoded:
+    limits: Any
+    take_keys: list[bytes]
+    settle_keys: list[bytes]
+    instance: bytes
+    requests: list[bytes]
+    tokens: list[bytes]
+    tail: list[bytes]
+
+
 class RedisUnavailable(Exception):
     """Redis did not answer in time, or at all."""
 
@@ -185,17 +201,70 @@ class SharedState:
         self._fail = self._client.register_script(FAIL)
         self._heartbeat: Optional[asyncio.Task[None]] = None
         self._background: set[asyncio.Task[Any]] = set()
+        self._pending: list[Call] = []
+        self._encoding: dict[str, _Encoded] = {}
+        self._flush_scheduled = False
 
     def keys(self, name: str, *kinds: str) -> list[str]:
         """The Redis keys of controller `name`."""
         return [f"{self.prefix}:{{{name}}}:{kind}" for kind in kinds]
 
-    async def _run(self, script: Any, keys: list[str], args: Sequence[Any]) -> Any:
+    async def _run(self, script: Any, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        """One script call, sent in the same pipeline as every other call made in this turn of the loop."""
+        future = self._enqueue(script, keys, args, want_reply=True)
+        assert future is not None
+        return await future
+
+    def _enqueue(self, script: Any, keys: Sequence[Any], args: Sequence[Any],
+                 want_reply: bool) -> Optional[asyncio.Future[Any]]:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future() if want_reply else None
+        self._pending.append((script, keys, args, future))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
+        return future
+
+    def _flush(self) -> None:
+        batch, self._pending = self._pending, []
+        self._flush_scheduled = False
+        task = asyncio.get_running_loop().create_task(self._send(batch))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _send(self, batch: list[Call]) -> None:
+        """Run a batch of script calls in one round trip (EVALSHA each; scripts are loaded at start)."""
         try:
-            return await asyncio.wait_for(script(keys=keys, args=list(args)), self.timeout)
+            replies = await asyncio.wait_for(self._pipeline(batch), self.timeout)
+            missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+            if missing:  # Redis restarted and forgot the scripts: load them and run those calls again
+                await asyncio.wait_for(self._load_scripts(), self.timeout)
+                again = await asyncio.wait_for(self._pipeline([batch[i] for i in missing]), self.timeout)
+                for index, reply in zip(missing, again, strict=True):
+                    replies[index] = reply
         except Exception as error:  # any client, connection or timeout error means Redis is away
             self._went_down(error)
-            raise RedisUnavailable(str(error)) from None
+            for *_, future in batch:
+                if future is not None and not future.done():
+                    future.set_exception(RedisUnavailable(type(error).__name__))
+            return
+        for (*_, future), reply in zip(batch, replies, strict=True):
+            if future is None or future.done():
+                continue
+            if isinstance(reply, Exception):
+                future.set_exception(RedisUnavailable(str(reply)))
+            else:
+                future.set_result(reply)
+
+    async def _pipeline(self, batch: Sequence[Call]) -> list[Any]:
+        pipe = self._client.pipeline(transaction=False)
+        for script, keys, args, _future in batch:
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+        return list(await pipe.execute(raise_on_error=False))
+
+    async def _load_scripts(self) -> None:
+        for script in (self._take, self._settle, self._cool, self._disable, self._fail):
+            script.sha = await self._client.script_load(script.script)
 
     def _went_down(self, error: BaseException) -> None:
         if self.available:
@@ -206,7 +275,11 @@ class SharedState:
             self._on_change(False, self.instances)
 
     async def start(self) -> None:
-        """Announce this instance and keep its heartbeat (and the instance count) fresh."""
+        """Load the scripts, announce this instance and keep its heartbeat (and the instance count) fresh."""
+        try:
+            await asyncio.wait_for(self._load_scripts(), self.timeout * 10)
+        except Exception as error:  # start in fallback; the heartbeat notices when Redis is back
+            self._went_down(error)
         await self._beat()
         self._heartbeat = asyncio.get_running_loop().create_task(self._beat_forever())
 
@@ -242,17 +315,33 @@ class SharedState:
             await asyncio.sleep(HEARTBEAT_SECONDS if self.available else 0.5)
             await self._beat()
 
+    def _encoded(self, controller: Controller) -> _Encoded:
+        """Keys and constant arguments of one controller's scripts, encoded once (packing is the hot cost)."""
+        cached = self._encoding.get(controller.name)
+        if cached is not None and cached.limits is controller.spec.limits:
+            return cached
+        limits = controller.spec.limits
+
+        def enc(*values: Any) -> list[bytes]:
+            return [str(value).encode() for value in values]
+
+        encoded = _Encoded(
+            limits=limits,
+            take_keys=enc(*self.keys(controller.name, "req", "tok", "inflight", "cool", "off", "brk")),
+            settle_keys=enc(*self.keys(controller.name, "req", "tok", "inflight", "brk")),
+            instance=self.instance.encode(),
+            requests=enc((limits.rpm or 0) / 60_000, limits.request_burst or limits.rpm or 0),
+            tokens=enc((limits.tpm or 0) / 60_000, limits.token_burst or limits.tpm or 0),
+            tail=enc(limits.max_concurrency or 0, int(1000 * max(5.0, controller.state.breaker.base_ejection))),
+        )
+        self._encoding[controller.name] = encoded
+        return encoded
+
     async def take(self, controller: Controller, tokens: float) -> Taken:
         """Check and take one request and `tokens` for `controller`, atomically."""
-        limits = controller.spec.limits
-        state = controller.state
-        probe_ms = 1000 * max(5.0, state.breaker.base_ejection)
-        reply = await self._run(self._take, self.keys(controller.name, "req", "tok", "inflight", "cool", "off",
-                                                      "brk"), (
-            self.instance,
-            (limits.rpm or 0) / 60_000, limits.request_burst or limits.rpm or 0,
-            (limits.tpm or 0) / 60_000, limits.token_burst or limits.tpm or 0,
-            math.ceil(tokens), limits.max_concurrency or 0, probe_ms))
+        e = self._encoded(controller)
+        reply = await self._run(self._take, e.take_keys,
+                                (e.instance, *e.requests, *e.tokens, b"%d" % math.ceil(tokens), *e.tail))
         ok, wait_ms, reason = int(reply[0]), int(reply[1]), reply[2]
         reason = reason.decode() if isinstance(reason, bytes) else str(reason)
         return Taken(bool(ok), math.inf if wait_ms < 0 else wait_ms / 1000, reason)
@@ -260,28 +349,27 @@ class SharedState:
     def settle(self, controller: Controller, token_delta: float, succeeded: bool,
                remaining_requests: Optional[float], remaining_tokens: Optional[float]) -> None:
         """Give back the slot and settle tokens, in the background: the client's answer never waits on it."""
-        limits = controller.spec.limits
-        args = (self.instance, token_delta, (limits.tpm or 0) / 60_000, limits.token_burst or limits.tpm or 0,
-                "1" if succeeded else "0", -1 if remaining_requests is None else remaining_requests,
-                -1 if remaining_tokens is None else remaining_tokens,
-                (limits.rpm or 0) / 60_000, limits.request_burst or limits.rpm or 0)
-        self._spawn(self._run(self._settle, self.keys(controller.name, "req", "tok", "inflight", "brk"), args))
+        e = self._encoded(controller)
+        args = (e.instance, b"%r" % token_delta, *e.tokens, b"1" if succeeded else b"0",
+                b"-1" if remaining_requests is None else b"%r" % remaining_requests,
+                b"-1" if remaining_tokens is None else b"%r" % remaining_tokens, *e.requests)
+        self._spawn(self._settle, e.settle_keys, args)
 
     def cool(self, controller: Controller, seconds: float) -> None:
         """Share a cooldown with every instance."""
-        self._spawn(self._run(self._cool, self.keys(controller.name, "cool"), (seconds,)))
+        self._spawn(self._cool, self.keys(controller.name, "cool"), (seconds,))
 
     def disable(self, controller: Controller, seconds: float, reason: str) -> None:
         """Share a disable (inf: until a reload) with every instance."""
-        self._spawn(self._run(self._disable, self.keys(controller.name, "off"),
-                              (-1 if math.isinf(seconds) else seconds, reason)))
+        self._spawn(self._disable, self.keys(controller.name, "off"),
+                    (-1 if math.isinf(seconds) else seconds, reason))
 
     def fail(self, controller: Controller, may_eject: bool) -> None:
         """Count a failure in the shared circuit breaker."""
         policy = controller.state.breaker
-        self._spawn(self._run(self._fail, self.keys(controller.name, "brk"), (
+        self._spawn(self._fail, self.keys(controller.name, "brk"), (
             policy.failures, "1" if may_eject else "0", int(policy.base_ejection * 1000),
-            int(policy.max_ejection * 1000))))
+            int(policy.max_ejection * 1000)))
 
     async def clear_disable(self, controller: Controller) -> None:
         """A reload fixed the key: lift a shared disable."""
@@ -290,19 +378,7 @@ class SharedState:
         except Exception as error:
             self._went_down(error)
 
-    def _spawn(self, coro: Any) -> None:
-        if not self.available:
-            coro.close()
-            return
-        task = asyncio.get_running_loop().create_task(coro)
-        self._background.add(task)
-        task.add_done_callback(_forget(self._background))
-
-
-def _forget(tasks: set[asyncio.Task[Any]]) -> Callable[[asyncio.Task[Any]], None]:
-    def done(task: asyncio.Task[Any]) -> None:
-        tasks.discard(task)
-        if not task.cancelled():
-            task.exception()  # RedisUnavailable is already logged as a transition
-
-    return done
+    def _spawn(self, script: Any, keys: Sequence[Any], args: Sequence[Any]) -> None:
+        """A call whose answer nobody waits for (settling, cooldowns): it rides along in the next batch."""
+        if self.available:
+            self._enqueue(script, keys, args, want_reply=False)

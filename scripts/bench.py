@@ -125,13 +125,16 @@ class Bench:
     def seconds(self, full: float) -> float:
         return max(2.0, full / 4) if self.quick else full
 
-    def gateway(self, *extra: str, log: bool = False) -> tuple[subprocess.Popen[bytes], int]:
+    def gateway(self, *extra: str, log: bool = False, limited: bool = False) -> tuple[subprocess.Popen[bytes], int]:
         port = free_port()
         config = self.workdir / "gateway.json"
         base = f"http://127.0.0.1:{self.upstream_port}/v1"
+        limits = {"rpm": 10_000_000, "tpm": 10_000_000_000} if limited else {}
         config.write_bytes(orjson.dumps({"controllers": [
-            {"type": "openai", "name": "bench-a", "config": {"api_key": "sk-bench-a-000000000000", "base_url": base}},
-            {"type": "openai", "name": "bench-b", "config": {"api_key": "sk-bench-b-000000000000", "base_url": base}},
+            {"type": "openai", "name": "bench-a", **limits,
+             "config": {"api_key": "sk-bench-a-000000000000", "base_url": base}},
+            {"type": "openai", "name": "bench-b", **limits,
+             "config": {"api_key": "sk-bench-b-000000000000", "base_url": base}},
         ]}))
         args = [PYTHON, "-m", "chatgpt_apiserver", "--config-file", str(config), "--port", str(port),
                 "--upstream-max-connections", "20000", "--log-level", "info" if log else "warning",
@@ -169,7 +172,30 @@ class Bench:
             }
         finally:
             stop(logged)
+        self.results["h_redis"] = self.with_redis()
         return self.results
+
+    def with_redis(self) -> dict[str, float]:
+        """(b) again with rpm/tpm limits, their buckets in memory and then in Redis."""
+        figures = {}
+        redis_port = free_port()
+        redis = start(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
+                       "--appendonly", "no"], core=1)
+        wait_port(redis_port)
+        try:
+            for label, extra in (("memory", ()), ("redis", ("--redis-url", f"redis://127.0.0.1:{redis_port}/0"))):
+                gateway, port = self.gateway(*extra, limited=True)
+                try:
+                    wrk(port, body(), 32, 2)
+                    result = wrk(port, body(), 32, self.seconds(10))
+                    figures[f"{label}_rps"] = result["rps"]
+                    figures[f"{label}_errors"] = result["errors"]
+                finally:
+                    stop(gateway)
+        finally:
+            stop(redis)
+        figures["ratio"] = figures["redis_rps"] / figures["memory_rps"]
+        return figures
 
     def upstream_check(self, gateway_port: int) -> dict[str, float]:
         direct = wrk(self.upstream_port, body(), 32, self.seconds(5))["rps"]
@@ -308,6 +334,7 @@ TARGETS = [
     ("(f) 100-message / 2-message cost (c=32)", ("f_long_conversation", "cost_ratio"), "<=", 2.0, "{:.2f}"),
     ("(f) 100-message / 2-message p50 (c=1)", ("f_long_conversation", "latency_ratio"), "<=", 2.0, "{:.2f}"),
     ("(g) with access log: ratio to (b)", ("g_with_logs", "ratio_to_b"), ">=", 0.95, "{:.2f}"),
+    ("(h) with Redis: ratio to in-memory buckets", ("h_redis", "ratio"), ">=", 0.8, "{:.2f}"),
     ("fake upstream / gateway speed", ("upstream_check", "ratio"), ">=", 5.0, "{:.1f}"),
 ]
 
