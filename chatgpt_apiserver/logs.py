@@ -46,10 +46,45 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry).decode()
 
 
+class BufferedHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes info lines in batches (the server flushes every quarter second); warnings and errors at once.
+
+    One write system call per access-log line is a measurable share of a request's cost.
+    """
+
+    def __init__(self, stream: TextIO, limit: int = 64 * 1024) -> None:
+        super().__init__(stream)
+        self.limit = limit
+        self._pending: list[str] = []
+        self._size = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record) + self.terminator
+        except Exception:
+            self.handleError(record)
+            return
+        self._pending.append(line)
+        self._size += len(line)
+        if record.levelno >= logging.WARNING or self._size >= self.limit:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write what is pending."""
+        self.acquire()  # re-entrant: emit() already holds it when it flushes
+        try:
+            if self._pending:
+                lines, self._pending, self._size = self._pending, [], 0
+                self.stream.write("".join(lines))
+                self.stream.flush()
+        finally:
+            self.release()
+
+
 def configure_logging(level: str, fmt: str, stream: Optional[TextIO] = None,
                       secrets: tuple[bytes, ...] = ()) -> logging.Handler:
-    """Route every log record to one stream handler; return it (tests swap streams)."""
-    handler = logging.StreamHandler(stream or sys.stderr)
+    """Route every log record to one buffered stream handler; return it (tests swap streams)."""
+    handler = BufferedHandler(stream or sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:

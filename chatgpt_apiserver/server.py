@@ -110,9 +110,24 @@ async def serve(settings: Settings, argv: Sequence[str] = ()) -> int:
         task.add_done_callback(reloads.discard)
 
     loop.add_signal_handler(signal.SIGHUP, on_hangup)
+    flusher = loop.create_task(_flush_logs_forever())
     await stop.wait()
     notify("STOPPING=1")
     log.info("stopping: draining %d in-flight request(s)", running.gateway.in_flight)
     await running.stop()
     log.info("stopped")
+    flusher.cancel()
+    _flush_logs()
     return 0
+
+
+def _flush_logs() -> None:
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+
+
+async def _flush_logs_forever(interval: float = 0.25) -> None:
+    """Buffered log lines reach their stream within `interval` seconds."""
+    while True:
+        await asyncio.sleep(interval)
+        _flush_logs()

@@ -78,6 +78,7 @@ def test_access_log_lines(stack: Stack, fmt: str) -> None:
         deadline = time.monotonic() + 5  # the line is written just after the response leaves
         while "chatgpt_apiserver.access" not in out.getvalue() and time.monotonic() < deadline:
             time.sleep(0.01)
+            handler.flush()  # the server flushes buffered lines every quarter second; this test has no server loop
     finally:
         logging.getLogger().removeHandler(handler)
     assert status == 200 and headers["x-request-id"] == "trace-42"
