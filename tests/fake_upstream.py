@@ -42,6 +42,7 @@ class Seen:
     path: str
     headers: dict[str, str]
     body: bytes
+    connection: int = 0  # which client connection carried it (to see keep-alive reuse)
 
     @property
     def json(self) -> Any:
@@ -81,7 +82,8 @@ class ChatHandler(RequestHandler):
 
     async def post(self) -> None:
         fake = self.fake
-        fake.requests.append(Seen(self.request.path, dict(self.request.headers), self.request.body))
+        fake.requests.append(Seen(self.request.path, dict(self.request.headers), self.request.body,
+                                  id(self.request.connection.stream)))  # type: ignore[attr-defined]
         if not fake.admit(self):
             return
         cue = fake.next_cue()

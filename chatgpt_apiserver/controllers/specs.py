@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,7 +73,15 @@ def _proxy_url(value: Any) -> Optional[Secret]:
 def _secret_text(value: Any) -> Secret:
     if not isinstance(value, str):
         raise vol.Invalid("expected a string")
+    if "\r" in value or "\n" in value:
+        raise vol.Invalid("must not contain line breaks")
     return Secret(value)
+
+
+def _header_name(value: Any) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", value):
+        raise vol.Invalid("expected an HTTP header name")
+    return value
 
 
 _NonEmpty = vol.All(str, vol.Length(min=1))
@@ -113,7 +122,7 @@ OPENAI_SETTINGS = vol.Schema({
     vol.Optional("organization"): vol.Any(None, str),
     vol.Optional("project"): vol.Any(None, str),
     vol.Optional("proxy"): _proxy_url,
-    vol.Optional("headers"): {str: _secret_text},  # values may be keys (Azure's api-key)
+    vol.Optional("headers"): {_header_name: _secret_text},  # values may be keys (Azure's api-key)
 })
 
 MOCK_SETTINGS = vol.Schema({

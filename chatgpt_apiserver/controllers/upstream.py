@@ -12,6 +12,7 @@ import aiohttp
 
 from ..secret import Secret
 from .base import Call, Controller, Reply, UpstreamError
+from .http1 import Pool
 from .specs import ControllerSpec
 
 log = logging.getLogger("chatgpt_apiserver.upstream")
@@ -97,6 +98,18 @@ class UpstreamController(Controller):
             headers["OpenAI-Project"] = settings["project"]
         self._headers = headers
         self._session: Optional[aiohttp.ClientSession] = None
+        # Without a proxy, requests go through the lean keep-alive client; with one, through aiohttp.
+        self._pool: Optional[Pool] = None
+        parts = urlsplit(self.base_url)
+        self._origin = (parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80),
+                        parts.scheme == "https")
+        host = parts.hostname or ""
+        default_port = 443 if parts.scheme == "https" else 80
+        host_header = host if not parts.port or parts.port == default_port else f"{host}:{parts.port}"
+        lines = [f"POST {parts.path}/chat/completions HTTP/1.1", f"Host: {host_header}",
+                 "Accept-Encoding: gzip, deflate", "Connection: keep-alive"]
+        lines += [f"{name}: {value}" for name, value in headers.items()]
+        self._head = ("\r\n".join(lines) + "\r\n").encode("latin-1")
 
     @property
     def secret_values(self) -> tuple[bytes, ...]:
@@ -106,6 +119,12 @@ class UpstreamController(Controller):
         return (self._key.reveal().encode(), *extra)
 
     async def start(self) -> None:
+        if not self._proxy:
+            host, port, tls = self._origin
+            transport = self._transport
+            self._pool = Pool(host, port, tls, transport.max_connections, transport.keepalive_timeout,
+                              transport.connect_timeout, transport.idle_timeout)
+            return
         connector = aiohttp.TCPConnector(
             limit=self._transport.max_connections,
             limit_per_host=0,
@@ -123,13 +142,20 @@ class UpstreamController(Controller):
         )
 
     async def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
         if self._session is not None:
             await self._session.close()
             self._session = None
 
     async def send(self, call: Call, body: bytes) -> Reply:
-        if self._session is None:
+        if self._pool is None and self._session is None:
             await self.start()
+        if self._pool is not None:
+            return await self._pool.request(b"".join((
+                self._head, b"X-Request-Id: ", call.request_id.encode(), b"\r\nContent-Length: ",
+                b"%d" % len(body), b"\r\n\r\n", body)))
         assert self._session is not None
         try:
             response = await self._session.post(
