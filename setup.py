@@ -22,7 +22,7 @@ setup(
         "openai>=1.40",
         "PyYAML>=6.0",
         "prometheus-client>=0.17",
-        "redis>=5.0",
+        "redis[hiredis]>=5.0",
     ],
     extras_require={
         "test": [

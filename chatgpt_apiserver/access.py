@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
+import orjson
 from tornado.web import RequestHandler
 
 from .gateway import Gateway
+from .logs import JsonFormatter, LineStamp, fast_handler
 
 access_log = logging.getLogger("chatgpt_apiserver.access")
 
@@ -19,6 +22,8 @@ def route_of(handler: RequestHandler) -> str:
 
 def make_log_function(gateway: Gateway, enabled: Callable[[], bool]) -> Callable[[RequestHandler], None]:
     """Tornado's log_function: count the request in the metrics and, if enabled, log it."""
+
+    stamp = LineStamp()
 
     def log_request(handler: RequestHandler) -> None:
         request = handler.request
@@ -47,7 +52,15 @@ def make_log_function(gateway: Gateway, enabled: Callable[[], bool]) -> Callable
             "ttfb_ms": round((ttfb if ttfb is not None else seconds) * 1000, 2),
             "tokens": getattr(handler, "tokens", None),
         }
-        access_log.log(level, " ".join(f"{key}={value}" for key, value in fields.items()),
-                       extra={"fields": fields})
+        message = " ".join(f"{key}={value}" for key, value in fields.items())
+        sink = fast_handler() if level == logging.INFO and not access_log.handlers else None
+        if sink is None:
+            access_log.log(level, message, extra={"fields": fields})
+        elif isinstance(sink.formatter, JsonFormatter):
+            now = time.time()
+            sink.append(orjson.dumps({"time": stamp.iso(now), "level": "info", "logger": access_log.name,
+                                         "message": message, **fields}).decode() + "\n")
+        else:
+            sink.append(f"{stamp.text(time.time())} INFO {access_log.name}: {message}\n")
 
     return log_request

@@ -69,6 +69,17 @@ class BufferedHandler(logging.StreamHandler):  # type: ignore[type-arg]
         if record.levelno >= logging.WARNING or self._size >= self.limit:
             self.flush()
 
+    def append(self, line: str) -> None:
+        """Queue one already formatted line (the access log's fast path)."""
+        self.acquire()
+        try:
+            self._pending.append(line)
+            self._size += len(line)
+            if self._size >= self.limit:
+                self.flush()
+        finally:
+            self.release()
+
     def flush(self) -> None:
         """Write what is pending."""
         self.acquire()  # re-entrant: emit() already holds it when it flushes
@@ -79,6 +90,41 @@ class BufferedHandler(logging.StreamHandler):  # type: ignore[type-arg]
                 self.stream.flush()
         finally:
             self.release()
+
+
+class LineStamp:
+    """The time prefix of a log line, formatted once per second."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._text = ""
+        self._iso = ""
+
+    def _refresh(self, now: float) -> int:
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._text = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+            self._iso = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return int((now - second) * 1000)
+
+    def text(self, now: float) -> str:
+        """As logging's default asctime: 2026-11-25 17:21:23,438."""
+        millis = self._refresh(now)
+        return f"{self._text},{millis:03d}"
+
+    def iso(self, now: float) -> str:
+        """As the JSON formatter's time: 2026-11-25T17:21:23.438Z."""
+        millis = self._refresh(now)
+        return f"{self._iso}.{millis:03d}Z"
+
+
+def fast_handler() -> Optional[BufferedHandler]:
+    """The handler the access log may write to directly: the one configure_logging installed, if it is alone."""
+    handlers = logging.getLogger().handlers
+    if len(handlers) == 1 and isinstance(handlers[0], BufferedHandler):
+        return handlers[0]
+    return None
 
 
 def configure_logging(level: str, fmt: str, stream: Optional[TextIO] = None,

@@ -235,11 +235,13 @@ class SharedState:
     async def _send(self, batch: list[Call]) -> None:
         """Run a batch of script calls in one round trip (EVALSHA each; scripts are loaded at start)."""
         try:
-            replies = await asyncio.wait_for(self._pipeline(batch), self.timeout)
+            async with asyncio.timeout(self.timeout):
+                replies = await self._pipeline(batch)
             missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
             if missing:  # Redis restarted and forgot the scripts: load them and run those calls again
-                await asyncio.wait_for(self._load_scripts(), self.timeout)
-                again = await asyncio.wait_for(self._pipeline([batch[i] for i in missing]), self.timeout)
+                async with asyncio.timeout(self.timeout * 2):
+                    await self._load_scripts()
+                    again = await self._pipeline([batch[i] for i in missing])
                 for index, reply in zip(missing, again, strict=True):
                     replies[index] = reply
         except Exception as error:  # any client, connection or timeout error means Redis is away
