@@ -1,7 +1,8 @@
 """A very fast fake OpenAI upstream for benchmarks: raw asyncio + uvloop, canned replies.
 
 What it does is read from the request body's "bench" object, which the gateway relays untouched:
-  {"bench": {"delay_ms": 100, "events": 20, "interval_ms": 50}}
+  {"bench": {"delay_ms": 100, "events": 20, "interval_ms": 50, "role_first": 1}}
+With role_first, the stream opens like OpenAI's: a role event leaves with the headers, then the paced events.
 Streams (when "stream": true) are sent with chunked framing, one chunk per event, then a usage event
 and [DONE].
 
@@ -28,10 +29,13 @@ EVENT = (b'data: {"id":"chatcmpl-bench","object":"chat.completion.chunk","create
          b'"choices":[{"index":0,"delta":{"content":"tok "},"logprobs":null,"finish_reason":null}]}\n\n')
 USAGE = (b'data: {"id":"chatcmpl-bench","object":"chat.completion.chunk","created":1,"model":"bench",'
          b'"choices":[],"usage":{"prompt_tokens":9,"completion_tokens":20,"total_tokens":29}}\n\n')
+ROLE = (b'data: {"id":"chatcmpl-bench","object":"chat.completion.chunk","created":1,"model":"bench",'
+        b'"choices":[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]}\n\n')
 DONE = b"data: [DONE]\n\n"
 MODELS = b'{"object":"list","data":[{"id":"bench","object":"model","created":0,"owned_by":"bench"}]}'
 
-NUMBER = {name: re.compile(rb'"' + name + rb'"\s*:\s*([0-9.]+)') for name in (b"delay_ms", b"events", b"interval_ms")}
+NUMBER = {name: re.compile(rb'"' + name + rb'"\s*:\s*([0-9.]+)') for name in (b"delay_ms", b"events", b"interval_ms",
+                                                                                   b"role_first")}
 STREAM_TRUE = re.compile(rb'"stream"\s*:\s*true')
 
 
@@ -104,7 +108,7 @@ class Upstream(asyncio.Protocol):
                 continue
             events = int(param(body, b"events", 20))
             interval = param(body, b"interval_ms", 0) / 1000
-            self.transport.write(STREAM_HEAD)
+            self.transport.write(STREAM_HEAD + (chunk(ROLE) if param(body, b"role_first", 0) else b""))
             for _ in range(events):
                 if interval:
                     await asyncio.sleep(interval)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import ssl
 import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -233,13 +234,13 @@ class FakeUpstream:
     def chat_requests(self) -> list[Seen]:
         return [seen for seen in self.requests if seen.path.endswith("/chat/completions")]
 
-    def start(self) -> None:
+    def start(self, ssl_context: Optional[ssl.SSLContext] = None) -> None:
         app = Application([
             (r"/v1/chat/completions", ChatHandler, {"fake": self}),
             (r"/v1/models", ModelsHandler, {"fake": self}),
         ], log_function=lambda handler: None)
         sock, self.port = bind_unused_port()
-        self._server = HTTPServer(app)
+        self._server = HTTPServer(app, ssl_options=ssl_context)
         self._server.add_sockets([sock])
 
     async def stop(self) -> None:

@@ -1,0 +1,68 @@
+"""The relay's own HTTP client over TLS, against a fake upstream with a certificate from a test CA."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import ssl
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from .fake_upstream import Cue, FakeUpstream
+from .harness import Stack
+
+BODY = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def make_certificates(directory: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA, and a certificate it signs for 127.0.0.1 (openssl from the base system)."""
+    openssl = shutil.which("openssl")
+    assert openssl, "openssl is part of every machine this runs on"
+    ca_key, ca_cert = directory / "ca.key", directory / "ca.pem"
+    key, csr, cert = directory / "server.key", directory / "server.csr", directory / "server.pem"
+    extensions = directory / "ext.cnf"
+    extensions.write_text("subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n")
+    run = lambda *args: subprocess.run([openssl, *args], check=True, capture_output=True, timeout=60)  # noqa: E731
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(ca_key), "-out", str(ca_cert),
+        "-days", "2", "-subj", "/CN=chatgpt-apiserver test CA")
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr), "-subj", "/CN=127.0.0.1")
+    run("x509", "-req", "-in", str(csr), "-CA", str(ca_cert), "-CAkey", str(ca_key), "-CAcreateserial",
+        "-out", str(cert), "-days", "2", "-extfile", str(extensions))
+    return ca_cert, cert, key
+
+
+@pytest.fixture
+def tls_fake(stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeUpstream:
+    ca, cert, key = make_certificates(tmp_path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(str(cert), str(key))
+    fake = FakeUpstream("tls")
+    stack.loop.call(fake.start, context)
+    stack.fakes.append(fake)
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca))  # the default context trusts the test CA
+    return fake
+
+
+def test_relay_over_tls_streams_and_reuses_the_connection(stack: Stack, tls_fake: FakeUpstream) -> None:
+    stack.gateway({"controllers": [{"type": "openai", "name": "tls", "config": {
+        "api_key": "sk-tls-0123456789abcdef", "base_url": f"https://127.0.0.1:{tls_fake.port}/v1"}}]})
+    assert stack.request("POST", "/v1/chat/completions", BODY)[0] == 200
+    tls_fake.cue(Cue(mode="stream", events=3))
+    status, _, body = stack.request("POST", "/v1/chat/completions", {**BODY, "stream": True})
+    assert status == 200 and body.endswith(b"data: [DONE]\n\n")
+    assert len({seen.connection for seen in tls_fake.chat_requests}) == 1
+
+
+def test_an_untrusted_certificate_fails_over(stack: Stack, tls_fake: FakeUpstream) -> None:
+    os.environ.pop("SSL_CERT_FILE")  # now the test CA is unknown
+    plain = stack.fake("plain")
+    stack.gateway({"controllers": [
+        {"type": "openai", "name": "tls", "weight": 9, "config": {
+            "api_key": "sk-tls-0123456789abcdef", "base_url": f"https://127.0.0.1:{tls_fake.port}/v1"}},
+        {"type": "openai", "name": "plain", "config": {
+            "api_key": "sk-plain-0123456789abcdef", "base_url": plain.base_url}}]})
+    status, headers, _ = stack.request("POST", "/v1/chat/completions", BODY)
+    assert status == 200 and headers["x-chatgpt-apiserver-controller"] == "plain"
+    assert not tls_fake.chat_requests
