@@ -27,7 +27,7 @@ import orjson
 import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_client import Connection, StreamStats, percentile, request_bytes  # noqa: E402
+from bench_client import Connection, StreamStats, percentile, request_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -95,7 +95,8 @@ def wrk(port: int, payload: dict[str, Any], connections: int, seconds: float) ->
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
                      f"wrk.body = {json.dumps(json.dumps(payload))}\n")
-    done = subprocess.run(["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency",
+    duration = f"-d{max(1, round(seconds))}s"
+    done = subprocess.run(["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", duration, "--latency",
                            "-s", script.name, f"http://127.0.0.1:{port}/v1/chat/completions"],
                           capture_output=True, text=True, check=True)
     os.unlink(script.name)

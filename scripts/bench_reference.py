@@ -9,10 +9,9 @@ import asyncio
 import sys
 
 import uvloop
+from bench_upstream import COMPLETION
 from tornado.httpserver import HTTPServer
 from tornado.web import Application, RequestHandler
-
-from bench_upstream import COMPLETION
 
 
 class Canned(RequestHandler):
