@@ -15,7 +15,7 @@ import orjson
 from . import __version__
 from .configfile import ConfigError, Location, load, locate
 from .controllers.specs import ControllerSpec, build_specs
-from .options import OPTIONS, Option, parse_bool
+from .options import OPTIONS, parse_bool
 from .secret import Secret
 
 HOW_TO_START = """\
@@ -255,8 +255,3 @@ def parse_settings(argv: Optional[Sequence[str]] = None,
         raise ConfigError(problems)
     settings = Settings(values, final_sources, controllers, location, document, demo)
     return settings, bool(namespace.check_config)
-
-
-def option_label(option: Option) -> str:
-    """`--port / CHATGPT_APISERVER_PORT / port`: the three names of one option."""
-    return f"{option.flags[0]} / {option.env} / {option.key}"

@@ -6,8 +6,6 @@ import logging
 from collections.abc import Mapping
 from typing import Any, Optional
 
-import orjson
-
 from .config import Settings
 from .controllers import Controller
 from .health import FOREVER
@@ -106,8 +104,3 @@ def record_usage(controller: Controller, usage: Optional[dict[str, Any]], model:
     if isinstance(prompt, int) and isinstance(completion, int):
         return float(prompt + completion)
     return None
-
-
-def parse_body(body: bytes) -> Any:
-    """The JSON document of a body, or raise ValueError."""
-    return orjson.loads(body)

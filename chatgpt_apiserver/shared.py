@@ -18,11 +18,13 @@ import logging
 import math
 import os
 import socket
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional
+from urllib.parse import unquote, urlsplit
 
-from redis.exceptions import NoScriptError
+import hiredis
 
 if TYPE_CHECKING:
     from .controllers import Controller
@@ -175,6 +177,93 @@ class RedisUnavailable(Exception):
     """Redis did not answer in time, or at all."""
 
 
+def _bulk(value: Any) -> bytes:
+    data = value if isinstance(value, bytes) else str(value).encode()
+    return b"$%d\r\n%s\r\n" % (len(data), data)
+
+
+def _pack(*parts: Any) -> bytes:
+    """One command in Redis's wire format (RESP)."""
+    return b"*%d\r\n" % len(parts) + b"".join(_bulk(part) for part in parts)
+
+
+@dataclass(frozen=True)
+class _Address:
+    host: str
+    port: int
+    password: Optional[str]
+    username: Optional[str]
+    db: int
+
+    @classmethod
+    def parse(cls, url: str) -> _Address:
+        parts = urlsplit(url)
+        db = parts.path.strip("/")
+        return cls(parts.hostname or "127.0.0.1", parts.port or 6379, unquote(parts.password or "") or None,
+                   unquote(parts.username or "") or None, int(db) if db.isdigit() else 0)
+
+
+class _RespConnection(asyncio.Protocol):
+    """The hot path's own pipelined connection to Redis: packed commands out, hiredis-parsed replies in."""
+
+    def __init__(self) -> None:
+        self.transport: Optional[asyncio.Transport] = None
+        self.reader = hiredis.Reader()
+        self.waiting: deque[asyncio.Future[Any]] = deque()
+        self.closed = False
+
+    @classmethod
+    async def open(cls, address: _Address) -> _RespConnection:
+        """Connect, then authenticate and select the database when the URL says so."""
+        loop = asyncio.get_running_loop()
+        _transport, connection = await loop.create_connection(cls, address.host, address.port)
+        setup = []
+        if address.password:
+            setup.append(_pack(b"AUTH", *([address.username] if address.username else []), address.password))
+        if address.db:
+            setup.append(_pack(b"SELECT", address.db))
+        for reply in await asyncio.gather(*connection.send(setup)) if setup else ():
+            if isinstance(reply, hiredis.ReplyError):
+                connection.close()
+                raise ConnectionError(f"Redis refused the connection set-up: {reply}")
+        return connection
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.reader.feed(data)
+        while True:
+            reply = self.reader.gets()
+            if reply is False:
+                return
+            future = self.waiting.popleft()
+            if not future.done():
+                future.set_result(reply)
+
+    def connection_lost(self, exc: Optional[Exception]) -> None:
+        self.closed = True
+        while self.waiting:
+            future = self.waiting.popleft()
+            if not future.done():
+                future.set_exception(ConnectionError("the Redis connection was lost"))
+
+    def send(self, commands: list[bytes]) -> list[asyncio.Future[Any]]:
+        """Write the commands in one go; one future per reply."""
+        if self.closed or self.transport is None:
+            raise ConnectionError("the Redis connection is closed")
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in commands]
+        self.waiting.extend(futures)
+        self.transport.write(b"".join(commands))
+        return futures
+
+    def close(self) -> None:
+        """Hang up (any reply still owed fails)."""
+        if self.transport is not None:
+            self.transport.close()
+
+
 class SharedState:
     """The Redis side of the scheduler. Every call is one round trip, bounded by `timeout`."""
 
@@ -202,6 +291,8 @@ class SharedState:
         self._heartbeat: Optional[asyncio.Task[None]] = None
         self._background: set[asyncio.Task[Any]] = set()
         self._pending: list[Call] = []
+        self._address = _Address.parse(url)
+        self._connection: Optional[_RespConnection] = None
         self._encoding: dict[str, _Encoded] = {}
         self._flush_scheduled = False
 
@@ -237,7 +328,8 @@ class SharedState:
         try:
             async with asyncio.timeout(self.timeout):
                 replies = await self._pipeline(batch)
-            missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+            missing = [i for i, reply in enumerate(replies)
+                       if isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT")]
             if missing:  # Redis restarted and forgot the scripts: load them and run those calls again
                 async with asyncio.timeout(self.timeout * 2):
                     await self._load_scripts()
@@ -259,10 +351,12 @@ class SharedState:
                 future.set_result(reply)
 
     async def _pipeline(self, batch: Sequence[Call]) -> list[Any]:
-        pipe = self._client.pipeline(transaction=False)
-        for script, keys, args, _future in batch:
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
-        return list(await pipe.execute(raise_on_error=False))
+        """Write every call of the batch at once on the dedicated connection; replies come back in order."""
+        connection = self._connection
+        if connection is None or connection.closed:
+            connection = self._connection = await _RespConnection.open(self._address)
+        commands = [_pack(b"EVALSHA", script.sha, len(keys), *keys, *args) for script, keys, args, _f in batch]
+        return list(await asyncio.gather(*connection.send(commands)))
 
     async def _load_scripts(self) -> None:
         for script in (self._take, self._settle, self._cool, self._disable, self._fail):
@@ -293,6 +387,8 @@ class SharedState:
             task.cancel()
         with contextlib.suppress(Exception):  # best effort on the way out
             await asyncio.wait_for(self._client.delete(f"{self.prefix}:instances:{self.instance}"), self.timeout)
+        if self._connection is not None:
+            self._connection.close()
         await self._client.aclose()
 
     async def _beat(self) -> None:

@@ -244,3 +244,21 @@ def test_processes_share_one_port_with_reuse_port(stack: Stack, redis_server: Re
         assert sum(answered) == 40 and min(answered) > 0
     finally:
         assert [server.stop() for server in servers] == [0, 0]
+
+
+def test_password_and_database_from_the_url(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path, password="s3cret").start()
+    try:
+        async def run() -> bool:
+            state = SharedState(server.url.replace("/0", "/3"), "authed", 1.0, "local", lambda up, n: None)
+            try:
+                await state.start()
+                return (await state.take(controller("c", rpm=60), 1)).ok and state.available
+            finally:
+                await state.close()
+
+        assert asyncio.run(run())
+        assert b"authed:{c}:req" in server.command("KEYS", "*", db=3)
+        assert b"authed" not in server.command("KEYS", "*")
+    finally:
+        server.stop()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 from ..health import ControllerState
 from .specs import ControllerSpec
@@ -97,14 +97,3 @@ class Controller(ABC):
         return {"name": self.name, "type": self.spec.type, "weight": self.weight,
                 "models": dict(sorted(self.models.items())) if self.models is not None else None,
                 "limits": {"rpm": limits.rpm, "tpm": limits.tpm, "max_concurrency": limits.max_concurrency}}
-
-
-def retry_after_seconds(value: Optional[str]) -> Optional[float]:
-    """Parse a Retry-After header given in seconds (HTTP dates are rare upstream and ignored)."""
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        return None
-    return seconds if seconds >= 0 else None
