@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_client import Connection, StreamStats, percentile, request_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
+ROUND = 20  # streams per round when direct and gateway streams alternate
 PYTHON = sys.executable
 SCRIPTS = ROOT / "scripts"
 MESSAGES_2 = [{"role": "system", "content": "You are a helpful assistant."},
@@ -258,11 +259,14 @@ class Bench:
         count = 60 if self.quick else 200
         direct, via = Connection(self.upstream_port), Connection(port)
         results: dict[str, list[StreamStats]] = {"direct": [], "gateway": []}
+        to_direct = request_bytes(self.upstream_port, "/v1/chat/completions", payload)
+        to_gateway = request_bytes(port, "/v1/chat/completions", payload)
         try:
-            for _ in range(count):
-                results["direct"].append(await direct.stream(request_bytes(self.upstream_port, "/v1/chat/completions",
-                                                                           payload)))
-                results["gateway"].append(await via.stream(request_bytes(port, "/v1/chat/completions", payload)))
+            for _ in range(count // ROUND):  # interleaved rounds, as for (a)
+                for _ in range(ROUND):
+                    results["direct"].append(await direct.stream(to_direct))
+                for _ in range(ROUND):
+                    results["gateway"].append(await via.stream(to_gateway))
         finally:
             direct.close()
             via.close()
