@@ -14,6 +14,10 @@ from .logs import JsonFormatter, LineStamp, fast_handler
 
 access_log = logging.getLogger("chatgpt_apiserver.access")
 
+FIELDS = ("request_id", "client", "method", "path", "model", "stream", "controller", "attempts", "status", "bytes",
+          "time_ms", "ttfb_ms", "tokens")
+TEXT_LINE = " ".join(f"{name}={{}}" for name in FIELDS)
+
 
 def route_of(handler: RequestHandler) -> str:
     """A low-cardinality route label: the handler's declared route, never the raw path."""
@@ -37,30 +41,20 @@ def make_log_function(gateway: Gateway, enabled: Callable[[], bool]) -> Callable
         if not access_log.isEnabledFor(level):
             return
         ttfb = getattr(handler, "ttfb", None)
-        fields = {
-            "request_id": getattr(handler, "request_id", "") or "-",
-            "client": request.remote_ip,
-            "method": request.method,
-            "path": request.path,
-            "model": getattr(handler, "model", "") or "-",
-            "stream": bool(getattr(handler, "stream", False)),
-            "controller": controller,
-            "attempts": getattr(handler, "attempts", 0),
-            "status": status,
-            "bytes": getattr(handler, "bytes_out", 0),
-            "time_ms": round(seconds * 1000, 2),
-            "ttfb_ms": round((ttfb if ttfb is not None else seconds) * 1000, 2),
-            "tokens": getattr(handler, "tokens", None),
-        }
-        message = " ".join(f"{key}={value}" for key, value in fields.items())
+        values = (getattr(handler, "request_id", "") or "-", request.remote_ip, request.method, request.path,
+                  getattr(handler, "model", "") or "-", bool(getattr(handler, "stream", False)), controller,
+                  getattr(handler, "attempts", 0), status, getattr(handler, "bytes_out", 0), round(seconds * 1000, 2),
+                  round((ttfb if ttfb is not None else seconds) * 1000, 2), getattr(handler, "tokens", None))
+        message = TEXT_LINE.format(*values)
         sink = fast_handler() if level == logging.INFO and not access_log.handlers else None
+        if sink is not None and not isinstance(sink.formatter, JsonFormatter):
+            sink.append(f"{stamp.text(time.time())} INFO {access_log.name}: {message}\n")  # the common case
+            return
+        fields = dict(zip(FIELDS, values, strict=True))
         if sink is None:
             access_log.log(level, message, extra={"fields": fields})
-        elif isinstance(sink.formatter, JsonFormatter):
-            now = time.time()
-            sink.append(orjson.dumps({"time": stamp.iso(now), "level": "info", "logger": access_log.name,
-                                         "message": message, **fields}).decode() + "\n")
         else:
-            sink.append(f"{stamp.text(time.time())} INFO {access_log.name}: {message}\n")
+            sink.append(orjson.dumps({"time": stamp.iso(time.time()), "level": "info", "logger": access_log.name,
+                                      "message": message, **fields}).decode() + "\n")
 
     return log_request
