@@ -174,7 +174,9 @@ class ChatCompletionsHandler(BaseHandler):
             await self._handle()
         except ApiError as error:
             self.send_api_error(error)
-        except (asyncio.CancelledError, StreamClosedError):
+        except StreamClosedError:  # a write found the client gone, perhaps before on_connection_close ran
+            log.info("client went away; request %s ended", self.request_id)
+        except asyncio.CancelledError:
             if self._client_gone:
                 log.info("client went away; request %s cancelled", self.request_id)
             elif self._abort_reason:
