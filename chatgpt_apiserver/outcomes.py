@@ -23,21 +23,20 @@ def is_quota_error(body: bytes) -> bool:
     return any(marker in body for marker in QUOTA_MARKERS)
 
 
-def correct_limits(controller: Controller, headers: Mapping[str, str], now: float) -> Optional[RateHeaders]:
-    """Adjust the controller's buckets to the upstream's x-ratelimit-* headers (only if it has buckets)."""
-    state = controller.state
-    if state.requests is None and state.tokens is None:
-        return None
-    parsed = RateHeaders.parse(headers)
-    state.correct(parsed, now)
-    return parsed
+def rate_headers(controller: Controller, status: int, headers: Mapping[str, str]) -> Optional[RateHeaders]:
+    """The upstream's x-ratelimit-* and Retry-After headers, read only when something will use them."""
+    limits = controller.spec.limits
+    if limits.rpm or limits.tpm or status == 429:
+        return RateHeaders.parse(headers)
+    return None
 
 
-def record_status(controller: Controller, status: int, headers: Mapping[str, str], body: bytes,
+def record_status(controller: Controller, status: int, rate: Optional[RateHeaders], body: bytes,
                   scheduler: Scheduler, settings: Settings, now: float) -> None:
-    """An answer with a status: success, 429, quota, auth, or a server error."""
+    """An answer with a status: success, 429, quota, auth, or a server error; `rate` corrects the buckets."""
     state = controller.state
-    parsed = correct_limits(controller, headers, now)
+    if rate is not None:
+        state.correct(rate, now)
     if status < 400 or (status < 500 and status not in (401, 403, 408, 429)):
         state.succeeded(now)  # the upstream works; a client's own mistake says nothing against it
         return
@@ -46,8 +45,7 @@ def record_status(controller: Controller, status: int, headers: Mapping[str, str
         if is_quota_error(body):
             _disable(controller, "out of quota (insufficient_quota)", settings.quota_disable_seconds, now, shared)
             return
-        parsed = parsed or RateHeaders.parse(headers)
-        cooldown = parsed.cooldown()
+        cooldown = rate.cooldown() if rate is not None else None
         seconds = cooldown if cooldown is not None else settings.cooldown_default
         state.rate_limited(seconds, now)
         if shared is not None:

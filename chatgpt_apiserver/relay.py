@@ -13,8 +13,7 @@ import orjson
 from .controllers import Call, Controller, Reply, UpstreamError
 from .errors import ApiError
 from .gateway import Gateway
-from .limits import RateHeaders
-from .outcomes import record_failure, record_status, record_usage, usage_of
+from .outcomes import rate_headers, record_failure, record_status, record_usage, usage_of
 from .rewrite import estimate_tokens, upstream_body
 from .scheduler import Lease
 from .secret import scrub
@@ -147,15 +146,14 @@ async def _attempt(lease: Lease, call: Call, gateway: Gateway) -> Answer | Failu
     try:
         reply = await controller.send(call, upstream_body(call, controller.upstream_model(call.model)))
         status = reply.status
+        rate = rate_headers(controller, status, reply.headers)
         if lease.shared:
             lease.succeeded = status < 400 or (status not in RETRY_ELSEWHERE and status < 500)
-            limits = controller.spec.limits
-            if limits.rpm or limits.tpm:
-                lease.headers = RateHeaders.parse(reply.headers)
+            lease.headers = rate
         if status == 200 and call.stream and reply.content_type.startswith("text/event-stream"):
             deadline.clear()  # from here the stream idle timeout applies
             events, splitter = await _first_events(reply)
-            record_status(controller, status, reply.headers, b"", gateway.scheduler, settings, gateway.clock())
+            record_status(controller, status, rate, b"", gateway.scheduler, settings, gateway.clock())
             return Answer(controller, reply, status, lease, first_events=events, splitter=splitter)
         deadline.at(started + settings.request_timeout)
         body = await reply.read()
@@ -167,15 +165,15 @@ async def _attempt(lease: Lease, call: Call, gateway: Gateway) -> Answer | Failu
                 reply.close()
                 record_failure(controller, gateway.scheduler, gateway.clock())
                 return Failure(controller.name, "protocol", "the upstream answered with malformed JSON")
-            record_status(controller, status, reply.headers, body, gateway.scheduler, settings, gateway.clock())
+            record_status(controller, status, rate, body, gateway.scheduler, settings, gateway.clock())
             usage = usage_of(document)
             lease.release(record_usage(controller, usage, call.model))
             return Answer(controller, reply, status, lease, body=body, usage=usage)
-        record_status(controller, status, reply.headers, body, gateway.scheduler, settings, gateway.clock())
+        record_status(controller, status, rate, body, gateway.scheduler, settings, gateway.clock())
         if status in RETRY_ELSEWHERE or status >= 500:
             reply.close()
             kind = _kind_of_status(status, body)
-            retry_after = RateHeaders.parse(reply.headers).cooldown() if status == 429 else None
+            retry_after = rate.cooldown() if status == 429 and rate is not None else None
             snippet = scrub(body[:300], gateway.secrets).decode("utf-8", "replace")
             log.info("controller %s answered %d: %s", controller.name, status, snippet)
             return Failure(controller.name, kind, f"upstream answered {status}", retry_after)
