@@ -18,140 +18,26 @@ import logging
 import math
 import os
 import socket
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional
-from urllib.parse import unquote, urlsplit
 
 import hiredis
+
+from .redis_scripts import COOL, DISABLE, FAIL, SETTLE, TAKE
+from .redis_wire import Address, RespConnection, pack
 
 if TYPE_CHECKING:
     from .controllers import Controller
 
 log = logging.getLogger("chatgpt_apiserver.shared")
 
-KEY_TTL_MS = 3_600_000
 HEARTBEAT_SECONDS = 2.0
 HEARTBEAT_TTL_MS = 10_000
 POOL_SIZE = 64
 
 # One queued script call: (script, keys, args, future for its reply or None).
 Call = tuple[Any, Sequence[Any], Sequence[Any], Optional["asyncio.Future[Any]"]]
-
-_NOW = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-"""
-
-_LEVEL = """
-local function level(key, rate, cap)
-  local h = redis.call('HMGET', key, 'level', 'ts')
-  local lv, ts = tonumber(h[1]), tonumber(h[2])
-  if not lv then return cap end
-  return math.min(cap, lv + math.max(0, now - ts) * rate)
-end
-"""
-
-# KEYS: req tok inflight cool off brk
-# ARGV: instance req_rate_per_ms req_cap tok_rate_per_ms tok_cap tokens max_concurrency probe_ttl_ms
-TAKE = _NOW + _LEVEL + """
-local off = tonumber(redis.call('HGET', KEYS[5], 'until') or '0')
-if off > now then return {0, off - now, 'disabled'} end
-local cool = tonumber(redis.call('GET', KEYS[4]) or '0')
-if cool > now then return {0, cool - now, 'cooling'} end
-local brk = redis.call('HMGET', KEYS[6], 'until', 'ejections', 'probe')
-local ejected, ejections, probe = tonumber(brk[1] or '0'), tonumber(brk[2] or '0'), tonumber(brk[3] or '0')
-if ejected > now then return {0, ejected - now, 'ejected'} end
-if ejections > 0 and probe > now then return {0, probe - now, 'probing'} end
-local maxc = tonumber(ARGV[7])
-if maxc > 0 then
-  local total = 0
-  for _, v in ipairs(redis.call('HVALS', KEYS[3])) do total = total + tonumber(v) end
-  if total >= maxc then return {0, -1, 'busy'} end
-end
-local rcap, tcap = tonumber(ARGV[3]), tonumber(ARGV[5])
-local rlv, tlv = 0, 0
-if rcap > 0 then
-  rlv = level(KEYS[1], tonumber(ARGV[2]), rcap)
-  if rlv < 1 then return {0, math.ceil((1 - rlv) / tonumber(ARGV[2])), 'requests'} end
-end
-local want = tonumber(ARGV[6])
-if tcap > 0 then
-  tlv = level(KEYS[2], tonumber(ARGV[4]), tcap)
-  local need = math.min(want, tcap)
-  if tlv < need then return {0, math.ceil((need - tlv) / tonumber(ARGV[4])), 'tokens'} end
-end
-if rcap > 0 then
-  redis.call('HSET', KEYS[1], 'level', rlv - 1, 'ts', now)
-  redis.call('PEXPIRE', KEYS[1], @TTL@)
-end
-if tcap > 0 then
-  redis.call('HSET', KEYS[2], 'level', tlv - want, 'ts', now)
-  redis.call('PEXPIRE', KEYS[2], @TTL@)
-end
-redis.call('HINCRBY', KEYS[3], ARGV[1], 1)
-redis.call('PEXPIRE', KEYS[3], @TTL@)
-if ejections > 0 then redis.call('HSET', KEYS[6], 'probe', now + tonumber(ARGV[8])) end
-return {1, math.floor(rlv - 1), 'ok'}
-""".replace("@TTL@", str(KEY_TTL_MS))
-
-# KEYS: req tok inflight brk
-# ARGV: instance token_delta tok_rate tok_cap succeeded remaining_req remaining_tok req_rate req_cap
-SETTLE = _NOW + _LEVEL + """
-local left = redis.call('HINCRBY', KEYS[3], ARGV[1], -1)
-if left <= 0 then redis.call('HDEL', KEYS[3], ARGV[1]) end
-local tcap = tonumber(ARGV[4])
-if tcap > 0 then
-  local lv = level(KEYS[2], tonumber(ARGV[3]), tcap)
-  lv = math.min(tcap, lv + tonumber(ARGV[2]))
-  local remaining = tonumber(ARGV[7])
-  if remaining >= 0 and remaining < lv then lv = remaining end
-  redis.call('HSET', KEYS[2], 'level', lv, 'ts', now)
-  redis.call('PEXPIRE', KEYS[2], @TTL@)
-end
-local rcap = tonumber(ARGV[9])
-local rrem = tonumber(ARGV[6])
-if rcap > 0 and rrem >= 0 then
-  local lv = level(KEYS[1], tonumber(ARGV[8]), rcap)
-  if rrem < lv then redis.call('HSET', KEYS[1], 'level', rrem, 'ts', now) end
-end
-if ARGV[5] == '1' then redis.call('DEL', KEYS[4]) end
-return left
-""".replace("@TTL@", str(KEY_TTL_MS))
-
-# KEYS: cool   ARGV: seconds   -- a later deadline extends a cooldown, an earlier one never shortens it
-COOL = _NOW + """
-local untilms = now + math.floor(tonumber(ARGV[1]) * 1000)
-local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
-if untilms > cur then redis.call('SET', KEYS[1], untilms, 'PX', untilms - now) end
-return math.max(untilms, cur) - now
-"""
-
-# KEYS: off   ARGV: seconds (-1: until a reload) reason
-DISABLE = _NOW + """
-local secs = tonumber(ARGV[1])
-local untilms = secs < 0 and (now + @FOREVER@) or (now + math.floor(secs * 1000))
-local cur = tonumber(redis.call('HGET', KEYS[1], 'until') or '0')
-if untilms > cur then
-  redis.call('HSET', KEYS[1], 'until', untilms, 'reason', ARGV[2])
-  redis.call('PEXPIRE', KEYS[1], untilms - now)
-end
-return 1
-""".replace("@FOREVER@", str(10 * 365 * 86_400_000))
-
-# KEYS: brk   ARGV: threshold may_eject base_ms max_ms
-FAIL = _NOW + """
-local fails = redis.call('HINCRBY', KEYS[1], 'fails', 1)
-local ejections = tonumber(redis.call('HGET', KEYS[1], 'ejections') or '0')
-local probing = ejections > 0 and tonumber(redis.call('HGET', KEYS[1], 'probe') or '0') > 0
-redis.call('PEXPIRE', KEYS[1], @TTL@)
-if (fails < tonumber(ARGV[1]) and not probing) or ARGV[2] ~= '1' then return 0 end
-local duration = math.min(tonumber(ARGV[4]), tonumber(ARGV[3]) * 2 ^ ejections)
-redis.call('HSET', KEYS[1], 'ejections', ejections + 1, 'until', now + duration, 'probe', 0)
-return duration
-""".replace("@TTL@", str(KEY_TTL_MS))
-
 
 @dataclass(frozen=True)
 class Taken:
@@ -175,93 +61,6 @@ class _Encoded:
 
 class RedisUnavailable(Exception):
     """Redis did not answer in time, or at all."""
-
-
-def _bulk(value: Any) -> bytes:
-    data = value if isinstance(value, bytes) else str(value).encode()
-    return b"$%d\r\n%s\r\n" % (len(data), data)
-
-
-def _pack(*parts: Any) -> bytes:
-    """One command in Redis's wire format (RESP)."""
-    return b"*%d\r\n" % len(parts) + b"".join(_bulk(part) for part in parts)
-
-
-@dataclass(frozen=True)
-class _Address:
-    host: str
-    port: int
-    password: Optional[str]
-    username: Optional[str]
-    db: int
-
-    @classmethod
-    def parse(cls, url: str) -> _Address:
-        parts = urlsplit(url)
-        db = parts.path.strip("/")
-        return cls(parts.hostname or "127.0.0.1", parts.port or 6379, unquote(parts.password or "") or None,
-                   unquote(parts.username or "") or None, int(db) if db.isdigit() else 0)
-
-
-class _RespConnection(asyncio.Protocol):
-    """The hot path's own pipelined connection to Redis: packed commands out, hiredis-parsed replies in."""
-
-    def __init__(self) -> None:
-        self.transport: Optional[asyncio.Transport] = None
-        self.reader = hiredis.Reader()
-        self.waiting: deque[asyncio.Future[Any]] = deque()
-        self.closed = False
-
-    @classmethod
-    async def open(cls, address: _Address) -> _RespConnection:
-        """Connect, then authenticate and select the database when the URL says so."""
-        loop = asyncio.get_running_loop()
-        _transport, connection = await loop.create_connection(cls, address.host, address.port)
-        setup = []
-        if address.password:
-            setup.append(_pack(b"AUTH", *([address.username] if address.username else []), address.password))
-        if address.db:
-            setup.append(_pack(b"SELECT", address.db))
-        for reply in await asyncio.gather(*connection.send(setup)) if setup else ():
-            if isinstance(reply, hiredis.ReplyError):
-                connection.close()
-                raise ConnectionError(f"Redis refused the connection set-up: {reply}")
-        return connection
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        self.reader.feed(data)
-        while True:
-            reply = self.reader.gets()
-            if reply is False:
-                return
-            future = self.waiting.popleft()
-            if not future.done():
-                future.set_result(reply)
-
-    def connection_lost(self, exc: Optional[Exception]) -> None:
-        self.closed = True
-        while self.waiting:
-            future = self.waiting.popleft()
-            if not future.done():
-                future.set_exception(ConnectionError("the Redis connection was lost"))
-
-    def send(self, commands: list[bytes]) -> list[asyncio.Future[Any]]:
-        """Write the commands in one go; one future per reply."""
-        if self.closed or self.transport is None:
-            raise ConnectionError("the Redis connection is closed")
-        loop = asyncio.get_running_loop()
-        futures = [loop.create_future() for _ in commands]
-        self.waiting.extend(futures)
-        self.transport.write(b"".join(commands))
-        return futures
-
-    def close(self) -> None:
-        """Hang up (any reply still owed fails)."""
-        if self.transport is not None:
-            self.transport.close()
 
 
 class SharedState:
@@ -291,8 +90,8 @@ class SharedState:
         self._heartbeat: Optional[asyncio.Task[None]] = None
         self._background: set[asyncio.Task[Any]] = set()
         self._pending: list[Call] = []
-        self._address = _Address.parse(url)
-        self._connection: Optional[_RespConnection] = None
+        self._address = Address.parse(url)
+        self._connection: Optional[RespConnection] = None
         self._encoding: dict[str, _Encoded] = {}
         self._flush_scheduled = False
 
@@ -354,8 +153,8 @@ class SharedState:
         """Write every call of the batch at once on the dedicated connection; replies come back in order."""
         connection = self._connection
         if connection is None or connection.closed:
-            connection = self._connection = await _RespConnection.open(self._address)
-        commands = [_pack(b"EVALSHA", script.sha, len(keys), *keys, *args) for script, keys, args, _f in batch]
+            connection = self._connection = await RespConnection.open(self._address)
+        commands = [pack(b"EVALSHA", script.sha, len(keys), *keys, *args) for script, keys, args, _f in batch]
         return list(await asyncio.gather(*connection.send(commands)))
 
     async def _load_scripts(self) -> None:

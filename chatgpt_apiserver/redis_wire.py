@@ -1,0 +1,98 @@
+"""A minimal pipelined Redis connection for the hot path: packed commands out, hiredis-parsed replies in."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Optional
+from urllib.parse import unquote, urlsplit
+
+import hiredis
+
+
+def bulk(value: Any) -> bytes:
+    data = value if isinstance(value, bytes) else str(value).encode()
+    return b"$%d\r\n%s\r\n" % (len(data), data)
+
+
+def pack(*parts: Any) -> bytes:
+    """One command in Redis's wire format (RESP)."""
+    return b"*%d\r\n" % len(parts) + b"".join(bulk(part) for part in parts)
+
+
+@dataclass(frozen=True)
+class Address:
+    host: str
+    port: int
+    password: Optional[str]
+    username: Optional[str]
+    db: int
+
+    @classmethod
+    def parse(cls, url: str) -> Address:
+        parts = urlsplit(url)
+        db = parts.path.strip("/")
+        return cls(parts.hostname or "127.0.0.1", parts.port or 6379, unquote(parts.password or "") or None,
+                   unquote(parts.username or "") or None, int(db) if db.isdigit() else 0)
+
+
+class RespConnection(asyncio.Protocol):
+    """The hot path's own pipelined connection to Redis: packed commands out, hiredis-parsed replies in."""
+
+    def __init__(self) -> None:
+        self.transport: Optional[asyncio.Transport] = None
+        self.reader = hiredis.Reader()
+        self.waiting: deque[asyncio.Future[Any]] = deque()
+        self.closed = False
+
+    @classmethod
+    async def open(cls, address: Address) -> RespConnection:
+        """Connect, then authenticate and select the database when the URL says so."""
+        loop = asyncio.get_running_loop()
+        _transport, connection = await loop.create_connection(cls, address.host, address.port)
+        setup = []
+        if address.password:
+            setup.append(pack(b"AUTH", *([address.username] if address.username else []), address.password))
+        if address.db:
+            setup.append(pack(b"SELECT", address.db))
+        for reply in await asyncio.gather(*connection.send(setup)) if setup else ():
+            if isinstance(reply, hiredis.ReplyError):
+                connection.close()
+                raise ConnectionError(f"Redis refused the connection set-up: {reply}")
+        return connection
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.reader.feed(data)
+        while True:
+            reply = self.reader.gets()
+            if reply is False:
+                return
+            future = self.waiting.popleft()
+            if not future.done():
+                future.set_result(reply)
+
+    def connection_lost(self, exc: Optional[Exception]) -> None:
+        self.closed = True
+        while self.waiting:
+            future = self.waiting.popleft()
+            if not future.done():
+                future.set_exception(ConnectionError("the Redis connection was lost"))
+
+    def send(self, commands: list[bytes]) -> list[asyncio.Future[Any]]:
+        """Write the commands in one go; one future per reply."""
+        if self.closed or self.transport is None:
+            raise ConnectionError("the Redis connection is closed")
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in commands]
+        self.waiting.extend(futures)
+        self.transport.write(b"".join(commands))
+        return futures
+
+    def close(self) -> None:
+        """Hang up (any reply still owed fails)."""
+        if self.transport is not None:
+            self.transport.close()
