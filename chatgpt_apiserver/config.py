@@ -38,7 +38,13 @@ class Settings:
     document: dict[str, Any] = field(default_factory=dict)
     demo: bool = False
 
-    def __getattr__(self, name: str) -> Any:
+    def __post_init__(self) -> None:
+        # Plain attributes: the request path reads several settings per request.
+        for name, value in self.values.items():
+            if name not in self.__dict__:
+                self.__dict__[name] = value
+
+    def __getattr__(self, name: str) -> Any:  # for type checkers; real lookups find the attributes above
         try:
             return self.__dict__["values"][name]
         except KeyError:

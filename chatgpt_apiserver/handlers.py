@@ -26,6 +26,7 @@ from .streaming import relay_stream
 log = logging.getLogger("chatgpt_apiserver.handlers")
 
 STATUS_PAGE = Path(__file__).with_name("static") / "status.html"
+EXPOSED_HEADERS = "X-Request-Id, X-Chatgpt-Apiserver-Controller, Retry-After"
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
 CONTROLLER_HEADER = "X-Chatgpt-Apiserver-Controller"
 _HTTP_METHODS = ("GET", "HEAD", "POST", "DELETE", "PATCH", "PUT", "OPTIONS")
@@ -66,13 +67,15 @@ class BaseHandler(RequestHandler):
             self.set_header("X-Request-Id", self.request_id)
         origins = self.settings.get("cors_origins")
         if origins:
-            origin = self.request.headers.get("Origin")
+            headers = self._headers  # constant, known-good values: skip set_header's per-call checks
             if "*" in origins:
-                self.set_header("Access-Control-Allow-Origin", "*")
-            elif origin is not None and origin in origins:
-                self.set_header("Access-Control-Allow-Origin", origin)
-                self.set_header("Vary", "Origin")
-            self.set_header("Access-Control-Expose-Headers", f"X-Request-Id, {CONTROLLER_HEADER}, Retry-After")
+                headers["Access-Control-Allow-Origin"] = "*"
+            else:
+                origin = self.request.headers.get("Origin")
+                if origin is not None and origin in origins:
+                    self.set_header("Access-Control-Allow-Origin", origin)
+                    headers["Vary"] = "Origin"
+            headers["Access-Control-Expose-Headers"] = EXPOSED_HEADERS
 
     def prepare(self) -> None:
         given = self.request.headers.get("X-Request-Id")
