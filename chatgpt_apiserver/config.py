@@ -168,20 +168,18 @@ def _check_unknown_keys(document: Mapping[str, Any], where: str, problems: list[
     for key in document:
         if key not in known_top and not key.startswith("_"):
             problems.append(f"{key} in {where}: unknown setting")
-    for option in OPTIONS:
-        if "." in option.key:
-            head = option.key.split(".")[0]
-            section = document.get(head)
-            if section is not None and not isinstance(section, Mapping):
-                problems.append(f"{head} in {where}: expected an object such as {{\"type\": ...}}")
     nested = {option.key.split(".")[0] for option in OPTIONS if "." in option.key}
-    for head in nested:
+    for head in sorted(nested):
         section = document.get(head)
-        if isinstance(section, Mapping):
-            allowed = {option.key.split(".", 1)[1] for option in OPTIONS if option.key.startswith(head + ".")}
-            for key in section:
-                if key not in allowed and not key.startswith("_"):
-                    problems.append(f"{head}.{key} in {where}: unknown setting")
+        if section is None:
+            continue
+        if not isinstance(section, Mapping):
+            problems.append(f"{head} in {where}: expected an object such as {{\"type\": ...}}")
+            continue
+        allowed = {option.key.split(".", 1)[1] for option in OPTIONS if option.key.startswith(head + ".")}
+        for key in section:
+            if key not in allowed and not key.startswith("_"):
+                problems.append(f"{head}.{key} in {where}: unknown setting")
 
 
 def _sources(parser: configargparse.ArgParser, where: str) -> dict[str, str]:

@@ -66,10 +66,8 @@ class Gateway:
             self.scheduler.shared = SharedState(settings.redis_url.reveal(), settings.redis_prefix,
                                                 settings.redis_timeout, settings.redis_fallback, self._shared_changed)
         self.draining = False
-        self.in_flight = 0
         self.active: set[Abortable] = set()
-        self.client_keys = KeyRing(settings.client_keys)
-        self.admin_keys = KeyRing([settings.admin_key] if settings.admin_key else [])
+        self._use_keys(settings)
         self._idle = asyncio.Event()
         self._idle.set()
         self._discovered: dict[str, tuple[float, list[str]]] = {}
@@ -82,6 +80,15 @@ class Gateway:
         transport = _transport(settings)
         controllers = [build_controller(spec, transport) for spec in settings.controllers]
         return cls(settings, controllers, clock)
+
+    def _use_keys(self, settings: Settings) -> None:
+        self.client_keys = KeyRing(settings.client_keys)
+        self.admin_keys = KeyRing([settings.admin_key] if settings.admin_key else [])
+
+    @property
+    def in_flight(self) -> int:
+        """Requests being handled."""
+        return len(self.active)
 
     def _new_state(self, controller: Controller, settings: Settings) -> None:
         policy = BreakerPolicy(settings.breaker_failures, settings.breaker_ejection, settings.breaker_max_ejection)
@@ -115,8 +122,7 @@ class Gateway:
         self.controllers[:] = controllers  # the scheduler holds this same list
         self.scheduler.balancer = make_balancer(settings.pool_type, clock=self.clock)
         self.scheduler.queue = QueuePolicy(settings.max_queue_wait, settings.max_queue_size)
-        self.client_keys = KeyRing(settings.client_keys)
-        self.admin_keys = KeyRing([settings.admin_key] if settings.admin_key else [])
+        self._use_keys(settings)
         self.secrets = _secrets(controllers)
         self._discovered.clear()
         for controller in retired:
@@ -157,15 +163,13 @@ class Gateway:
 
     def enter(self, request: Abortable) -> None:
         """A request started."""
-        self.in_flight += 1
         self.active.add(request)
         self._idle.clear()
 
     def leave(self, request: Abortable) -> None:
         """A request ended."""
-        self.in_flight -= 1
         self.active.discard(request)
-        if not self.in_flight:
+        if not self.active:
             self._idle.set()
 
     def abort_all(self, reason: str) -> None:

@@ -16,6 +16,24 @@ from .shared import SharedState
 log = logging.getLogger("chatgpt_apiserver.outcomes")
 
 QUOTA_MARKERS = (b"insufficient_quota", b"exceeded your current quota")
+# Statuses that say "this controller cannot answer now" (not "this request is wrong"): try another one.
+CONTROLLER_FAULTS = frozenset((401, 403, 408, 429))
+
+
+def controller_fault(status: int) -> bool:
+    """Whether an upstream status blames the controller (retry elsewhere) rather than the request."""
+    return status >= 500 or status in CONTROLLER_FAULTS
+
+
+def fault_kind(status: int, body: bytes) -> str:
+    """How a controller fault is counted: 429, quota, auth, timeout or 5xx."""
+    if status == 429:
+        return "quota" if is_quota_error(body) else "429"
+    if status in (401, 403):
+        return "auth"
+    if status == 408:
+        return "timeout"
+    return "5xx"
 
 
 def is_quota_error(body: bytes) -> bool:
@@ -37,7 +55,7 @@ def record_status(controller: Controller, status: int, rate: Optional[RateHeader
     state = controller.state
     if rate is not None:
         state.correct(rate, now)
-    if status < 400 or (status < 500 and status not in (401, 403, 408, 429)):
+    if not controller_fault(status):
         state.succeeded(now)  # the upstream works; a client's own mistake says nothing against it
         return
     shared = scheduler.shared if scheduler.shared is not None and scheduler.shared.available else None

@@ -13,17 +13,21 @@ import orjson
 from .controllers import Call, Controller, Reply, UpstreamError
 from .errors import ApiError
 from .gateway import Gateway
-from .outcomes import rate_headers, record_failure, record_status, record_usage, usage_of
+from .outcomes import (
+    controller_fault,
+    fault_kind,
+    rate_headers,
+    record_failure,
+    record_status,
+    record_usage,
+    usage_of,
+)
 from .rewrite import estimate_tokens, upstream_body
 from .scheduler import Lease
 from .secret import scrub
 from .sse import DONE, EventSplitter, MalformedEvent, event_data, read_event
 
 log = logging.getLogger("chatgpt_apiserver.relay")
-
-# Statuses that say "this controller cannot answer now": try another one.
-RETRY_ELSEWHERE = frozenset((401, 403, 408, 429))
-
 
 @dataclass
 class Failure:
@@ -53,16 +57,6 @@ class Answer:
         """Abandon the answer: close the upstream reply and end the lease."""
         self.reply.close()
         self.lease.release(None)
-
-
-def _kind_of_status(status: int, body: bytes) -> str:
-    if status == 429:
-        return "quota" if b"insufficient_quota" in body or b"exceeded your current quota" in body else "429"
-    if status in (401, 403):
-        return "auth"
-    if status == 408:
-        return "timeout"
-    return "5xx"
 
 
 def client_error_body(body: bytes, status: int, secrets: tuple[bytes, ...]) -> bytes:
@@ -143,17 +137,19 @@ async def _attempt(lease: Lease, call: Call, gateway: Gateway) -> Answer | Failu
     first_byte = settings.first_byte_timeout
     deadline.at(started + (first_byte if call.stream else min(first_byte, settings.request_timeout)))
     reply: Optional[Reply] = None
+    handed_over = False  # an Answer owns its reply; every other way out closes it
     try:
         reply = await controller.send(call, upstream_body(call, controller.upstream_model(call.model)))
         status = reply.status
         rate = rate_headers(controller, status, reply.headers)
         if lease.shared:
-            lease.succeeded = status < 400 or (status not in RETRY_ELSEWHERE and status < 500)
+            lease.succeeded = not controller_fault(status)
             lease.headers = rate
         if status == 200 and call.stream and reply.content_type.startswith("text/event-stream"):
             deadline.clear()  # from here the stream idle timeout applies
             events, splitter = await _first_events(reply)
             record_status(controller, status, rate, b"", gateway.scheduler, settings, gateway.clock())
+            handed_over = True
             return Answer(controller, reply, status, lease, first_events=events, splitter=splitter)
         deadline.at(started + settings.request_timeout)
         body = await reply.read()
@@ -162,43 +158,37 @@ async def _attempt(lease: Lease, call: Call, gateway: Gateway) -> Answer | Failu
             try:
                 document = orjson.loads(body)
             except orjson.JSONDecodeError:
-                reply.close()
                 record_failure(controller, gateway.scheduler, gateway.clock())
                 return Failure(controller.name, "protocol", "the upstream answered with malformed JSON")
             record_status(controller, status, rate, body, gateway.scheduler, settings, gateway.clock())
             usage = usage_of(document)
             lease.release(record_usage(controller, usage, call.model))
+            handed_over = True
             return Answer(controller, reply, status, lease, body=body, usage=usage)
         record_status(controller, status, rate, body, gateway.scheduler, settings, gateway.clock())
-        if status in RETRY_ELSEWHERE or status >= 500:
-            reply.close()
-            kind = _kind_of_status(status, body)
+        if controller_fault(status):
+            kind = fault_kind(status, body)
             retry_after = rate.cooldown() if status == 429 and rate is not None else None
             snippet = scrub(body[:300], gateway.secrets).decode("utf-8", "replace")
             log.info("controller %s answered %d: %s", controller.name, status, snippet)
             return Failure(controller.name, kind, f"upstream answered {status}", retry_after)
         lease.release(0)
+        handed_over = True
         return Answer(controller, reply, status, lease, body=body)
     except UpstreamError as exc:
-        if reply is not None:
-            reply.close()
         record_failure(controller, gateway.scheduler, gateway.clock())
         return Failure(controller.name, exc.kind, exc.message)
     except asyncio.CancelledError:
-        if reply is not None:
-            reply.close()
         if not deadline.expired:
             raise
         deadline.task.uncancel()
         record_failure(controller, gateway.scheduler, gateway.clock())
         what = "response headers" if reply is None else "the response"
         return Failure(controller.name, "timeout", f"timed out waiting for {what}")
-    except BaseException:
-        if reply is not None:
-            reply.close()
-        raise
     finally:
         deadline.clear()
+        if reply is not None and not handed_over:
+            reply.close()
 
 
 def _give_up(failures: list[Failure], model: str) -> ApiError:

@@ -111,9 +111,12 @@ class Scheduler:
         """Controllers configured for `model`."""
         return [c for c in self.controllers if c.serves(model)]
 
+    def _usable(self, model: str, exclude: Sequence[Controller], now: float) -> list[Controller]:
+        """Controllers for `model`, not yet tried, and not cooling down, disabled or ejected."""
+        return [c for c in self.controllers if c.serves(model) and c not in exclude and c.state.usable(now)]
+
     def _admit(self, model: str, tokens: float, exclude: Sequence[Controller], now: float) -> Optional[Lease]:
-        candidates = [c for c in self.controllers
-                      if c.serves(model) and c not in exclude and c.state.usable(now) and c.state.has_room(tokens, now)]
+        candidates = [c for c in self._usable(model, exclude, now) if c.state.has_room(tokens, now)]
         chosen = self.balancer.pick(candidates)
         if chosen is None:
             return None
@@ -201,7 +204,7 @@ class Scheduler:
     async def _take_shared(self, shared: SharedState, model: str, tokens: float, exclude: Sequence[Controller],
                            now: float) -> tuple[Optional[Lease], float]:
         """Try the eligible controllers in the balancer's order; return a lease or the earliest wait."""
-        candidates = [c for c in self.controllers if c.serves(model) and c not in exclude and c.state.usable(now)]
+        candidates = self._usable(model, exclude, now)
         if not candidates:
             return None, self._earliest(model, tokens, exclude, now)
         earliest = math.inf

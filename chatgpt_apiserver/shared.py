@@ -34,7 +34,7 @@ log = logging.getLogger("chatgpt_apiserver.shared")
 
 HEARTBEAT_SECONDS = 2.0
 HEARTBEAT_TTL_MS = 10_000
-POOL_SIZE = 64
+POOL_SIZE = 4
 
 # One queued script call: (script, keys, args, future for its reply or None).
 Call = tuple[Any, Sequence[Any], Sequence[Any], Optional["asyncio.Future[Any]"]]
@@ -77,7 +77,7 @@ class SharedState:
         self.available = True
         self.instances = 1
         self._on_change = on_change
-        # Redis runs one command at a time: a bounded pool that waits for a free connection beats thousands.
+        # redis-py carries the control-plane calls (heartbeats, loading scripts); requests use _connection.
         pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=POOL_SIZE, timeout=timeout,
                                                         socket_timeout=timeout, socket_connect_timeout=timeout,
                                                         retry_on_timeout=False, health_check_interval=0)

@@ -24,8 +24,6 @@ class StreamResult:
     """How a relayed stream ended."""
 
     events: int = 0
-    completed: bool = False
-    error: Optional[str] = None
     usage: Optional[dict[str, Any]] = None
 
 
@@ -48,14 +46,12 @@ async def relay_stream(answer: Answer, call: Call, send: Send, secrets: tuple[by
                     if data == DONE:
                         await send(event)
                         result.events += 1
-                        result.completed = True
                         return result
                     parsed = read_event(data)
                     if "error" in parsed:
                         # Already in OpenAI's error shape: pass it on (scrubbed) and end without [DONE].
                         await send(scrub(event, secrets))
                         result.events += 1
-                        result.error = "the upstream sent an error event"
                         log.warning("controller %s sent an error event mid-stream", answer.controller.name)
                         return result
                     usage = usage_of(parsed)
@@ -77,7 +73,6 @@ async def relay_stream(answer: Answer, call: Call, send: Send, secrets: tuple[by
         code = "upstream_timeout" if kind == "timeout" else "upstream_stream_error"
         log.warning("stream from controller %s failed after %d events: %s", answer.controller.name,
                     result.events, message)
-        result.error = message
         await send(stream_error_event(message, "server_error", code))
         return result
     finally:
