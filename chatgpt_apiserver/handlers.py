@@ -86,11 +86,10 @@ class BaseHandler(RequestHandler):
 
     def _authenticate(self) -> None:
         gateway = self.gateway
-        rings = [gateway.admin_keys] if self.access == "admin" and gateway.admin_keys else [gateway.client_keys]
-        if not rings[0]:
-            return
-        if not any(ring.check(self.request.headers.get("Authorization")) for ring in rings):
-            which = "admin key" if rings[0] is gateway.admin_keys else "API key"
+        admin = self.access == "admin" and bool(gateway.admin_keys)
+        ring = gateway.admin_keys if admin else gateway.client_keys
+        if ring and not ring.check(self.request.headers.get("Authorization")):
+            which = "admin key" if admin else "API key"
             raise ApiError(401, f"Missing or invalid {which}: send 'Authorization: Bearer <key>'.",
                            code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
 
@@ -113,7 +112,6 @@ class BaseHandler(RequestHandler):
 
     def send_api_error(self, error: ApiError) -> None:
         """Finish with `error` in OpenAI's shape."""
-        self.clear_header("Content-Type")
         self.set_status(error.status)
         for name, value in error.headers.items():
             self.set_header(name, value)

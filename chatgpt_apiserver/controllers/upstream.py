@@ -101,10 +101,9 @@ class UpstreamController(Controller):
         # Without a proxy, requests go through the lean keep-alive client; with one, through aiohttp.
         self._pool: Optional[Pool] = None
         parts = urlsplit(self.base_url)
-        self._origin = (parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80),
-                        parts.scheme == "https")
-        host = parts.hostname or ""
-        default_port = 443 if parts.scheme == "https" else 80
+        host, tls = parts.hostname or "", parts.scheme == "https"
+        default_port = 443 if tls else 80
+        self._origin = (host, parts.port or default_port, tls)
         host_header = host if not parts.port or parts.port == default_port else f"{host}:{parts.port}"
         lines = [f"POST {parts.path}/chat/completions HTTP/1.1", f"Host: {host_header}",
                  "Accept-Encoding: gzip, deflate", "Connection: keep-alive"]
