@@ -116,8 +116,9 @@ def wrk(port: int, payload: dict[str, Any], connections: int, seconds: float) ->
 class Bench:
     """Starts the processes and runs each measurement."""
 
-    def __init__(self, quick: bool, workdir: Path) -> None:
+    def __init__(self, quick: bool, workdir: Path, only: str = "") -> None:
         self.quick = quick
+        self.only = set(only.replace(",", ""))
         self.workdir = workdir
         self.results: dict[str, Any] = {"quick": quick, "machine": machine()}
         self.upstream_port = free_port()
@@ -151,21 +152,33 @@ class Bench:
         wait_port(port)
         return process, port
 
+    def wants(self, figure: str) -> bool:
+        return not self.only or figure in self.only
+
     def run(self) -> dict[str, Any]:
         gateway, port = self.gateway()
         try:
             wrk(port, body(), 32, 2)  # warm up
-            self.results["upstream_check"] = self.upstream_check(port)
-            self.results["a_added_latency"] = self.added_latency(port)
-            self.results["b_throughput"] = self.throughput(port)
-            self.results["c_queueing"] = self.queueing(port)
-            self.results["d_streaming"] = uvloop.run(self.streaming(port))
-            self.results["e_open_streams"] = uvloop.run(self.open_streams(port, gateway.pid))
-            self.results["f_long_conversation"] = self.long_conversation(port)
+            if not self.only:
+                self.results["upstream_check"] = self.upstream_check(port)
+            if self.wants("a"):
+                self.results["a_added_latency"] = self.added_latency(port)
+            if self.wants("b"):
+                self.results["b_throughput"] = self.throughput(port)
+            if self.wants("c"):
+                self.results["c_queueing"] = self.queueing(port)
+            if self.wants("d"):
+                self.results["d_streaming"] = uvloop.run(self.streaming(port))
+            if self.wants("e"):
+                self.results["e_open_streams"] = uvloop.run(self.open_streams(port, gateway.pid))
+            if self.wants("f"):
+                self.results["f_long_conversation"] = self.long_conversation(port)
         finally:
             stop(gateway)
-        self.results["g_with_logs"] = self.with_logs()
-        self.results["h_redis"] = self.with_redis()
+        if self.wants("g"):
+            self.results["g_with_logs"] = self.with_logs()
+        if self.wants("h"):
+            self.results["h_redis"] = self.with_redis()
         return self.results
 
     def paired(self, ports: dict[str, int]) -> dict[str, float]:
@@ -377,7 +390,9 @@ def table(results: dict[str, Any]) -> str:
             verdict = "yes" if good else "NO"
         shown_target = f"{op} {target}" if op else ""
         lines.append(f"{label:<44} {fmt.format(value):>10}  {shown_target:>9}  {verdict}")
-    b = results.get("b_throughput", {})
+    b = results.get("b_throughput")
+    if not b:
+        return "\n".join(lines)
     lines.append("")
     lines.append(f"gateway {b.get('gateway_rps', 0):.0f} req/s, bare Tornado {b.get('reference_rps', 0):.0f} req/s, "
                  f"fake upstream {results.get('upstream_check', {}).get('upstream_rps', 0):.0f} req/s (c=32)")
@@ -387,10 +402,14 @@ def table(results: dict[str, Any]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="a one-minute smoke run")
+    parser.add_argument("--only", default="", metavar="LETTERS",
+                        help="measure only these figures, e.g. 'ad' for (a) and (d); for working on one figure")
     parser.add_argument("--output", default=str(ROOT / "bench-results.json"))
     args = parser.parse_args()
+    if set(args.only.replace(",", "")) - set("abcdefgh"):
+        parser.error("--only takes letters from a to h")
     with tempfile.TemporaryDirectory() as workdir:
-        bench = Bench(args.quick, Path(workdir))
+        bench = Bench(args.quick, Path(workdir), args.only)
         try:
             results = bench.run()
         finally:
