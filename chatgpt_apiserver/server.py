@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Optional
 
-from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
 from .app import make_app
@@ -20,6 +19,7 @@ from .config import Settings, parse_settings
 from .configfile import ConfigError
 from .gateway import Gateway
 from .notify import notify
+from .slow_clients import SlowClientServer
 
 log = logging.getLogger("chatgpt_apiserver.server")
 
@@ -31,7 +31,7 @@ HARD_BODY_CAP_FACTOR = 2
 class Running:
     """A listening server and the gateway behind it."""
 
-    server: HTTPServer
+    server: SlowClientServer
     gateway: Gateway
     sockets: list[socket.socket]
 
@@ -57,11 +57,10 @@ async def start_server(settings: Settings, gateway: Optional[Gateway] = None) ->
     """Build the gateway and application and start listening."""
     gateway = gateway or Gateway.from_settings(settings)
     await gateway.start()
-    server = HTTPServer(
+    server = SlowClientServer(
         make_app(gateway),
         max_body_size=settings.max_body_size * HARD_BODY_CAP_FACTOR,
-        idle_connection_timeout=settings.client_idle_timeout,
-        body_timeout=settings.client_body_timeout,
+        timeouts=lambda: (gateway.settings.client_idle_timeout, gateway.settings.client_body_timeout),
     )
     sockets = bind_sockets(settings.port, settings.host, reuse_port=settings.reuse_port, backlog=4096)
     server.add_sockets(sockets)

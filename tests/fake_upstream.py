@@ -21,7 +21,8 @@ from tornado.web import Application, RequestHandler
 class Cue:
     """What the fake does with the next request.
 
-    mode: json | stream | status | stall | stall_after | cut | malformed | malformed_event | no_done | error_event
+    mode: json | slow_json | stream | status | stall | stall_after | cut | malformed | malformed_event | no_done |
+          error_event. slow_json sends the head and half the body, then the rest `interval` seconds later.
     """
 
     mode: str = "json"
@@ -108,6 +109,14 @@ class ChatHandler(RequestHandler):
         if cue.mode == "malformed":
             self.set_header("Content-Type", "application/json")
             self.finish(b'{"id": "chatcmpl-fake", "choices": [')
+            return
+        if cue.mode == "slow_json":
+            self.set_header("Content-Type", "application/json")
+            data = orjson.dumps(completion(model, cue.text, n))
+            self.write(data[:len(data) // 2])
+            await self.flush()
+            await asyncio.sleep(cue.interval)
+            self.finish(data[len(data) // 2:])
             return
         if cue.mode == "json" or not payload.get("stream"):
             self.set_header("Content-Type", "application/json")

@@ -110,6 +110,24 @@ def test_non_streaming_total_timeout(stack: Stack) -> None:
     assert status == 504
 
 
+def test_a_body_slower_than_the_first_byte_timeout_gets_the_request_timeout(stack: Stack) -> None:
+    fake = stack.fake("slow")
+    fake.default = Cue(mode="slow_json", interval=0.6)  # the head at once, the body's end 0.6 s later
+    stack.gateway({"controllers": [openai_controller(fake)]}, "--first-byte-timeout", "0.3", "--request-timeout", "3")
+    status, _, body = stack.request("POST", "/v1/chat/completions", BODY)
+    assert status == 200 and orjson.loads(body)["choices"][0]["message"]["content"] == "hello"
+
+
+def test_a_body_slower_than_the_request_timeout_is_a_504(stack: Stack) -> None:
+    fake = stack.fake("slow")
+    fake.default = Cue(mode="slow_json", interval=5)
+    stack.gateway({"controllers": [openai_controller(fake)]}, "--first-byte-timeout", "0.3", "--request-timeout", "0.8")
+    started = time.monotonic()
+    status, _, body = stack.request("POST", "/v1/chat/completions", BODY)
+    assert status == 504 and b"timed out waiting for the response" in body
+    assert 0.7 < time.monotonic() - started < 2.5
+
+
 def test_client_disconnect_before_headers_cancels_the_upstream_call(stack: Stack) -> None:
     fake = stack.fake("a")
     fake.default = Cue(mode="stall")
@@ -207,3 +225,33 @@ def test_slow_loris_clients_are_cut_off(stack: Stack) -> None:
         assert sock.recv(1024) == b""  # the server hung up
         assert time.monotonic() - started < 3
         sock.close()
+
+
+def hung_up_within(sock: socket.socket, low: float, high: float) -> bool:
+    """The server closed `sock` (sending nothing more) between `low` and `high` seconds from now."""
+    sock.settimeout(high + 2)
+    started = time.monotonic()
+    closed = sock.recv(1024) == b""
+    took = time.monotonic() - started
+    sock.close()
+    return closed and low <= took <= high
+
+
+def test_idle_keep_alive_connections_are_closed_but_slow_answers_are_not(stack: Stack) -> None:
+    fake = stack.fake("slow")
+    fake.default = Cue(delay=1.2)  # the upstream takes longer than both client timeouts
+    stack.gateway({"controllers": [openai_controller(fake)]}, "--client-idle-timeout", "0.5",
+                  "--client-body-timeout", "0.5")
+    sock = open_request(stack, BODY)
+    sock.settimeout(5)
+    answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 200 ")  # the client waited 1.2 s for it: not a slow client
+    assert hung_up_within(sock, 0.3, 1.5)  # then the kept-alive connection idles past 0.5 s
+
+
+def test_a_reload_changes_the_client_timeouts(stack: Stack) -> None:
+    stack.gateway({"controllers": [{"type": "mock"}]}, "--client-idle-timeout", "30")
+    gateway = stack.running.gateway  # type: ignore[union-attr]
+    stack.loop.run(gateway.reload(stack.settings({"controllers": [{"type": "mock"}]},
+                                                 "--client-idle-timeout", "0.3")))
+    assert hung_up_within(socket.create_connection(("127.0.0.1", stack.port)), 0.1, 1.5)
