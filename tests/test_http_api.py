@@ -166,6 +166,18 @@ async def test_cors_preflight_allows_authorization(http_client: AsyncHTTPClient,
 
 
 @pytest.mark.gen_test
+async def test_cors_headers_answer_cross_origin_requests_only(http_client: AsyncHTTPClient, base_url: str) -> None:
+    url = base_url + "/v1/chat/completions"
+    response = await fetch(http_client, url, body=GOOD, headers={"Origin": "https://chat.example"})
+    assert response.code == 200 and response.headers["Access-Control-Allow-Origin"] == "*"
+    exposed = {h.strip() for h in response.headers["Access-Control-Expose-Headers"].split(",")}
+    assert {"X-Request-Id", "X-Chatgpt-Apiserver-Controller", "Retry-After"} <= exposed
+    response = await fetch(http_client, url, body=GOOD)  # no Origin: not a browser's cross-origin call
+    assert response.code == 200 and "Access-Control-Allow-Origin" not in response.headers
+    assert "Access-Control-Expose-Headers" not in response.headers
+
+
+@pytest.mark.gen_test
 async def test_request_id_is_echoed_when_valid(http_client: AsyncHTTPClient, base_url: str) -> None:
     response = await fetch(http_client, base_url + "/v1/chat/completions", body=GOOD,
                            headers={"X-Request-Id": "abc-123"})

@@ -131,3 +131,15 @@ def test_a_canary_key_never_leaks(stack: Stack, caplog: pytest.LogCaptureFixture
                               env=env, capture_output=True, text=True, timeout=60)
         assert done.returncode == 0
         assert CANARY not in done.stdout + done.stderr and "7f3a9c1e5b2d" not in done.stdout + done.stderr
+
+
+def test_cors_with_an_origin_list_allows_only_those_origins(stack: Stack) -> None:
+    stack.gateway({"controllers": [{"type": "mock"}]}, "--cors-origins", "https://chat.example,https://b.example")
+    _, headers, _ = stack.request("POST", "/v1/chat/completions", BODY,
+                                  headers={"Origin": "https://chat.example", "Content-Type": "application/json"})
+    assert headers["access-control-allow-origin"] == "https://chat.example" and headers["vary"] == "Origin"
+    for origin in ("https://evil.example", None):
+        sent = {"Content-Type": "application/json", **({"Origin": origin} if origin else {})}
+        status, headers, _ = stack.request("POST", "/v1/chat/completions", BODY, headers=sent)
+        assert status == 200 and "access-control-allow-origin" not in headers
+        assert headers["vary"] == "Origin"  # a cache must not hand this answer to another origin

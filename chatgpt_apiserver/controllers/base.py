@@ -37,12 +37,12 @@ class Reply(ABC):
     """An upstream answer whose headers have arrived; the body is read on demand."""
 
     status: int
-    headers: Mapping[str, str]
+    headers: Mapping[str, str]  # looked up by lower-case names only
 
     @property
     def content_type(self) -> str:
         """The upstream's Content-Type, or JSON when it gave none."""
-        return self.headers.get("Content-Type", "application/json")
+        return self.headers.get("content-type", "application/json")
 
     @abstractmethod
     async def read(self) -> bytes:

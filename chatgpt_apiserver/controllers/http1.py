@@ -20,17 +20,7 @@ HEAD_LIMIT = 64 * 1024
 PAUSE_ABOVE = 1024 * 1024  # buffered body bytes before reading from the upstream pauses
 
 
-class Headers(dict[str, str]):
-    """Response headers under lower-case names; lookups ignore case."""
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return dict.get(self, key.lower(), default)
-
-    def __getitem__(self, key: str) -> str:
-        return dict.__getitem__(self, key.lower())
-
-    def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and dict.__contains__(self, key.lower())
+Headers = dict[str, str]  # response headers under lower-case names, as every reader looks them up
 
 
 class Connection(asyncio.Protocol):
@@ -101,7 +91,7 @@ class Connection(asyncio.Protocol):
             status = int(status_text)
             if 100 <= status < 200:
                 continue  # an interim answer (100 Continue): the real one follows
-            headers = Headers()
+            headers: Headers = {}
             for line in lines[1:]:
                 name, _, value = line.partition(":")
                 name = name.strip().lower()

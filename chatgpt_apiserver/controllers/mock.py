@@ -36,7 +36,7 @@ class MockReply(Reply):
 
     def __init__(self, body: Optional[bytes], events: Optional[AsyncIterator[bytes]], stream: bool) -> None:
         self.status = 200
-        self.headers = {"Content-Type": "text/event-stream" if stream else "application/json"}
+        self.headers = {"content-type": "text/event-stream" if stream else "application/json"}
         self._body = body
         self._events = events
 
