@@ -10,7 +10,7 @@ import time
 import orjson
 import pytest
 
-from chatgpt_apiserver.logs import configure_logging
+from chatgpt_apiserver.logs import BufferedHandler, configure_logging
 
 from .fake_upstream import Cue
 from .harness import Stack, openai_controller
@@ -96,3 +96,20 @@ def test_access_log_lines(stack: Stack, fmt: str) -> None:
                       "attempts=1", f"bytes={len(body)}", "tokens=12", "client=127.0.0.1"):
             assert field in line
         assert re.search(r"time_ms=[\d.]+ ttfb_ms=[\d.]+", line)
+
+
+def test_deferred_lines_keep_their_order_and_a_bad_one_costs_only_itself() -> None:
+    out = io.StringIO()
+    handler = configure_logging("info", "text", stream=out)
+    try:
+        assert isinstance(handler, BufferedHandler)
+        handler.defer(lambda n: f"first {n}\n", 1)
+        handler.defer(lambda n: f"{1 / n}\n", 0)  # raises when rendered
+        logging.getLogger("chatgpt_apiserver.test").warning("a warning flushes at once")
+        handler.defer(lambda n: f"last {n}\n", 3)
+        handler.flush()
+    finally:
+        logging.getLogger().removeHandler(handler)
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "first 1" and "could not be rendered: ZeroDivisionError" in lines[1]
+    assert lines[2].endswith("a warning flushes at once") and lines[3] == "last 3"
