@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
-from tornado.web import Application
+from tornado.httputil import HTTPHeaders, HTTPServerRequest, RequestStartLine
+from tornado.web import Application, RequestHandler
 
 from chatgpt_apiserver.app import make_app
 from chatgpt_apiserver.config import parse_settings
 from chatgpt_apiserver.gateway import Gateway
+from chatgpt_apiserver.handlers import StatusHandler
 
 GOOD = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -187,3 +190,27 @@ async def test_request_id_is_echoed_when_valid(http_client: AsyncHTTPClient, bas
     assert response.code == 400
     assert response.headers["X-Request-Id"] != "bad id with spaces"
     assert len(response.headers["X-Request-Id"]) == 24
+
+
+def test_our_clear_resets_what_tornados_does(app: Application) -> None:
+    """BaseHandler.clear() replaces Tornado's for speed; if Tornado's ever resets more, this fails."""
+
+    class Connection:  # just enough to build a handler outside a server
+        def set_close_callback(self, callback: Any) -> None:
+            pass
+
+    gateway = app.wildcard_router.rules[0].target_kwargs["gateway"]
+    request = HTTPServerRequest(start_line=RequestStartLine("GET", "/status", "HTTP/1.1"),
+                                headers=HTTPHeaders({"Host": "x", "Origin": "https://x"}), connection=Connection())  # type: ignore[arg-type]
+    handler = StatusHandler(app, request, gateway=gateway)
+    handler.request_id = "id-1"
+    handler.clear()
+    ours, our_headers = dict(vars(handler)), dict(handler._headers)
+    RequestHandler.clear(handler)
+    theirs, their_headers = dict(vars(handler)), dict(handler._headers)
+    assert ours.keys() == theirs.keys()
+    assert {k: v for k, v in ours.items() if k != "_headers"} == {k: v for k, v in theirs.items() if k != "_headers"}
+    assert their_headers.pop("Server").startswith("TornadoServer")  # we do not advertise the version
+    our_date = parsedate_to_datetime(our_headers.pop("Date"))
+    assert abs((parsedate_to_datetime(their_headers.pop("Date")) - our_date).total_seconds()) <= 1
+    assert our_headers == their_headers and our_headers["X-Request-Id"] == "id-1"
