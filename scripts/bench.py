@@ -255,6 +255,8 @@ class Bench:
 
     def queueing(self, port: int) -> dict[str, float]:
         payload = body(delay_ms=100)
+        for port_ in (self.upstream_port, port):  # warm up: the gateway opens its 200 upstream connections
+            wrk(port_, payload, 200, 1)
         direct = wrk(self.upstream_port, payload, 200, self.seconds(8))
         via = wrk(port, payload, 200, self.seconds(8))
         return {"direct_rps": direct["rps"], "gateway_rps": via["rps"], "ratio": via["rps"] / direct["rps"],
