@@ -29,6 +29,7 @@ from .sse import DONE, EventSplitter, MalformedEvent, event_data, read_event
 
 log = logging.getLogger("chatgpt_apiserver.relay")
 
+
 @dataclass
 class Failure:
     """One failed attempt, for the log and the final error message."""
@@ -169,8 +170,7 @@ async def _attempt(lease: Lease, call: Call, gateway: Gateway) -> Answer | Failu
             handed_over = True
             return Answer(controller, reply, status, lease, first_events=events, splitter=splitter)
         deadline.at(started + settings.request_timeout)
-        body = await reply.read()
-        deadline.clear()
+        body = await reply.read()  # the last wait: nothing below can be cut short, and finally clears it
         if 200 <= status < 300:
             try:
                 document = orjson.loads(body)
