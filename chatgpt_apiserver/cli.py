@@ -8,10 +8,10 @@ import sys
 from collections.abc import Sequence
 from typing import Optional
 
-from .check_config import render
-from .config import Settings, parse_settings
-from .configfile import ConfigError
-from .logs import configure_logging
+from .config.check import render
+from .config.files import ConfigError
+from .config.settings import Settings, parse_settings
+from .ops.logs import configure_logging
 
 log = logging.getLogger("chatgpt_apiserver")
 

@@ -8,14 +8,14 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from .auth import KeyRing
-from .balancer import make_balancer
-from .config import Settings
+from .config.settings import Settings
 from .controllers import Controller, Transport, build_controller
-from .health import FOREVER, BreakerPolicy, ControllerState
-from .metrics import Metrics
-from .scheduler import QueuePolicy, RetryBudget, Scheduler
-from .shared import SharedState
+from .ops.metrics import Metrics
+from .scheduling.balancer import make_balancer
+from .scheduling.scheduler import QueuePolicy, RetryBudget, Scheduler
+from .state.health import FOREVER, BreakerPolicy, ControllerState
+from .state.redis import SharedState
+from .web.auth import KeyRing
 
 log = logging.getLogger("chatgpt_apiserver.gateway")
 

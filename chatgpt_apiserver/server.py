@@ -14,12 +14,12 @@ from typing import Optional
 
 from tornado.netutil import bind_sockets
 
-from .app import make_app
-from .config import Settings, parse_settings
-from .configfile import ConfigError
+from .config.files import ConfigError
+from .config.settings import Settings, parse_settings
 from .gateway import Gateway
-from .notify import notify
-from .slow_clients import SlowClientServer
+from .ops.notify import notify
+from .web.app import make_app
+from .web.slow_clients import SlowClientServer
 
 log = logging.getLogger("chatgpt_apiserver.server")
 

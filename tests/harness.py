@@ -15,7 +15,7 @@ from typing import Any, Optional, TypeVar
 import orjson
 import uvloop
 
-from chatgpt_apiserver.config import Settings, parse_settings
+from chatgpt_apiserver.config.settings import Settings, parse_settings
 from chatgpt_apiserver.server import Running, start_server
 
 from .fake_upstream import FakeUpstream

@@ -5,9 +5,9 @@ from __future__ import annotations
 import random
 from collections import Counter
 
-from chatgpt_apiserver.balancer import SmoothWeighted, WeightedRandom, make_balancer
-from chatgpt_apiserver.controllers import ControllerSpec
+from chatgpt_apiserver.config.controllers import ControllerSpec
 from chatgpt_apiserver.controllers.mock import MockController
+from chatgpt_apiserver.scheduling.balancer import SmoothWeighted, WeightedRandom, make_balancer
 
 
 def controllers(*weights: int) -> list[MockController]:

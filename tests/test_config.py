@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from chatgpt_apiserver.check_config import render
 from chatgpt_apiserver.cli import main
-from chatgpt_apiserver.config import parse_settings
-from chatgpt_apiserver.configfile import ConfigError
+from chatgpt_apiserver.config.check import render
+from chatgpt_apiserver.config.files import ConfigError
+from chatgpt_apiserver.config.settings import parse_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "sk-" + "canary-SECRET-0123456789abcdefghij"  # split so it does not look like a committed key

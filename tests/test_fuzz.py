@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from chatgpt_apiserver.errors import ApiError
-from chatgpt_apiserver.schemas import parse_chat_request
+from chatgpt_apiserver.web.schemas import parse_chat_request
 
 from .harness import LoopThread, Stack
 

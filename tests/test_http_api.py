@@ -12,10 +12,10 @@ from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 from tornado.httputil import HTTPHeaders, HTTPServerRequest, RequestStartLine
 from tornado.web import Application, RequestHandler
 
-from chatgpt_apiserver.app import make_app
-from chatgpt_apiserver.config import parse_settings
+from chatgpt_apiserver.config.settings import parse_settings
 from chatgpt_apiserver.gateway import Gateway
-from chatgpt_apiserver.handlers import StatusHandler
+from chatgpt_apiserver.web.app import make_app
+from chatgpt_apiserver.web.handlers import StatusHandler
 
 GOOD = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
 

@@ -6,8 +6,10 @@ import math
 
 import pytest
 
-from chatgpt_apiserver.health import FOREVER, BreakerPolicy, ControllerState, Limits
-from chatgpt_apiserver.limits import RateHeaders, TokenBucket, parse_duration, parse_retry_after
+from chatgpt_apiserver.config.controllers import Limits
+from chatgpt_apiserver.controllers.rate_headers import RateHeaders, parse_duration, parse_retry_after
+from chatgpt_apiserver.state.buckets import TokenBucket
+from chatgpt_apiserver.state.health import FOREVER, BreakerPolicy, ControllerState
 
 
 def test_bucket_starts_full_and_refills_continuously() -> None:

@@ -10,7 +10,7 @@ import time
 import orjson
 import pytest
 
-from chatgpt_apiserver.logs import BufferedHandler, configure_logging
+from chatgpt_apiserver.ops.logs import BufferedHandler, configure_logging
 
 from .fake_upstream import Cue
 from .harness import Stack, openai_controller

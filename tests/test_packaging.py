@@ -13,7 +13,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from chatgpt_apiserver.options import OPTIONS_BY_KEY
+from chatgpt_apiserver.config.options import OPTIONS_BY_KEY
 
 from .fake_upstream import Cue
 from .harness import Stack, openai_controller

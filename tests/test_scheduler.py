@@ -7,12 +7,11 @@ import time
 
 import pytest
 
-from chatgpt_apiserver.balancer import SmoothWeighted
-from chatgpt_apiserver.controllers import ControllerSpec
+from chatgpt_apiserver.config.controllers import ControllerSpec, Limits
 from chatgpt_apiserver.controllers.mock import MockController
 from chatgpt_apiserver.errors import ApiError
-from chatgpt_apiserver.health import Limits
-from chatgpt_apiserver.scheduler import QueuePolicy, RetryBudget, Scheduler
+from chatgpt_apiserver.scheduling.balancer import SmoothWeighted
+from chatgpt_apiserver.scheduling.scheduler import QueuePolicy, RetryBudget, Scheduler
 
 
 def scheduler(max_wait: float = 2.0, max_size: int = 10, **limits: float) -> Scheduler:

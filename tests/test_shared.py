@@ -14,10 +14,9 @@ import openai
 import orjson
 import pytest
 
-from chatgpt_apiserver.controllers import ControllerSpec
+from chatgpt_apiserver.config.controllers import ControllerSpec, Limits
 from chatgpt_apiserver.controllers.mock import MockController
-from chatgpt_apiserver.health import Limits
-from chatgpt_apiserver.shared import SharedState
+from chatgpt_apiserver.state.redis import SharedState
 
 from .fake_upstream import Cue, FakeUpstream
 from .harness import Stack, openai_controller

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chatgpt_apiserver.sse import EventSplitter, MalformedEvent, event_data, read_event
+from chatgpt_apiserver.relay.sse import EventSplitter, MalformedEvent, event_data, read_event
 
 STREAM = (b'data: {"a": 1}\n\n'
           b": keep-alive comment\n\n"

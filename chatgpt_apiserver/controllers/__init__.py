@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from .base import Call, Controller, Reply, UpstreamError
+from ..call import Call
+from ..config.controllers import ControllerSpec
+from ..transport.reply import Reply, UpstreamError
+from .base import Controller
 from .mock import MockController
-from .specs import ControllerSpec
-from .upstream import Transport, UpstreamController
+from .openai import Transport, UpstreamController
 
 __all__ = ["Call", "Controller", "ControllerSpec", "Reply", "Transport", "UpstreamError", "build_controller"]
 

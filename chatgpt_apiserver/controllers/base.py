@@ -3,58 +3,12 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
-from ..health import ControllerState
-from .specs import ControllerSpec
-
-
-class UpstreamError(Exception):
-    """An attempt that failed before a usable reply: `kind` is connection, timeout or protocol."""
-
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
-        self.message = message
-
-
-@dataclass
-class Call:
-    """One client request on its way upstream: the original bytes plus what routing needs."""
-
-    body: bytes
-    payload: dict[str, Any]
-    model: str
-    stream: bool
-    request_id: str
-    # The client did not ask for the final usage event; the gateway asks upstream and strips it.
-    inject_usage: bool = False
-
-
-class Reply(ABC):
-    """An upstream answer whose headers have arrived; the body is read on demand."""
-
-    status: int
-    headers: Mapping[str, str]  # looked up by lower-case names only
-
-    @property
-    def content_type(self) -> str:
-        """The upstream's Content-Type, or JSON when it gave none."""
-        return self.headers.get("content-type", "application/json")
-
-    @abstractmethod
-    async def read(self) -> bytes:
-        """The whole body. Raises `UpstreamError` if the upstream fails while sending it."""
-
-    @abstractmethod
-    async def read_chunk(self) -> bytes:
-        """The next piece of the body as it arrives; b"" at its end. Raises `UpstreamError`."""
-
-    @abstractmethod
-    def close(self) -> None:
-        """Stop reading; an unfinished upstream connection is closed, not reused."""
+from ..call import Call
+from ..config.controllers import ControllerSpec
+from ..state.health import ControllerState
+from ..transport.reply import Reply
 
 
 class Controller(ABC):

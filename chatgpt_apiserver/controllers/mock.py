@@ -9,8 +9,10 @@ from typing import Any, Optional
 
 import orjson
 
-from .base import Call, Controller, Reply
-from .specs import ControllerSpec
+from ..call import Call
+from ..config.controllers import ControllerSpec
+from ..transport.reply import Reply
+from .base import Controller
 
 DEFAULT_REPLY = (
     "This is a demo answer from chatgpt-apiserver's mock controller; no model was called. "

@@ -10,7 +10,7 @@ from typing import Any, Optional, TextIO, Union
 
 import orjson
 
-from .secret import scrub_text
+from ..secret import scrub_text
 
 DEFERRED_LINE_SIZE = 256  # what a deferred line counts towards the flush limit before it is rendered
 

@@ -12,11 +12,11 @@ from typing import Any, Optional
 import configargparse
 import orjson
 
-from . import __version__
-from .configfile import ConfigError, Location, load, locate
-from .controllers.specs import ControllerSpec, build_specs
+from .. import __version__
+from ..secret import Secret
+from .controllers import ControllerSpec, build_specs
+from .files import ConfigError, Location, load, locate
 from .options import OPTIONS, parse_bool
-from .secret import Secret
 
 HOW_TO_START = """\
 How to start:

@@ -10,8 +10,8 @@ from typing import Any
 import orjson
 from tornado.web import RequestHandler
 
-from .gateway import Gateway
-from .logs import JsonFormatter, LineStamp, fast_handler
+from ..gateway import Gateway
+from ..ops.logs import JsonFormatter, LineStamp, fast_handler
 
 access_log = logging.getLogger("chatgpt_apiserver.access")
 

@@ -10,11 +10,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Optional
 
+from ..controllers import Controller
+from ..controllers.rate_headers import RateHeaders
+from ..errors import ApiError
+from ..state.redis import RedisUnavailable, SharedState
 from .balancer import Balancer
-from .controllers import Controller
-from .errors import ApiError
-from .limits import RateHeaders
-from .shared import RedisUnavailable, SharedState
 
 log = logging.getLogger("chatgpt_apiserver.scheduler")
 

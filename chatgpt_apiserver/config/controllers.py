@@ -12,11 +12,22 @@ from urllib.parse import urlsplit
 
 import voluptuous as vol
 
-from ..configfile import ConfigError, load, resolve
-from ..health import Limits
 from ..secret import Secret
+from .files import ConfigError, load, resolve
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """A controller's configured limits; None means unlimited."""
+
+    rpm: Optional[float] = None
+    tpm: Optional[float] = None
+    max_concurrency: Optional[int] = None
+    request_burst: Optional[float] = None
+    token_burst: Optional[float] = None
+
 
 
 def _weight(value: Any) -> int:

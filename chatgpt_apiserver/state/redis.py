@@ -28,7 +28,7 @@ from .redis_scripts import COOL, DISABLE, FAIL, SETTLE, TAKE
 from .redis_wire import Address, RespConnection, pack
 
 if TYPE_CHECKING:
-    from .controllers import Controller
+    from ..controllers import Controller
 
 log = logging.getLogger("chatgpt_apiserver.shared")
 

@@ -10,10 +10,11 @@ from typing import Any, Optional
 
 import orjson
 
-from .controllers import Call, Controller, Reply, UpstreamError
-from .errors import ApiError
-from .gateway import Gateway
-from .outcomes import (
+from ..call import Call
+from ..controllers import Controller
+from ..errors import ApiError
+from ..gateway import Gateway
+from ..scheduling.outcomes import (
     controller_fault,
     fault_kind,
     rate_headers,
@@ -22,9 +23,10 @@ from .outcomes import (
     record_usage,
     usage_of,
 )
+from ..scheduling.scheduler import Lease
+from ..secret import scrub
+from ..transport.reply import Reply, UpstreamError
 from .rewrite import estimate_tokens, upstream_body
-from .scheduler import Lease
-from .secret import scrub
 from .sse import DONE, EventSplitter, MalformedEvent, event_data, read_event
 
 log = logging.getLogger("chatgpt_apiserver.relay")

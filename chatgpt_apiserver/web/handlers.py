@@ -18,13 +18,13 @@ from tornado.httputil import HTTPHeaders, format_timestamp
 from tornado.iostream import StreamClosedError
 from tornado.web import HTTPError, RequestHandler
 
-from .controllers import Call
-from .errors import ApiError, stream_error_event
-from .gateway import Gateway
-from .relay import client_error_body, open_answer, relayed_headers
-from .rewrite import client_wants_usage
+from ..call import Call
+from ..errors import ApiError, stream_error_event
+from ..gateway import Gateway
+from ..relay.attempts import client_error_body, open_answer, relayed_headers
+from ..relay.rewrite import client_wants_usage
+from ..relay.streams import relay_stream
 from .schemas import parse_chat_request
-from .streaming import relay_stream
 
 log = logging.getLogger("chatgpt_apiserver.handlers")
 

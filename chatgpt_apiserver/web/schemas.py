@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 import voluptuous as vol
 
-from .errors import invalid_request
+from ..errors import invalid_request
 
 ROLES = frozenset(("system", "developer", "user", "assistant", "tool", "function"))
 # Roles whose messages must carry `content` (OpenAI's schema); assistant may omit it.

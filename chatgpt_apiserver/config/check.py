@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .config import Settings
 from .options import OPTIONS
+from .settings import Settings
 
 
 def _show(value: Any, secret: bool) -> str:

@@ -10,10 +10,12 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from ..call import Call
+from ..config.controllers import ControllerSpec
 from ..secret import Secret
-from .base import Call, Controller, Reply, UpstreamError
-from .http1 import Pool
-from .specs import ControllerSpec
+from ..transport.http1 import Pool
+from ..transport.reply import Reply, UpstreamError
+from .base import Controller
 
 log = logging.getLogger("chatgpt_apiserver.upstream")
 

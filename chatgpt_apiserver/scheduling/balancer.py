@@ -8,7 +8,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Optional
 
-from .controllers import Controller
+from ..controllers import Controller
 
 
 class Balancer(ABC):

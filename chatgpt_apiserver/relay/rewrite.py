@@ -6,7 +6,7 @@ from typing import Any
 
 import orjson
 
-from .controllers import Call
+from ..call import Call
 
 _ASK_USAGE = b',"stream_options":{"include_usage":true}}'
 

@@ -6,22 +6,13 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from .limits import RateHeaders, TokenBucket
+from ..config.controllers import Limits
+from ..controllers.rate_headers import RateHeaders
+from .buckets import TokenBucket
 
 log = logging.getLogger("chatgpt_apiserver.health")
 
 FOREVER = float("inf")
-
-
-@dataclass(frozen=True)
-class Limits:
-    """A controller's configured limits; None means unlimited."""
-
-    rpm: Optional[float] = None
-    tpm: Optional[float] = None
-    max_concurrency: Optional[int] = None
-    request_burst: Optional[float] = None
-    token_burst: Optional[float] = None
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import zlib
 from collections import deque
 from typing import Any, Optional
 
-from .base import Reply, UpstreamError
+from .reply import Reply, UpstreamError
 
 HEAD_LIMIT = 64 * 1024
 PAUSE_ABOVE = 1024 * 1024  # buffered body bytes before reading from the upstream pauses

@@ -6,12 +6,12 @@ import logging
 from collections.abc import Mapping
 from typing import Any, Optional
 
-from .config import Settings
-from .controllers import Controller
-from .health import FOREVER
-from .limits import RateHeaders
+from ..config.settings import Settings
+from ..controllers import Controller
+from ..controllers.rate_headers import RateHeaders
+from ..state.health import FOREVER
+from ..state.redis import SharedState
 from .scheduler import Scheduler
-from .shared import SharedState
 
 log = logging.getLogger("chatgpt_apiserver.outcomes")
 

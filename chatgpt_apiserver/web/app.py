@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from tornado.web import Application
 
+from ..gateway import Gateway
 from .access import make_log_function
-from .gateway import Gateway
 from .handlers import (
     AdminControllersHandler,
     ChatCompletionsHandler,

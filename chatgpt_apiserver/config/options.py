@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from .secret import Secret
+from ..secret import Secret
 
 ENV_PREFIX = "CHATGPT_APISERVER_"
 

@@ -7,11 +7,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from .controllers import Call, UpstreamError
-from .errors import stream_error_event
-from .outcomes import record_usage, usage_of
-from .relay import Answer
-from .secret import scrub
+from ..call import Call
+from ..errors import stream_error_event
+from ..scheduling.outcomes import record_usage, usage_of
+from ..secret import scrub
+from ..transport.reply import UpstreamError
+from .attempts import Answer
 from .sse import DONE, MalformedEvent, event_data, read_event
 
 log = logging.getLogger("chatgpt_apiserver.streaming")

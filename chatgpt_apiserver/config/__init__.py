@@ -1,0 +1,1 @@
+"""Configuration: every option, the config file, controller entries, and the validated settings."""

@@ -1,0 +1,1 @@
+"""Operations: metrics, logging and systemd notification."""

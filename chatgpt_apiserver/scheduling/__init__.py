@@ -1,0 +1,1 @@
+"""Scheduling: which controller takes a request, the bounded wait queue, and what outcomes mean."""

@@ -1,0 +1,39 @@
+"""What every upstream exchange gives the relay: a reply whose headers are in, and its failures."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+
+
+class UpstreamError(Exception):
+    """An attempt that failed before a usable reply: `kind` is connection, timeout or protocol."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+
+class Reply(ABC):
+    """An upstream answer whose headers have arrived; the body is read on demand."""
+
+    status: int
+    headers: Mapping[str, str]  # looked up by lower-case names only
+
+    @property
+    def content_type(self) -> str:
+        """The upstream's Content-Type, or JSON when it gave none."""
+        return self.headers.get("content-type", "application/json")
+
+    @abstractmethod
+    async def read(self) -> bytes:
+        """The whole body. Raises `UpstreamError` if the upstream fails while sending it."""
+
+    @abstractmethod
+    async def read_chunk(self) -> bytes:
+        """The next piece of the body as it arrives; b"" at its end. Raises `UpstreamError`."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Stop reading; an unfinished upstream connection is closed, not reused."""
