@@ -1,4 +1,4 @@
-"""The gateway's live state: controllers, the balancer, and the model catalogue."""
+"""The gateway's live state: controllers, their state store, the scheduler, and the model catalogue."""
 
 from __future__ import annotations
 
@@ -6,23 +6,26 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Optional, Protocol
 
 from .config.settings import Settings
 from .controllers import Controller, Transport, build_controller
 from .ops.metrics import Metrics
 from .scheduling.balancer import make_balancer
 from .scheduling.scheduler import QueuePolicy, RetryBudget, Scheduler
-from .state.health import FOREVER, BreakerPolicy, ControllerState
-from .state.redis import SharedState
+from .state import ControllerStore, apply_settings, make_store, policy_of
+from .state.store import OK, WHOLE, ControllerView
 from .web.auth import KeyRing
 
 log = logging.getLogger("chatgpt_apiserver.gateway")
 
 DISCOVERY_TTL = 300.0
+DISCOVERY_FAILURE_TTL = 30.0  # a failed discovery is retried after this, not on every request
+VIEW_MAX_AGE = 1.0  # metrics may show views this old
 
 
-def _transport(settings: Settings) -> Transport:
+def transport_of(settings: Settings) -> Transport:
+    """The connection-level limits the settings ask for."""
     return Transport(
         connect_timeout=settings.connect_timeout,
         idle_timeout=settings.stream_idle_timeout,
@@ -50,34 +53,34 @@ class Gateway:
     """Everything a request handler needs to route a call: who serves a model, and in what order."""
 
     def __init__(self, settings: Settings, controllers: list[Controller],
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, store: Optional[ControllerStore] = None) -> None:
         self.settings = settings
         self.controllers = controllers
         self.clock = clock
-        for controller in controllers:
-            self._new_state(controller, settings)
+        self.store = store or make_store(settings, clock)
+        self.store.configure(controllers, policy_of(settings))
         self.metrics = Metrics(lambda: self.controllers, lambda: self.in_flight,
-                               lambda: self.scheduler.queue_length, clock)
-        self.scheduler = Scheduler(controllers, make_balancer(settings.pool_type, clock=clock),
+                               lambda: self.scheduler.queue_length, self.cached_views)
+        self.scheduler = Scheduler(controllers, self.store, make_balancer(settings.pool_type, self.store),
                                    QueuePolicy(settings.max_queue_wait, settings.max_queue_size), clock,
                                    self.metrics.queue_wait.observe)
         self.retries = RetryBudget(settings.retry_budget_ratio, settings.retry_budget_per_second, clock)
-        if settings.redis_url:
-            self.scheduler.shared = SharedState(settings.redis_url.reveal(), settings.redis_prefix,
-                                                settings.redis_timeout, settings.redis_fallback, self._shared_changed)
         self.draining = False
         self.active: set[Abortable] = set()
         self._use_keys(settings)
         self._idle = asyncio.Event()
         self._idle.set()
-        self._discovered: dict[str, tuple[float, list[str]]] = {}
+        self._discovered: dict[str, tuple[float, Optional[list[str]]]] = {}  # name -> (when, models or failed)
+        self._discovering: dict[str, asyncio.Future[list[str]]] = {}
         self.secrets = _secrets(controllers)
-        self._retiring: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Task[Any]] = set()
+        self._views: dict[str, ControllerView] = {}
+        self._views_at = -VIEW_MAX_AGE
 
     @classmethod
     def from_settings(cls, settings: Settings, clock: Callable[[], float] = time.monotonic) -> Gateway:
         """Build every controller named in `settings`."""
-        transport = _transport(settings)
+        transport = transport_of(settings)
         controllers = [build_controller(spec, transport) for spec in settings.controllers]
         return cls(settings, controllers, clock)
 
@@ -90,14 +93,21 @@ class Gateway:
         """Requests being handled."""
         return len(self.active)
 
-    def _new_state(self, controller: Controller, settings: Settings) -> None:
-        policy = BreakerPolicy(settings.breaker_failures, settings.breaker_ejection, settings.breaker_max_ejection)
-        controller.state = ControllerState(controller.name, controller.spec.limits, policy, self.clock())
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def reload(self, settings: Settings) -> None:
-        """Swap in a new config: unchanged controllers keep their state, new ones join, removed ones drain."""
+        """Swap in a new config: unchanged controllers keep their state, new ones join, removed ones drain.
+
+        Every setting takes effect: the ones read per request through `self.settings`, and those held by
+        parts built at start (the store's breaker policy, the balancer, queue bounds, retry budget, client
+        keys, each controller's transport limits). server.py applies the server's own and names the ones
+        that need a restart.
+        """
         old = {controller.name: controller for controller in self.controllers}
-        transport = _transport(settings)
+        transport = transport_of(settings)
         kept: list[str] = []
         added: list[str] = []
         retired: list[Controller] = []
@@ -105,13 +115,12 @@ class Gateway:
         for spec in settings.controllers:
             previous = old.pop(spec.name, None)
             if previous is not None and previous.spec == spec:
-                if previous.state.disabled_until == FOREVER:  # a rejected key: the reload is the fix
-                    previous.state.disabled_until, previous.state.disabled_reason = 0.0, ""
+                previous.configure_transport(transport)
+                self.store.clear_disables(previous)  # a rejected key or missing deployment: the reload is the fix
                 controllers.append(previous)
                 kept.append(spec.name)
                 continue
             controller = build_controller(spec, transport)
-            self._new_state(controller, settings)
             await controller.start()
             controllers.append(controller)
             added.append(spec.name)
@@ -120,44 +129,42 @@ class Gateway:
         retired += old.values()
         self.settings = settings
         self.controllers[:] = controllers  # the scheduler holds this same list
-        self.scheduler.balancer = make_balancer(settings.pool_type, clock=self.clock)
+        self.store.configure(controllers + retired, policy_of(settings))
+        apply_settings(self.store, settings)
+        self.scheduler.balancer = make_balancer(settings.pool_type, self.store)
         self.scheduler.queue = QueuePolicy(settings.max_queue_wait, settings.max_queue_size)
+        self.retries.configure(settings.retry_budget_ratio, settings.retry_budget_per_second)
         self._use_keys(settings)
         self.secrets = _secrets(controllers)
         self._discovered.clear()
+        self._views_at = -VIEW_MAX_AGE
         for controller in retired:
-            task = asyncio.get_running_loop().create_task(self._retire(controller))
-            self._retiring.add(task)
-            task.add_done_callback(self._retiring.discard)
+            self._spawn(self._retire(controller))
         log.info("config reloaded: kept %s; new or changed %s; removed %s", kept or "none", added or "none",
                  [c.name for c in retired] or "none")
+        self._spawn(self.models())  # learn the new controllers' models for the metric labels
         self.scheduler.pump()
 
     async def _retire(self, controller: Controller) -> None:
         """Close a removed controller once its in-flight requests have finished."""
-        while controller.state.in_flight:  # noqa: ASYNC110 - a rare, short poll after a reload
+        while self.store.held(controller):  # noqa: ASYNC110 - a rare, short poll after a reload
             await asyncio.sleep(0.1)
         await controller.close()
+        self.store.configure(self.controllers, policy_of(self.settings))
 
     async def start(self) -> None:
-        """Open every controller's connection pool, and join the shared state when there is one."""
+        """Open every controller's connection pool, join the shared state, and learn the upstreams' models."""
         for controller in self.controllers:
             await controller.start()
-        if self.scheduler.shared is not None:
-            await self.scheduler.shared.start()
-
-    def _shared_changed(self, available: bool, instances: int) -> None:
-        """Redis went away (each instance now keeps 1/N of every limit locally) or came back."""
-        now = self.clock()
-        for controller in self.controllers:
-            controller.state.rescale(1.0 if available else 1.0 / instances, now)
+        await self.store.start()
+        self._spawn(self.models())
 
     async def close(self) -> None:
         """Close every controller's connection pool."""
-        for task in self._retiring:
+        for task in list(self._background):
             task.cancel()
-        if self.scheduler.shared is not None:
-            await self.scheduler.shared.close()
+        await self.scheduler.close()
+        await self.store.close()
         for controller in self.controllers:
             await controller.close()
 
@@ -188,8 +195,8 @@ class Gateway:
     @property
     def ready(self) -> bool:
         """At least one controller is not disabled, cooling or ejected, and the server is not draining."""
-        now = self.clock()
-        return not self.draining and any(c.state.status(now) == "ok" for c in self.controllers)
+        store = self.store
+        return not self.draining and any(store.health(c, WHOLE).status == OK for c in self.controllers)
 
     async def models(self) -> list[str]:
         """Declared model names, plus what controllers without a declared list report upstream."""
@@ -206,19 +213,55 @@ class Gateway:
         return sorted(names)
 
     async def _discover(self, controller: Controller) -> list[str]:
+        """The models `controller` reports, cached (failures too, briefly); one call at a time."""
         now = self.clock()
         cached = self._discovered.get(controller.name)
-        if cached and now - cached[0] < DISCOVERY_TTL:
-            return cached[1]
+        if cached is not None:
+            when, found = cached
+            if now - when < (DISCOVERY_TTL if found is not None else DISCOVERY_FAILURE_TTL):
+                return found if found is not None else self._last_known(controller)
+        running = self._discovering.get(controller.name)
+        if running is None:
+            running = asyncio.ensure_future(self._ask(controller))
+            self._discovering[controller.name] = running
+            running.add_done_callback(lambda _f: self._discovering.pop(controller.name, None))
+        return await asyncio.shield(running)
+
+    async def _ask(self, controller: Controller) -> list[str]:
+        previous = self._last_known(controller)
         try:
             found = await controller.discover_models()
-        except Exception as exc:  # any SDK or network failure: report what we have
-            log.warning("model discovery failed for controller %s: %s", controller.name, type(exc).__name__)
-            return cached[1] if cached else []
-        self._discovered[controller.name] = (now, found)
+        except Exception as exc:  # any SDK or network failure: report what we have, and ask again later
+            log.warning("model discovery failed for controller %s (%s); retrying in %.0fs", controller.name,
+                        type(exc).__name__, DISCOVERY_FAILURE_TTL)
+            self._discovered[controller.name] = (self.clock(), None)
+            return previous
+        self._discovered[controller.name] = (self.clock(), found)
+        controller.stats.known_models = frozenset(found)
         return found
 
-    def describe(self) -> list[dict[str, Any]]:
-        """Non-secret facts and live state of every controller (the admin view)."""
-        now = self.clock()
-        return [{**controller.describe(), **controller.state.snapshot(now)} for controller in self.controllers]
+    def _last_known(self, controller: Controller) -> list[str]:
+        known = controller.stats.known_models
+        return sorted(known) if known is not None and controller.models is None else []
+
+    async def views(self) -> dict[str, ControllerView]:
+        """Every controller's state, read from the store (with Redis: the shared truth)."""
+        views = await self.store.views(self.controllers)
+        self._views, self._views_at = views, self.clock()
+        return views
+
+    async def refresh_views(self, max_age: float = VIEW_MAX_AGE) -> None:
+        """Read the views again if the cached ones are older than `max_age` seconds (for the metrics)."""
+        if self.clock() - self._views_at >= max_age:
+            await self.views()
+
+    def cached_views(self) -> dict[str, ControllerView]:
+        """The views last read."""
+        return self._views
+
+    async def describe(self) -> list[dict[str, Any]]:
+        """Non-secret facts, live state and this instance's counts for every controller (the admin view)."""
+        views = await self.views()
+        return [{**controller.describe(), **views[controller.name].as_dict(), "counts": controller.stats.as_dict(),
+                 "max_concurrency": controller.spec.limits.max_concurrency}
+                for controller in self.controllers]

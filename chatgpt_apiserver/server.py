@@ -13,10 +13,13 @@ from dataclasses import dataclass
 from typing import Optional
 
 from tornado.netutil import bind_sockets
+from tornado.web import Application
 
 from .config.files import ConfigError
+from .config.options import OPTIONS
 from .config.settings import Settings, parse_settings
 from .gateway import Gateway
+from .ops.logs import apply_logging
 from .ops.notify import notify
 from .web.app import make_app
 from .web.slow_clients import SlowClientServer
@@ -83,14 +86,26 @@ async def reload(running: Running, argv: Sequence[str]) -> bool:
             log.error("reload failed: the command line no longer parses; still serving the previous config")
             return False
         old = running.gateway.settings
-        for key in ("host", "port"):
-            if getattr(settings, key) != getattr(old, key):
-                log.warning("reload: %s changed from %s to %s; that takes a restart", key, getattr(old, key),
-                            getattr(settings, key))
+        for option in OPTIONS:
+            if option.restart and getattr(settings, option.dest) != getattr(old, option.dest):
+                before, after = getattr(old, option.dest), getattr(settings, option.dest)
+                change = "" if option.secret else f" from {before} to {after}"
+                log.warning("reload: %s changed%s; that takes a restart, until then the old value stays",
+                            option.key, change)
         await running.gateway.reload(settings)
+        apply_server_settings(running, settings)
         return True
     finally:
         notify("READY=1")
+
+
+def apply_server_settings(running: Running, settings: Settings) -> None:
+    """A reload: the settings the server and the logging hold take effect (the gateway applies its own)."""
+    app = running.server.request_callback
+    if isinstance(app, Application):
+        app.settings["cors_origins"] = settings.cors_origins
+    running.server.conn_params.max_body_size = settings.max_body_size * HARD_BODY_CAP_FACTOR
+    apply_logging(settings.log_level, settings.log_format)
 
 
 async def serve(settings: Settings, argv: Sequence[str] = ()) -> int:

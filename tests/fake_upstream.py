@@ -88,9 +88,16 @@ class ChatHandler(RequestHandler):
                                   id(self.request.connection.stream)))  # type: ignore[attr-defined]
         if not fake.admit(self):
             return
-        cue = fake.next_cue()
+        if fake.valid_keys is not None and self.request.headers.get("Authorization", "")[7:] not in fake.valid_keys:
+            self.set_status(401)
+            self.set_header("Content-Type", "application/json")
+            self.finish(orjson.dumps({"error": {"message": "Incorrect API key provided",
+                                                "type": "invalid_request_error", "param": None,
+                                                "code": "invalid_api_key"}}))
+            return
         payload = orjson.loads(self.request.body) if self.request.body else {}
         model = payload.get("model", "unknown")
+        cue = fake.model_cues.get(model) or fake.next_cue()
         n = payload.get("n") or 1
         if cue.delay:
             await asyncio.sleep(cue.delay)
@@ -187,6 +194,8 @@ class FakeUpstream:
         self.requests: list[Seen] = []
         self.cues: list[Cue] = []
         self.default = Cue()
+        self.model_cues: dict[str, Cue] = {}  # how requests for these models are always answered
+        self.valid_keys: Optional[set[str]] = None  # when set, other keys get 401
         self.connections_closed_early = 0
         self.port = 0
         # Rate limit enforced like OpenAI does: a token bucket of `rpm` with `burst`, 429 beyond it.

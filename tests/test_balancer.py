@@ -5,9 +5,10 @@ from __future__ import annotations
 import random
 from collections import Counter
 
-from chatgpt_apiserver.config.controllers import ControllerSpec
+from chatgpt_apiserver.config.controllers import ControllerSpec, Limits
 from chatgpt_apiserver.controllers.mock import MockController
 from chatgpt_apiserver.scheduling.balancer import SmoothWeighted, WeightedRandom, make_balancer
+from chatgpt_apiserver.state import LocalStore, Policy
 
 
 def controllers(*weights: int) -> list[MockController]:
@@ -54,5 +55,20 @@ def test_empty_and_single() -> None:
         assert balancer.pick([]) is None
         [only] = controllers(3)
         assert balancer.pick([only]) is only
-    assert isinstance(make_balancer("random"), WeightedRandom)
-    assert isinstance(make_balancer("balanced"), SmoothWeighted)
+    assert isinstance(make_balancer("random", LocalStore()), WeightedRandom)
+    assert isinstance(make_balancer("balanced", LocalStore()), SmoothWeighted)
+
+
+def test_least_busy_and_capacity_read_the_store() -> None:
+    pool = [MockController(ControllerSpec(name, "mock", 1, None, limits=Limits(rpm=60, max_concurrency=4)))
+            for name in "AB"]
+    store = LocalStore(lambda: 0.0)
+    store.configure(pool, Policy())
+    for _ in range(2):
+        assert store.admit_now(pool[0], "m", 1).ok  # A: two in flight, two requests spent
+    assert make_balancer("least_busy", store).pick(pool) is pool[1]
+    assert make_balancer("capacity", store).pick(pool) is pool[1]
+    for _ in range(3):
+        assert store.admit_now(pool[1], "m", 1).ok  # B now busier and emptier than A
+    assert make_balancer("least_busy", store).pick(pool) is pool[0]
+    assert make_balancer("capacity", store).pick(pool) is pool[0]

@@ -137,8 +137,8 @@ def test_client_disconnect_before_headers_cancels_the_upstream_call(stack: Stack
     sock.close()
     assert wait_until(lambda: fake.connections_closed_early == 1)
     assert wait_until(lambda: stack.running.gateway.in_flight == 0)  # type: ignore[union-attr]
-    state = stack.running.gateway.controllers[0].state  # type: ignore[union-attr]
-    assert state.in_flight == 0  # the slot is free again
+    gateway = stack.running.gateway  # type: ignore[union-attr]
+    assert gateway.store.in_flight(gateway.controllers[0]) == 0  # the slot is free again
     fake.default = Cue()
     assert stack.request("POST", "/v1/chat/completions", BODY)[0] == 200
 
@@ -153,7 +153,8 @@ def test_client_disconnect_mid_stream_cancels_the_upstream_stream(stack: Stack) 
         received += sock.recv(65536)
     sock.close()
     assert wait_until(lambda: fake.connections_closed_early == 1)
-    assert wait_until(lambda: stack.running.gateway.controllers[0].state.in_flight == 0)  # type: ignore[union-attr]
+    gateway = stack.running.gateway  # type: ignore[union-attr]
+    assert wait_until(lambda: gateway.store.in_flight(gateway.controllers[0]) == 0)
 
 
 def test_no_head_of_line_blocking(stack: Stack) -> None:

@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import orjson
 
@@ -153,3 +153,56 @@ def test_sighup_reload_valid_and_invalid(stack: Stack, tmp_path: Path) -> None:
         assert results[0].endswith(b"data: [DONE]\n\n")  # the in-flight stream was never dropped
     finally:
         assert server.stop() == 0
+
+
+def test_sighup_applies_cors_origins_and_log_format_under_load(stack: Stack, tmp_path: Path) -> None:
+    fake = stack.fake("up")
+    config = write_config(tmp_path / "c.json", [fake], cors_origins=["https://a.example"], log_format="text")
+    server = Server(config)
+    statuses: list[int] = []
+    stop = threading.Event()
+
+    def load() -> None:  # keeps the gateway busy across the reload
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        while not stop.is_set():
+            connection.request("POST", "/v1/chat/completions", body=orjson.dumps({**STREAM, "stream": False}))
+            response = connection.getresponse()
+            response.read()
+            statuses.append(response.status)
+        connection.close()
+
+    def allowed(origin: str) -> Optional[str]:
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        connection.request("GET", "/v1/models", headers={"Origin": origin})
+        response = connection.getresponse()
+        response.read()
+        connection.close()
+        return response.getheader("Access-Control-Allow-Origin")
+
+    workers = [threading.Thread(target=load) for _ in range(4)]
+    try:
+        for worker in workers:
+            worker.start()
+        assert allowed("https://a.example") == "https://a.example" and allowed("https://b.example") is None
+        write_config(config, [fake], cors_origins=["https://b.example"], log_format="json", host="127.0.0.2")
+        server.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while "config reloaded" not in server.output() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)  # requests keep coming after the reload
+        assert allowed("https://b.example") == "https://b.example" and allowed("https://a.example") is None
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join(30)
+        assert server.stop() == 0
+    assert statuses and set(statuses) == {200}  # nothing was dropped
+    lines = server.output().splitlines()
+    reloaded = next(i for i, line in enumerate(lines) if "config reloaded" in line)
+    assert any(line.startswith("20") and "chatgpt_apiserver.access" in line for line in lines[:reloaded])
+    after = [orjson.loads(line) for line in lines[reloaded + 1:] if line.startswith("{")]
+    assert any(entry["logger"] == "chatgpt_apiserver.access" and entry["status"] == 200 for entry in after)
+    access_text_after = [line for line in lines[reloaded + 1:]
+                         if line.startswith("20") and "chatgpt_apiserver.access" in line]
+    assert access_text_after == []  # lines queued before the switch were written before the reload's line
+    assert sum("host changed from 127.0.0.1 to 127.0.0.2; that takes a restart" in line for line in lines) == 1

@@ -1,15 +1,13 @@
-"""Buckets, header parsing, cooldowns and the circuit breaker, exactly, with an injected clock."""
+"""Token buckets and the upstream's rate-limit headers, exactly, with an injected clock.
+
+Cooldowns, disables and the breaker are in the rules table, tests/test_store_rules.py."""
 
 from __future__ import annotations
 
-import math
-
 import pytest
 
-from chatgpt_apiserver.config.controllers import Limits
 from chatgpt_apiserver.controllers.rate_headers import RateHeaders, parse_duration, parse_retry_after
 from chatgpt_apiserver.state.buckets import TokenBucket
-from chatgpt_apiserver.state.health import FOREVER, BreakerPolicy, ControllerState
 
 
 def test_bucket_starts_full_and_refills_continuously() -> None:
@@ -42,11 +40,11 @@ def test_bucket_give_and_correct() -> None:
     assert bucket.level == 500
     bucket.give(10_000, 0.0)
     assert bucket.level == 1000
-    bucket.correct(remaining=40, limit=None, now=0.0)
+    bucket.correct(remaining=40, limit=None, age=0.0, now=0.0)
     assert bucket.level == 40
-    bucket.correct(remaining=900, limit=None, now=0.0)
+    bucket.correct(remaining=900, limit=None, age=0.0, now=0.0)
     assert bucket.level == 40  # never believe more than we think we have
-    bucket.correct(remaining=None, limit=100, now=0.0)
+    bucket.correct(remaining=None, limit=100, age=0.0, now=0.0)
     assert bucket.capacity == 100 and bucket.rate == pytest.approx(100 / 60)
 
 
@@ -73,97 +71,3 @@ def test_rate_headers_cooldown() -> None:
                                  "x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": "2s"})
     assert headers.cooldown() == 2.0
     assert RateHeaders.parse({}).cooldown() is None
-
-
-def state(**limits: float) -> ControllerState:
-    return ControllerState("c", Limits(**limits), BreakerPolicy(failures=3, base_ejection=10, max_ejection=35))  # type: ignore[arg-type]
-
-
-def test_room_in_all_three_limits() -> None:
-    s = state(rpm=60, tpm=1000, max_concurrency=2, request_burst=2)
-    assert s.has_room(100, 0.0)
-    s.reserve(100, 0.0)
-    s.reserve(100, 0.0)
-    assert not s.has_room(100, 0.0)  # concurrency (and the request burst)
-    s.release(100, 100, 0.0)
-    assert not s.has_room(100, 0.0)  # the request bucket is empty until it refills
-    assert s.has_room(100, 1.0)
-    assert not s.has_room(900, 1.0)  # 800 tokens, plus one second of refill
-    assert s.free_in(900, 1.0) == pytest.approx((900 - 800 - 1000 / 60) / (1000 / 60))
-
-
-def test_tokens_are_settled_against_usage() -> None:
-    s = state(tpm=1000)
-    s.reserve(600, 0.0)
-    s.release(600, 100, 0.0)
-    assert s.tokens is not None and s.tokens.level == 900
-    s.reserve(100, 0.0)
-    s.release(100, 400, 0.0)
-    assert s.tokens.level == 500
-    s.reserve(100, 0.0)
-    s.release(100, None, 0.0)  # unknown usage keeps the reservation
-    assert s.tokens.level == 400
-
-
-def test_cooldown_extends_and_never_shortens() -> None:
-    s = state()
-    s.rate_limited(10, now=0.0)
-    assert s.status(5.0) == "cooling" and not s.usable(5.0)
-    s.rate_limited(2, now=5.0)  # ends at 7 < 10: ignored
-    assert s.cooling_until == 10.0
-    s.rate_limited(20, now=5.0)
-    assert s.cooling_until == 25.0
-    assert s.status(25.0) == "ok" and s.usable(25.0)
-    assert s.free_in(1, 20.0) == 5.0
-
-
-def test_disable_for_quota_and_forever_for_auth() -> None:
-    s = state()
-    s.disable("out of quota", 3600, now=0.0)
-    assert s.status(3599.0) == "disabled" and s.status(3600.0) == "ok"
-    s.disable("bad key", FOREVER, now=3600.0)
-    assert s.status(1e12) == "disabled" and math.isinf(s.free_in(1, 0.0))
-    assert s.snapshot(4000.0)["disabled_reason"] == "bad key"
-
-
-def test_breaker_ejects_after_consecutive_failures_with_growing_times() -> None:
-    s = state()
-    s.failed(True, 0.0)
-    s.failed(True, 0.0)
-    assert s.status(0.0) == "ok"
-    s.failed(True, 0.0)
-    assert s.status(0.0) == "ejected" and s.ejected_until == 10.0
-    # half-open: after the ejection one probe may go
-    assert s.usable(10.0)
-    s.reserve(1, 10.0)
-    assert not s.usable(10.0)  # the probe is in flight
-    s.failed(True, 10.5)  # the probe failed: ejected again, twice as long
-    s.release(1, None, 10.5)
-    assert s.ejected_until == 30.5
-    s.reserve(1, 31.0)
-    s.failed(True, 31.0)
-    s.release(1, None, 31.0)
-    assert s.ejected_until == 31.0 + 35  # capped at max_ejection
-    s.reserve(1, 70.0)
-    s.succeeded(70.5)
-    s.release(1, None, 70.5)
-    assert s.status(70.5) == "ok" and s.consecutive_failures == 0 and s.ejections == 0
-    s.failed(True, 71.0)
-    assert s.status(71.0) == "ok"  # the count starts again
-
-
-def test_success_resets_the_failure_count() -> None:
-    s = state()
-    s.failed(True, 0.0)
-    s.failed(True, 0.0)
-    s.succeeded(0.0)
-    s.failed(True, 0.0)
-    s.failed(True, 0.0)
-    assert s.status(0.0) == "ok"
-
-
-def test_the_last_usable_controller_is_never_ejected_for_failures() -> None:
-    s = state()
-    for _ in range(10):
-        s.failed(False, 0.0)
-    assert s.status(0.0) == "ok" and s.consecutive_failures == 10

@@ -30,11 +30,12 @@ def scrape(stack: Stack, **headers: str) -> dict[str, float]:
 
 
 def test_metrics_after_traffic_with_a_forced_429(stack: Stack) -> None:
-    limited, other = stack.fake("limited"), stack.fake("other")
+    limited, other = stack.fake("limited", ("gpt-4o",)), stack.fake("other", ("gpt-4o",))
     limited.cue(Cue(mode="status", status=429, headers={"Retry-After": "30"}))
     other.default = Cue(mode="stream", events=3)
     stack.gateway({"controllers": [openai_controller(limited, weight=5, rpm=600, tpm=100000),
                                    openai_controller(other)]})
+    assert stack.request("GET", "/v1/models")[0] == 200  # the models the upstreams report get their own label
     assert stack.request("POST", "/v1/chat/completions", BODY)[0] == 200
     assert stack.request("POST", "/v1/chat/completions", {**BODY, "stream": True})[0] == 200
     assert stack.request("POST", "/v1/chat/completions", {"model": ""})[0] == 400

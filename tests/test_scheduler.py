@@ -12,11 +12,17 @@ from chatgpt_apiserver.controllers.mock import MockController
 from chatgpt_apiserver.errors import ApiError
 from chatgpt_apiserver.scheduling.balancer import SmoothWeighted
 from chatgpt_apiserver.scheduling.scheduler import QueuePolicy, RetryBudget, Scheduler
+from chatgpt_apiserver.state import LocalStore, Policy
 
 
-def scheduler(max_wait: float = 2.0, max_size: int = 10, **limits: float) -> Scheduler:
-    spec = ControllerSpec("only", "mock", 1, None, limits=Limits(**limits))  # type: ignore[arg-type]
-    return Scheduler([MockController(spec)], SmoothWeighted(), QueuePolicy(max_wait, max_size), time.monotonic)
+def scheduler(max_wait: float = 2.0, max_size: int = 10, names: tuple[str, ...] = ("only",),
+              models: dict[str, str] | None = None, **limits: float) -> Scheduler:
+    controllers = [MockController(ControllerSpec(name, "mock", 1, {models[name]: models[name]} if models else None,
+                                                 limits=Limits(**limits)))  # type: ignore[arg-type]
+                   for name in names]
+    store = LocalStore(time.monotonic)
+    store.configure(controllers, Policy(breaker_failures=1, base_ejection=30))
+    return Scheduler(controllers, store, SmoothWeighted(), QueuePolicy(max_wait, max_size), time.monotonic)
 
 
 def test_waiters_are_admitted_first_in_first_out() -> None:
@@ -84,7 +90,7 @@ def test_a_cancelled_waiter_leaves_the_queue_and_leaks_nothing() -> None:
             await waiter
         assert s.queue_length == 0
         held.release(1)
-        assert s.controllers[0].state.in_flight == 0
+        assert s.store.in_flight(s.controllers[0]) == 0
 
     asyncio.run(run())
 
@@ -99,3 +105,52 @@ def test_retry_budget() -> None:
     assert budget.withdraw() and not budget.withdraw()
     now[0] = 3.0
     assert sum(budget.withdraw() for _ in range(5)) == 3
+
+
+def test_a_waiter_for_a_full_controller_does_not_hold_up_one_for_another() -> None:
+    async def run() -> None:
+        s = scheduler(names=("a", "b"), models={"a": "ma", "b": "mb"}, max_concurrency=1)
+        held_a = await s.acquire("ma", 1)
+        held_b = await s.acquire("mb", 1)
+        waiting_a = asyncio.create_task(s.acquire("ma", 1))
+        await asyncio.sleep(0.01)
+        waiting_b = asyncio.create_task(s.acquire("mb", 1))
+        await asyncio.sleep(0.01)
+        held_b.release(1)  # b frees up first: its waiter goes, though a's waiter came earlier
+        lease_b = await asyncio.wait_for(waiting_b, 1)
+        assert lease_b.controller.name == "b" and not waiting_a.done()
+        held_a.release(1)
+        assert (await asyncio.wait_for(waiting_a, 1)).controller.name == "a"
+
+    asyncio.run(run())
+
+
+def test_every_candidate_ejected_or_disabled_is_a_503_with_the_earliest_probe() -> None:
+    async def run() -> None:
+        s = scheduler(names=("a", "b"))
+        a, b = s.controllers
+        s.store.failed(a, "m", False, True)  # breaker_failures=1: ejected for 30 s
+        s.store.disable(b, "*", float("inf"), "the upstream rejected the key (401)")
+        started = time.monotonic()
+        with pytest.raises(ApiError) as caught:
+            await s.acquire("m", 1)
+        assert time.monotonic() - started < 0.5  # answered at once, not after the queue wait
+        error = caught.value
+        assert error.status == 503 and error.code == "upstream_unavailable"
+        assert error.headers["Retry-After"] == "30"
+        assert (await s.acquire("other-model", 1)).controller is a  # the pair, not the controller, is ejected
+
+    asyncio.run(run())
+
+
+def test_a_cooling_controller_is_a_wait_not_a_503() -> None:
+    async def run() -> None:
+        s = scheduler(names=("a", "b"), max_wait=2.0)
+        a, b = s.controllers
+        s.store.disable(b, "*", float("inf"), "bad key")
+        s.store.rate_limited(a, 0.2)
+        started = time.monotonic()
+        lease = await s.acquire("m", 1)
+        assert lease.controller is a and 0.15 < time.monotonic() - started < 1.5
+
+    asyncio.run(run())

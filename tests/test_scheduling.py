@@ -133,12 +133,14 @@ def test_5xx_ejection_and_recovery(stack: Stack) -> None:
     for _ in range(6):
         assert stack.request("POST", "/v1/chat/completions", BODY)[0] == 200
     assert len(flaky.chat_requests) == 2
-    assert admin(stack)["flaky"]["state"] == "ejected"
+    state = admin(stack)["flaky"]
+    # A 5xx blames the model on that controller, not the whole controller (rules R6).
+    assert state["state"] == "ok" and 0 < state["ejected_models"]["gpt-4o"] <= 0.5  # type: ignore[index]
     flaky.default = Cue()
     time.sleep(0.6)
     for _ in range(4):
         assert stack.request("POST", "/v1/chat/completions", BODY)[0] == 200
-    assert admin(stack)["flaky"]["state"] == "ok"
+    assert "ejected_models" not in admin(stack)["flaky"]
     assert len(flaky.chat_requests) >= 3  # the probe went through and it is back in rotation
 
 
@@ -275,4 +277,4 @@ def test_reload_keeps_state_of_unchanged_controllers(stack: Stack) -> None:
     assert set(view) == {"keep", "new"}
     assert view["keep"]["state"] == "cooling"  # its cooldown survived the reload
     assert stack.request("POST", "/v1/chat/completions", BODY)[1]["x-chatgpt-apiserver-controller"] == "new"
-    assert dropped.state.in_flight == 0
+    assert stack.running.gateway.store.held(dropped) == 0  # type: ignore[union-attr]

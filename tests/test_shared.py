@@ -16,7 +16,9 @@ import pytest
 
 from chatgpt_apiserver.config.controllers import ControllerSpec, Limits
 from chatgpt_apiserver.controllers.mock import MockController
-from chatgpt_apiserver.state.redis import SharedState
+from chatgpt_apiserver.state import Policy, Ticket
+from chatgpt_apiserver.state.redis import RedisStore
+from chatgpt_apiserver.state.redis_link import RedisLink
 
 from .fake_upstream import Cue, FakeUpstream
 from .harness import Stack, openai_controller
@@ -30,20 +32,25 @@ def controller(name: str = "c", **limits: Any) -> MockController:
     return MockController(ControllerSpec(name, "mock", 1, None, limits=Limits(**limits)))
 
 
-def shared(redis_server: RedisServer, prefix: str = "test") -> SharedState:
-    return SharedState(redis_server.url, prefix, 1.0, "local", lambda up, n: None)
+async def store(redis_server: RedisServer, *controllers: MockController, prefix: str = "test") -> RedisStore:
+    link = RedisLink(redis_server.url, prefix, 1.0)
+    await link.start()
+    made = RedisStore(link)
+    made.configure(list(controllers), Policy())
+    return made
 
 
 def test_concurrent_takes_never_overdraw(redis_server: RedisServer) -> None:
     async def run() -> tuple[int, int]:
-        state = shared(redis_server)
         requests = controller("req", rpm=1, request_burst=100)  # refills one a minute: effectively fixed
         tokens = controller("tok", tpm=1, token_burst=1000)
+        one, two = await store(redis_server, requests, tokens), await store(redis_server, requests, tokens)
         try:
-            results = await asyncio.gather(*(state.take(requests, 1) for _ in range(300)))
-            token_results = await asyncio.gather(*(state.take(tokens, 30) for _ in range(100)))
+            results = await asyncio.gather(*(s.admit(requests, "m", 1) for _ in range(150) for s in (one, two)))
+            token_results = await asyncio.gather(*(s.admit(tokens, "m", 30) for _ in range(50) for s in (one, two)))
         finally:
-            await state.close()
+            await one.link.close()
+            await two.link.close()
         return sum(r.ok for r in results), sum(r.ok for r in token_results)
 
     took_requests, took_tokens = asyncio.run(run())
@@ -51,48 +58,45 @@ def test_concurrent_takes_never_overdraw(redis_server: RedisServer) -> None:
     assert took_tokens == 1000 // 30
 
 
-def test_concurrency_cooldown_disable_and_settle(redis_server: RedisServer) -> None:
+def test_every_key_expires_by_itself(redis_server: RedisServer) -> None:
     async def run() -> None:
-        state = shared(redis_server)
-        c = controller("c", tpm=1000, max_concurrency=2)
+        c = controller("c", rpm=60, tpm=1000, max_concurrency=2)
+        s = await store(redis_server, c)
         try:
-            assert (await state.take(c, 400)).ok and (await state.take(c, 400)).ok
-            busy = await state.take(c, 1)
-            assert not busy.ok and busy.reason == "busy"
-            state.settle(c, 400 - 100, True, None, None)  # used 100 of the 400 reserved
-            await asyncio.sleep(0.1)
-            level = float(redis_server.command("HGET", "test:{c}:tok", "level").split(b"\r\n")[1])
-            assert 500 <= level < 510  # 1000 - 800 + 300, plus a little refill
-            assert (await state.take(c, 1)).ok
-            state.cool(c, 10)
-            state.cool(c, 2)  # never shortens
-            await asyncio.sleep(0.1)
-            cooling = await state.take(c, 1)
-            assert not cooling.ok and cooling.reason == "cooling" and 9 < cooling.wait <= 10
-            ttl = int(redis_server.command("PTTL", "test:{c}:cool")[1:].split(b"\r\n")[0])
-            assert 9000 < ttl <= 10000  # the key expires by itself
-            state.disable(c, float("inf"), "bad key")
-            await asyncio.sleep(0.1)
-            assert (await state.take(c, 1)).reason == "disabled"
+            assert (await s.admit(c, "m", 10)).ok
+            s.release(Ticket(c, "m", 10), 5, None, 0.0)
+            s.rate_limited(c, 10)
+            s.disable(c, "m", float("inf"), "bad deployment")
+            s.failed(c, "m", False, True)
+            await s.views([c])  # after the calls above, in order on one connection
         finally:
-            await state.close()
+            await s.link.close()
 
     asyncio.run(run())
+    keys = [key for key in redis_server.command("KEYS", "test:{c}:*").split(b"\r\n") if key.startswith(b"test:")]
+    assert len(keys) >= 5
+    for key in keys:
+        ttl = int(redis_server.command("PTTL", key.decode())[1:].split(b"\r\n")[0])
+        assert 0 < ttl <= 7 * 86_400_000, key  # nothing lives forever: at most a week for "until a reload"
+    cool = int(redis_server.command("PTTL", "test:{c}:cool")[1:].split(b"\r\n")[0])
+    assert 9000 < cool <= 10000
 
 
 def test_shared_circuit_breaker_ejects_for_everyone(redis_server: RedisServer) -> None:
     async def run() -> None:
-        one, two = shared(redis_server), shared(redis_server)
         c = controller("flaky")
+        one, two = await store(redis_server, c), await store(redis_server, c)
         try:
             for _ in range(5):
-                one.fail(c, True)
-            await asyncio.sleep(0.1)
-            taken = await two.take(c, 1)
+                one.failed(c, "gpt-4o", False, True)
+            await one.views([c])  # the failures are in
+            taken = await two.admit(c, "gpt-4o", 1)
             assert not taken.ok and taken.reason == "ejected" and 4 < taken.wait <= 5
+            assert (await two.admit(c, "gpt-4o-mini", 1)).ok  # another model on it is unaffected
+            assert two.health(c, "gpt-4o").status == "ejected"  # the mirror learned it
         finally:
-            await one.close()
-            await two.close()
+            await one.link.close()
+            await two.link.close()
 
     asyncio.run(run())
 
@@ -249,12 +253,15 @@ def test_password_and_database_from_the_url(tmp_path: Path) -> None:
     server = RedisServer(tmp_path, password="s3cret").start()
     try:
         async def run() -> bool:
-            state = SharedState(server.url.replace("/0", "/3"), "authed", 1.0, "local", lambda up, n: None)
+            link = RedisLink(server.url.replace("/0", "/3"), "authed", 1.0)
+            await link.start()
+            c = controller("c", rpm=60)
+            s = RedisStore(link)
+            s.configure([c], Policy())
             try:
-                await state.start()
-                return (await state.take(controller("c", rpm=60), 1)).ok and state.available
+                return (await s.admit(c, "m", 1)).ok and link.available
             finally:
-                await state.close()
+                await link.close()
 
         assert asyncio.run(run())
         assert b"authed:{c}:req" in server.command("KEYS", "*", db=3)

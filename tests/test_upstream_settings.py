@@ -16,7 +16,7 @@ def test_proxy_takes_effect(stack: Stack) -> None:
         stack.gateway({"controllers": [openai_controller(fake, config={"proxy": f"http://127.0.0.1:{proxy.port}"})]})
         status, _, _ = stack.request("POST", "/v1/chat/completions", BODY)
         assert status == 200
-        assert proxy.seen == [("POST", f"{fake.base_url}/chat/completions")]
+        assert [seen for seen in proxy.seen if seen[0] == "POST"] == [("POST", f"{fake.base_url}/chat/completions")]
         assert len(fake.chat_requests) == 1
     finally:
         stack.loop.run(proxy.stop())

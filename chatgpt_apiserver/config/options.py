@@ -107,6 +107,7 @@ class Option:
     help: str
     group: str = "server"
     secret: bool = False
+    restart: bool = False  # a reload cannot apply it (the listener, or the Redis connection): it says so
 
     @property
     def dest(self) -> str:
@@ -128,8 +129,8 @@ class Option:
 
 OPTIONS: tuple[Option, ...] = (
     Option("host", "127.0.0.1", parse_text,
-           "Address to listen on. Use 0.0.0.0 (all IPv4) or :: to listen publicly."),
-    Option("port", 8080, parse_port, "TCP port to listen on (a number or a numeric string)."),
+           "Address to listen on. Use 0.0.0.0 (all IPv4) or :: to listen publicly.", restart=True),
+    Option("port", 8080, parse_port, "TCP port to listen on (a number or a numeric string).", restart=True),
     Option("pool.type", "balanced", one_of(*POOL_TYPES),
            "How an eligible controller is chosen: balanced (smooth weighted round robin), random (weighted), "
            "least_busy (fewest in flight per weight) or capacity (most headroom against its limits).",
@@ -157,12 +158,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("retry_budget_per_second", 5.0, parse_seconds,
            "Retries earned per second regardless of traffic.", "routing"),
     Option("reuse_port", False, parse_bool,
-           "Bind with SO_REUSEPORT so several processes (one per core) share one port.", "scale-out"),
+           "Bind with SO_REUSEPORT so several processes (one per core) share one port.", "scale-out",
+           restart=True),
     Option("redis_url", None, parse_secret,
            "Share rate-limit state between instances in this Redis (redis://host:6379/0). Unset: in memory.",
-           "scale-out", secret=True),
+           "scale-out", secret=True, restart=True),
     Option("redis_prefix", "chatgpt-apiserver", parse_text, "Prefix of every Redis key (one per deployment).",
-           "scale-out"),
+           "scale-out", restart=True),
     Option("redis_timeout", 0.1, parse_seconds, "Seconds a request may wait on Redis before it counts as down.",
            "scale-out"),
     Option("redis_fallback", "local", one_of("local", "refuse"),

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
 from typing import Any
 
 from ..call import Call
 from ..config.controllers import ControllerSpec
-from ..state.health import ControllerState
+from ..ops.counters import ControllerStats
 from ..transport.reply import Reply
 
 
@@ -19,7 +20,8 @@ class Controller(ABC):
         self.name = spec.name
         self.weight = spec.weight
         self.models = spec.models
-        self.state = ControllerState(spec.name, spec.limits)
+        self.stats = ControllerStats(spec.models)
+        self.fingerprint = fingerprint(spec)
 
     def serves(self, model: str) -> bool:
         """Whether this controller takes requests for `model`."""
@@ -33,6 +35,9 @@ class Controller(ABC):
 
     async def start(self) -> None:
         """Open pools and sessions; called once the event loop runs."""
+
+    def configure_transport(self, transport: Any) -> None:
+        """Apply new connection-level limits (a reload) without dropping open connections."""
 
     async def close(self) -> None:
         """Release pools and sessions."""
@@ -51,3 +56,19 @@ class Controller(ABC):
         return {"name": self.name, "type": self.spec.type, "weight": self.weight,
                 "models": dict(sorted(self.models.items())) if self.models is not None else None,
                 "limits": {"rpm": limits.rpm, "tpm": limits.tpm, "max_concurrency": limits.max_concurrency}}
+
+
+def fingerprint(spec: ControllerSpec) -> str:
+    """A short digest of what identifies the upstream account: its type, address and credentials.
+
+    Disables follow it (rules R5), so a rotated key is a fresh controller on every instance at once.
+    It is a one-way digest, used only inside the state store's keys.
+    """
+    digest = hashlib.sha256(spec.type.encode())
+    for key in ("base_url", "endpoint", "organization", "project"):
+        digest.update(b"\0" + str(spec.settings.get(key, "")).encode())
+    if spec.api_key is not None:
+        digest.update(b"\0" + spec.api_key.reveal().encode())
+    for name, value in sorted((spec.settings.get("headers") or {}).items()):
+        digest.update(b"\0" + name.lower().encode() + b"=" + value.reveal().encode())
+    return digest.hexdigest()[:16]

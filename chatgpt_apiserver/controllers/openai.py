@@ -142,6 +142,15 @@ class UpstreamController(Controller):
             skip_auto_headers=("User-Agent",),
         )
 
+    def configure_transport(self, transport: Any) -> None:
+        if not isinstance(transport, Transport):
+            return
+        self._transport = transport
+        pool = self._pool
+        if pool is not None:
+            pool.limit, pool.keepalive = transport.max_connections, transport.keepalive_timeout
+            pool.connect_timeout, pool.idle_timeout = transport.connect_timeout, transport.idle_timeout
+
     async def close(self) -> None:
         if self._pool is not None:
             self._pool.close()

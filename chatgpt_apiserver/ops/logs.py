@@ -140,14 +140,27 @@ def fast_handler() -> Optional[BufferedHandler]:
     return None
 
 
+def _formatter(fmt: str) -> logging.Formatter:
+    if fmt == "json":
+        return JsonFormatter()
+    return logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def apply_logging(level: str, fmt: str) -> None:
+    """A reload: the new level and format take effect on the handlers configure_logging installed."""
+    root = logging.getLogger()
+    root.setLevel(level.upper())
+    for handler in root.handlers:
+        if isinstance(handler, BufferedHandler) and isinstance(handler.formatter, JsonFormatter) != (fmt == "json"):
+            handler.flush()  # lines already queued keep the format they were logged in
+            handler.setFormatter(_formatter(fmt))
+
+
 def configure_logging(level: str, fmt: str, stream: Optional[TextIO] = None,
                       secrets: tuple[bytes, ...] = ()) -> logging.Handler:
     """Route every log record to one buffered stream handler; return it (tests swap streams)."""
     handler = BufferedHandler(stream or sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(_formatter(fmt))
     handler.addFilter(ScrubSecrets(secrets))
     root = logging.getLogger()
     for old in list(root.handlers):

@@ -20,10 +20,11 @@ from ..scheduling.outcomes import (
     rate_headers,
     record_failure,
     record_status,
+    record_success,
     record_usage,
     usage_of,
 )
-from ..scheduling.scheduler import Lease
+from ..scheduling.scheduler import Lease, Scheduler
 from ..secret import scrub
 from ..transport.reply import Reply, UpstreamError
 from .rewrite import estimate_tokens, upstream_body
@@ -55,11 +56,23 @@ class Answer:
     splitter: Optional[EventSplitter] = None
     attempts: int = 1
     usage: Optional[dict[str, Any]] = None
+    scheduler: Optional[Scheduler] = None  # to count a failure that comes after the answer began
 
     def close(self) -> None:
         """Abandon the answer: close the upstream reply and end the lease."""
         self.reply.close()
         self.lease.release(None)
+
+    def completed(self) -> None:
+        """A stream ended well: a success for the controller and model."""
+        if self.scheduler is not None:
+            record_success(self.lease, self.scheduler)
+
+    def failed(self) -> None:
+        """The upstream failed after the answer began (mid-stream): count it against the controller and model."""
+        if self.scheduler is not None:
+            self.lease.controller.stats.outcome("stream_failed")
+            record_failure(self.lease, self.scheduler)
 
 
 def client_error_body(body: bytes, status: int, secrets: tuple[bytes, ...]) -> bytes:
@@ -162,29 +175,27 @@ async def _attempt(lease: Lease, call: Call, gateway: Gateway) -> Answer | Failu
         reply = await controller.send(call, upstream_body(call, controller.upstream_model(call.model)))
         status = reply.status
         rate = rate_headers(controller, status, reply.headers)
-        if lease.shared:
-            lease.succeeded = not controller_fault(status)
-            lease.headers = rate
         if status == 200 and call.stream and reply.content_type.startswith("text/event-stream"):
             deadline.clear()  # from here the stream idle timeout applies
             events, splitter = await _first_events(reply)
-            record_status(controller, status, rate, b"", gateway.scheduler, settings, gateway.clock())
+            record_status(lease, status, rate, b"", gateway.scheduler, settings, complete=False)
             handed_over = True
-            return Answer(controller, reply, status, lease, first_events=events, splitter=splitter)
+            return Answer(controller, reply, status, lease, first_events=events, splitter=splitter,
+                          scheduler=gateway.scheduler)
         deadline.at(started + settings.request_timeout)
         body = await reply.read()  # the last wait: nothing below can be cut short, and finally clears it
         if 200 <= status < 300:
             try:
                 document = orjson.loads(body)
             except orjson.JSONDecodeError:
-                record_failure(controller, gateway.scheduler, gateway.clock())
+                record_failure(lease, gateway.scheduler)
                 return Failure(controller.name, "protocol", "the upstream answered with malformed JSON")
-            record_status(controller, status, rate, body, gateway.scheduler, settings, gateway.clock())
+            record_status(lease, status, rate, body, gateway.scheduler, settings)
             usage = usage_of(document)
             lease.release(record_usage(controller, usage, call.model))
             handed_over = True
             return Answer(controller, reply, status, lease, body=body, usage=usage)
-        record_status(controller, status, rate, body, gateway.scheduler, settings, gateway.clock())
+        record_status(lease, status, rate, body, gateway.scheduler, settings)
         if controller_fault(status):
             kind = fault_kind(status, body)
             retry_after = rate.cooldown() if status == 429 and rate is not None else None
@@ -195,13 +206,13 @@ async def _attempt(lease: Lease, call: Call, gateway: Gateway) -> Answer | Failu
         handed_over = True
         return Answer(controller, reply, status, lease, body=body)
     except UpstreamError as exc:
-        record_failure(controller, gateway.scheduler, gateway.clock())
+        record_failure(lease, gateway.scheduler, whole=exc.connecting)
         return Failure(controller.name, exc.kind, exc.message)
     except asyncio.CancelledError:
         if not deadline.expired:
             raise
         deadline.task.uncancel()
-        record_failure(controller, gateway.scheduler, gateway.clock())
+        record_failure(lease, gateway.scheduler)
         what = "response headers" if reply is None else "the response"
         return Failure(controller.name, "timeout", f"timed out waiting for {what}")
     finally:
@@ -254,14 +265,14 @@ async def open_answer(gateway: Gateway, call: Call) -> Answer:
         except BaseException:
             lease.release(None)  # the client went away: keep the reservation, the upstream may count it
             raise
-        counters = lease.controller.state.counters
+        stats = lease.controller.stats
         if attempt:
-            counters.retries += 1
+            stats.retries += 1
         if isinstance(outcome, Answer):
-            counters.outcome("ok" if outcome.status < 400 else "client_error")
+            stats.outcome("ok" if outcome.status < 400 else "client_error")
             outcome.attempts = attempt + 1
             return outcome
-        counters.outcome(outcome.kind)
+        stats.outcome(outcome.kind)
         lease.release(0)
         failures.append(outcome)
         if outcome.kind != "429":

@@ -45,6 +45,7 @@ async def relay_stream(answer: Answer, call: Call, send: Send, secrets: tuple[by
                 data = event_data(event)
                 if data is not None:
                     if data == DONE:
+                        answer.completed()
                         await send(event)
                         result.events += 1
                         return result
@@ -54,6 +55,7 @@ async def relay_stream(answer: Answer, call: Call, send: Send, secrets: tuple[by
                         await send(scrub(event, secrets))
                         result.events += 1
                         log.warning("controller %s sent an error event mid-stream", answer.controller.name)
+                        answer.failed()
                         return result
                     usage = usage_of(parsed)
                     if usage is not None:
@@ -74,6 +76,7 @@ async def relay_stream(answer: Answer, call: Call, send: Send, secrets: tuple[by
         code = "upstream_timeout" if kind == "timeout" else "upstream_stream_error"
         log.warning("stream from controller %s failed after %d events: %s", answer.controller.name,
                     result.events, message)
+        answer.failed()
         await send(stream_error_event(message, "server_error", code))
         return result
     finally:

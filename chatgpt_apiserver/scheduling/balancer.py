@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import random
-import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Optional
 
 from ..controllers import Controller
+from ..state import ControllerStore
 
 
 class Balancer(ABC):
@@ -63,9 +63,11 @@ class WeightedRandom(Balancer):
 
 
 class LeastBusy(Balancer):
-    """Fewest requests in flight per unit of weight; ties go round robin."""
+    """Fewest requests in flight (over every instance, as the store knows them) per unit of weight; ties go
+    round robin."""
 
-    def __init__(self) -> None:
+    def __init__(self, store: ControllerStore) -> None:
+        self._store = store
         self._turn = 0
 
     def pick(self, candidates: Sequence[Controller]) -> Optional[Controller]:
@@ -74,33 +76,34 @@ class LeastBusy(Balancer):
         self._turn += 1
         count = len(candidates)
         order = [candidates[(self._turn + i) % count] for i in range(count)]
-        return min(order, key=lambda c: (c.state.in_flight + 1) / c.weight)
+        in_flight = self._store.in_flight
+        return min(order, key=lambda c: (in_flight(c) + 1) / c.weight)
 
 
 class MostCapacity(Balancer):
-    """The most headroom against its own limits (rpm, tpm, concurrency), times weight; ties round robin."""
+    """The most headroom against its own limits (rpm, tpm, concurrency), times weight, as the store knows
+    it; ties round robin."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._clock = clock
+    def __init__(self, store: ControllerStore) -> None:
+        self._store = store
         self._turn = 0
 
     def pick(self, candidates: Sequence[Controller]) -> Optional[Controller]:
         if not candidates:
             return None
-        now = self._clock()
         self._turn += 1
         count = len(candidates)
         order = [candidates[(self._turn + i) % count] for i in range(count)]
-        return max(order, key=lambda c: c.state.headroom(now) * c.weight)
+        headroom = self._store.headroom
+        return max(order, key=lambda c: headroom(c) * c.weight)
 
 
-def make_balancer(pool_type: str, rng: Optional[random.Random] = None,
-                  clock: Callable[[], float] = time.monotonic) -> Balancer:
+def make_balancer(pool_type: str, store: ControllerStore, rng: Optional[random.Random] = None) -> Balancer:
     """The balancer for a `pool.type` value (validated at start-up)."""
     if pool_type == "random":
         return WeightedRandom(rng)
     if pool_type == "least_busy":
-        return LeastBusy()
+        return LeastBusy(store)
     if pool_type == "capacity":
-        return MostCapacity(clock)
+        return MostCapacity(store)
     return SmoothWeighted()

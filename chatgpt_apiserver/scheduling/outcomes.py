@@ -1,4 +1,4 @@
-"""What each upstream answer means for its controller: settle, cool down, disable or count a failure."""
+"""What each upstream answer means for its controller: success, cooldown, disable, or a breaker failure."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from typing import Any, Optional
 from ..config.settings import Settings
 from ..controllers import Controller
 from ..controllers.rate_headers import RateHeaders
-from ..state.health import FOREVER
-from ..state.redis import SharedState
-from .scheduler import Scheduler
+from ..state import FOREVER
+from ..state.store import WHOLE
+from .scheduler import Lease, Scheduler
 
 log = logging.getLogger("chatgpt_apiserver.outcomes")
 
@@ -49,44 +49,48 @@ def rate_headers(controller: Controller, status: int, headers: Mapping[str, str]
     return None
 
 
-def record_status(controller: Controller, status: int, rate: Optional[RateHeaders], body: bytes,
-                  scheduler: Scheduler, settings: Settings, now: float) -> None:
-    """An answer with a status: success, 429, quota, auth, or a server error; `rate` corrects the buckets."""
-    state = controller.state
+def record_status(lease: Lease, status: int, rate: Optional[RateHeaders], body: bytes,
+                  scheduler: Scheduler, settings: Settings, complete: bool = True) -> None:
+    """An answer with a status: success, 429, quota, auth, or a server error.
+
+    The rate-limit headers are kept on the lease and believed when it is released. A stream that has
+    only begun (`complete` false) is not a success yet: `record_success` follows when it ends well.
+    """
+    controller, store = lease.controller, scheduler.store
     if rate is not None:
-        state.correct(rate, now)
+        lease.rate, lease.rate_at = rate, scheduler.clock()
     if not controller_fault(status):
-        state.succeeded(now)  # the upstream works; a client's own mistake says nothing against it
+        if complete:
+            record_success(lease, scheduler)  # a client's own mistake says nothing against the upstream
         return
-    shared = scheduler.shared if scheduler.shared is not None and scheduler.shared.available else None
     if status == 429:
+        controller.stats.rate_limited += 1
         if is_quota_error(body):
-            _disable(controller, "out of quota (insufficient_quota)", settings.quota_disable_seconds, now, shared)
+            controller.stats.failures += 1
+            store.disable(controller, WHOLE, settings.quota_disable_seconds, "out of quota (insufficient_quota)")
             return
         cooldown = rate.cooldown() if rate is not None else None
-        seconds = cooldown if cooldown is not None else settings.cooldown_default
-        state.rate_limited(seconds, now)
-        if shared is not None:
-            shared.cool(controller, seconds)  # every instance stays off it
+        store.rate_limited(controller, cooldown if cooldown is not None else settings.cooldown_default)
         return
     if status in (401, 403):
-        _disable(controller, f"the upstream rejected the key ({status})", FOREVER, now, shared)
+        controller.stats.failures += 1
+        store.disable(controller, WHOLE, FOREVER, f"the upstream rejected the key ({status})")
         return
-    record_failure(controller, scheduler, now)
+    record_failure(lease, scheduler)
 
 
-def _disable(controller: Controller, reason: str, seconds: float, now: float, shared: Optional[SharedState]) -> None:
-    controller.state.disable(reason, seconds, now)
-    if shared is not None:
-        shared.disable(controller, seconds, reason)
+def record_success(lease: Lease, scheduler: Scheduler) -> None:
+    """A whole, usable answer: the breaker closes."""
+    lease.controller.stats.successes += 1
+    scheduler.store.succeeded(lease.controller, lease.model)
 
 
-def record_failure(controller: Controller, scheduler: Scheduler, now: float) -> None:
-    """A 5xx, a connection error, a timeout or a malformed answer."""
-    may_eject = scheduler.others_usable(controller)
-    controller.state.failed(may_eject, now)
-    if scheduler.shared is not None and scheduler.shared.available:
-        scheduler.shared.fail(controller, may_eject)
+def record_failure(lease: Lease, scheduler: Scheduler, whole: bool = False) -> None:
+    """A 5xx, a timeout or a malformed answer (the pair's breaker), or, `whole`, a failure to connect at
+    all (refused, DNS, TLS: the controller's breaker)."""
+    controller, model = lease.controller, lease.model
+    controller.stats.failures += 1
+    scheduler.store.failed(controller, model, whole, scheduler.may_eject(controller, model))
 
 
 def usage_of(document: Any) -> Optional[dict[str, Any]]:
@@ -104,16 +108,8 @@ def record_usage(controller: Controller, usage: Optional[dict[str, Any]], model:
         return None
     prompt = usage.get("prompt_tokens")
     completion = usage.get("completion_tokens")
-    counters = controller.state.counters
-    by_model = counters.tokens_by_model.get(model)
-    if by_model is None:
-        by_model = counters.tokens_by_model[model] = [0, 0]
-    if isinstance(prompt, int):
-        counters.prompt_tokens += prompt
-        by_model[0] += prompt
-    if isinstance(completion, int):
-        counters.completion_tokens += completion
-        by_model[1] += completion
+    controller.stats.tokens(model, prompt if isinstance(prompt, int) else 0,
+                            completion if isinstance(completion, int) else 0)
     total = usage.get("total_tokens")
     if isinstance(total, (int, float)):
         return float(total)

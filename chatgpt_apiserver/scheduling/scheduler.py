@@ -1,8 +1,15 @@
-"""Admission: which controller may take a request now, bounded waiting when none can, and retry budgets."""
+"""Admission: which controller may take a request now, bounded first-in-first-out waiting, retry budgets.
+
+The scheduler asks the controller-state store (local, Redis or fallback: it does not know which) for
+room, in the balancer's order. When no controller has room, the request waits in one queue served in
+arrival order: a controller that an earlier waiter is waiting for is not given to a later one, so
+nobody is overtaken, while a waiter for other controllers is not held up by it.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 from collections import deque
@@ -13,7 +20,8 @@ from typing import Optional
 from ..controllers import Controller
 from ..controllers.rate_headers import RateHeaders
 from ..errors import ApiError
-from ..state.redis import RedisUnavailable, SharedState
+from ..state import ControllerStore, StoreUnavailable, Ticket
+from ..state.store import OK, UNAVAILABLE
 from .balancer import Balancer
 
 log = logging.getLogger("chatgpt_apiserver.scheduler")
@@ -31,12 +39,18 @@ class RetryBudget:
     """Retries earn `ratio` per request plus `per_second` over time, so an outage cannot multiply load."""
 
     def __init__(self, ratio: float = 0.2, per_second: float = 5.0, clock: Callable[[], float] = lambda: 0.0) -> None:
+        self.clock = clock
+        self.updated = clock()
+        self.configure(ratio, per_second)
+        self.balance = self.capacity
+
+    def configure(self, ratio: float, per_second: float) -> None:
+        """Apply new settings (a reload), keeping what has been earned."""
         self.ratio = ratio
         self.per_second = per_second
-        self.clock = clock
         self.capacity = max(10.0, per_second * 10)
-        self.balance = self.capacity
-        self.updated = clock()
+        if getattr(self, "balance", 0.0) > self.capacity:
+            self.balance = self.capacity
 
     def _refill(self) -> None:
         now = self.clock()
@@ -57,19 +71,18 @@ class RetryBudget:
         return False
 
 
-class Lease:
-    """One admitted attempt on one controller: a concurrency slot, a request and reserved tokens."""
+class Lease(Ticket):
+    """One admitted attempt on one controller: a slot, a request and reserved tokens, until released."""
 
-    __slots__ = ("_scheduler", "controller", "headers", "released", "reserved", "shared", "succeeded")
+    __slots__ = ("_scheduler", "rate", "rate_at", "released")
 
-    def __init__(self, scheduler: Scheduler, controller: Controller, reserved: float, shared: bool = False) -> None:
+    def __init__(self, scheduler: Scheduler, controller: Controller, model: str, reserved: float, probe: bool,
+                 store: Optional[ControllerStore]) -> None:
+        super().__init__(controller, model, reserved, probe, store)
         self._scheduler = scheduler
-        self.controller = controller
-        self.reserved = reserved
         self.released = False
-        self.shared = shared  # taken from the Redis buckets, so settled there too
-        self.succeeded = False
-        self.headers: Optional[RateHeaders] = None
+        self.rate: Optional[RateHeaders] = None  # the upstream's rate-limit headers, believed at release
+        self.rate_at = 0.0
 
     def release(self, used_tokens: Optional[float] = None) -> None:
         """Give back the slot and settle the tokens (None: keep the whole reservation)."""
@@ -86,139 +99,124 @@ class _Waiter:
     future: asyncio.Future[Lease]
 
 
+@dataclass
+class _Tried:
+    """What one admission round found when no controller took the request."""
+
+    wait: float = math.inf  # until one that is full or cooling could take it
+    unavailable: bool = True  # every candidate is disabled or ejected
+    unavailable_wait: float = math.inf  # until the earliest of those comes back
+
+
 class Scheduler:
     """Picks a controller with room for a request, or holds the request first in, first out."""
 
-    def __init__(self, controllers: list[Controller], balancer: Balancer, queue: QueuePolicy,
-                 clock: Callable[[], float], on_wait: Optional[Callable[[float], None]] = None) -> None:
+    def __init__(self, controllers: list[Controller], store: ControllerStore, balancer: Balancer,
+                 queue: QueuePolicy, clock: Callable[[], float],
+                 on_wait: Optional[Callable[[float], None]] = None) -> None:
         self.controllers = controllers
-        self.on_wait = on_wait
-        self.shared: Optional[SharedState] = None
-        self._shared_waiting = 0
+        self.store = store
         self.balancer = balancer
         self.queue = queue
         self.clock = clock
+        self.on_wait = on_wait
         self._waiters: deque[_Waiter] = deque()
-        self._timer: Optional[asyncio.TimerHandle] = None
-        self._timer_at = math.inf
+        self._pump: Optional[asyncio.Task[None]] = None
+        self._wake = asyncio.Event()
 
     @property
     def queue_length(self) -> int:
         """Requests waiting for a controller."""
-        return len(self._waiters) + self._shared_waiting
+        return len(self._waiters)
 
     def serving(self, model: str) -> list[Controller]:
         """Controllers configured for `model`."""
         return [c for c in self.controllers if c.serves(model)]
 
-    def _usable(self, model: str, exclude: Sequence[Controller], now: float) -> list[Controller]:
-        """Controllers for `model`, not yet tried, and not cooling down, disabled or ejected."""
-        return [c for c in self.controllers if c.serves(model) and c not in exclude and c.state.usable(now)]
+    def may_eject(self, controller: Controller, model: str) -> bool:
+        """Rule R9: another controller for `model` is neither disabled nor ejected."""
+        store = self.store
+        return any(c is not controller and c.serves(model) and store.health(c, model).status not in UNAVAILABLE
+                   for c in self.controllers)
 
-    def _admit(self, model: str, tokens: float, exclude: Sequence[Controller], now: float) -> Optional[Lease]:
-        candidates = [c for c in self._usable(model, exclude, now) if c.state.has_room(tokens, now)]
-        chosen = self.balancer.pick(candidates)
-        if chosen is None:
-            return None
-        chosen.state.reserve(tokens, now)
-        return Lease(self, chosen, tokens)
-
-    def _earliest(self, model: str, tokens: float, exclude: Sequence[Controller], now: float) -> float:
-        """Seconds until some untried controller for `model` could have room (inf: only a release helps)."""
-        waits = [c.state.free_in(tokens, now) for c in self.controllers if c.serves(model) and c not in exclude]
-        return min(waits) if waits else math.inf
+    async def _try(self, model: str, tokens: float, exclude: Sequence[Controller],
+                   blocked: set[Controller]) -> Lease | _Tried:
+        """One admission round over the untried controllers for `model`, in the balancer's order."""
+        store = self.store
+        tried = _Tried()
+        healthy = []
+        for controller in self.controllers:
+            if not controller.serves(model) or controller in exclude:
+                continue
+            health = store.health(controller, model)
+            if health.status == OK:
+                if controller in blocked:
+                    tried.unavailable = False
+                else:
+                    healthy.append(controller)
+            elif health.status in UNAVAILABLE:
+                tried.unavailable_wait = min(tried.unavailable_wait, health.wait)
+            else:
+                tried.unavailable = False
+                tried.wait = min(tried.wait, health.wait)
+        while healthy:
+            chosen = self.balancer.pick(healthy)
+            assert chosen is not None
+            healthy.remove(chosen)
+            try:
+                admission = await store.admit(chosen, model, tokens)
+            except StoreUnavailable:
+                raise ApiError(503, "The shared controller state (Redis) is unavailable; retry shortly.",
+                               code="shared_state_unavailable", headers={"Retry-After": "1"}) from None
+            if admission.ok:
+                return Lease(self, chosen, model, tokens, admission.probe, admission.store)
+            if admission.reason in UNAVAILABLE:
+                tried.unavailable_wait = min(tried.unavailable_wait, admission.wait)
+            else:
+                tried.unavailable = False
+                tried.wait = min(tried.wait, admission.wait)
+                blocked.add(chosen)
+        return tried
 
     async def acquire(self, model: str, tokens: float, exclude: Sequence[Controller] = ()) -> Lease:
         """A lease on a controller with room, waiting up to the queue policy's bound for one to free up."""
-        shared = self.shared
-        if shared is not None:
-            if shared.available:
-                try:
-                    return await self._acquire_shared(shared, model, tokens, exclude)
-                except RedisUnavailable:
-                    pass  # it has just gone away: the fallback rule applies below
-            if shared.fallback == "refuse":
-                raise ApiError(503, "The shared rate-limit state (Redis) is unavailable; retry shortly.",
-                               code="shared_state_unavailable", headers={"Retry-After": "1"})
-        now = self.clock()
         if not self._waiters:
-            lease = self._admit(model, tokens, exclude, now)
-            if lease is not None:
-                return lease
-        earliest = self._earliest(model, tokens, exclude, now)
-        if earliest > self.queue.max_wait and not any(c.state.in_flight for c in self.serving(model)):
-            raise self._full(model, earliest)
+            found = await self._try(model, tokens, exclude, set())
+            if isinstance(found, Lease):
+                return found
+            tried = found
+            if tried.unavailable:
+                raise self._unavailable(model, tried.unavailable_wait)
+            if math.isfinite(tried.wait) and tried.wait > self.queue.max_wait:
+                raise self._full(model, tried.wait)
         if len(self._waiters) >= self.queue.max_size:
-            raise self._full(model, earliest, queue_full=True)
-        loop = asyncio.get_running_loop()
-        waiter = _Waiter(model, tokens, exclude, loop.create_future())
+            raise self._full(model, 1.0, queue_full=True)
+        started = self.clock()
+        waiter = _Waiter(model, tokens, exclude, asyncio.get_running_loop().create_future())
         self._waiters.append(waiter)
-        self._arm(now + earliest)
+        self._kick()
         try:
             async with asyncio.timeout(self.queue.max_wait):
                 lease = await waiter.future
-            if self.on_wait is not None:
-                self.on_wait(self.clock() - now)
-            return lease
         except TimeoutError:
-            if waiter.future.done() and not waiter.future.cancelled():
+            if waiter.future.done() and not waiter.future.cancelled() and waiter.future.exception() is None:
                 return waiter.future.result()  # admitted just as the wait ran out
-            raise self._full(model, self._earliest(model, tokens, exclude, self.clock())) from None
+            raise self._full(model, self._retry_in(model, exclude)) from None
         except asyncio.CancelledError:
-            if waiter.future.done() and not waiter.future.cancelled():
+            if waiter.future.done() and not waiter.future.cancelled() and waiter.future.exception() is None:
                 waiter.future.result().release()  # admitted just as the client went away
             raise
         finally:
             if waiter in self._waiters:
                 self._waiters.remove(waiter)
+        if self.on_wait is not None:
+            self.on_wait(self.clock() - started)
+        return lease
 
-    async def _acquire_shared(self, shared: SharedState, model: str, tokens: float,
-                              exclude: Sequence[Controller]) -> Lease:
-        """Admission against the buckets in Redis (one round trip per controller tried), polling while full."""
-        started = self.clock()
-        deadline = started + self.queue.max_wait
-        queued = False
-        try:
-            while True:
-                now = self.clock()
-                lease, earliest = await self._take_shared(shared, model, tokens, exclude, now)
-                if lease is not None:
-                    if queued and self.on_wait is not None:
-                        self.on_wait(self.clock() - started)
-                    return lease
-                if math.isfinite(earliest) and now + earliest > deadline:
-                    raise self._full(model, earliest)
-                pause = min(earliest if math.isfinite(earliest) else 0.05, 0.25)
-                if now + pause > deadline:
-                    raise self._full(model, earliest)
-                if not queued:
-                    if self._shared_waiting >= self.queue.max_size:
-                        raise self._full(model, earliest, queue_full=True)
-                    queued = True
-                    self._shared_waiting += 1
-                await asyncio.sleep(pause)
-        finally:
-            if queued:
-                self._shared_waiting -= 1
-
-    async def _take_shared(self, shared: SharedState, model: str, tokens: float, exclude: Sequence[Controller],
-                           now: float) -> tuple[Optional[Lease], float]:
-        """Try the eligible controllers in the balancer's order; return a lease or the earliest wait."""
-        candidates = self._usable(model, exclude, now)
-        if not candidates:
-            return None, self._earliest(model, tokens, exclude, now)
-        earliest = math.inf
-        while candidates:
-            chosen = self.balancer.pick(candidates)
-            assert chosen is not None
-            candidates.remove(chosen)
-            taken = await shared.take(chosen, tokens)
-            if taken.ok:
-                chosen.state.in_flight += 1
-                return Lease(self, chosen, tokens, shared=True), 0.0
-            chosen.state.mirror(taken.reason, taken.wait, self.clock())
-            earliest = min(earliest, taken.wait)
-        return None, earliest
+    def _retry_in(self, model: str, exclude: Sequence[Controller]) -> float:
+        waits = [self.store.health(c, model).wait for c in self.serving(model) if c not in exclude]
+        finite = [w for w in waits if 0 < w < math.inf]
+        return min(finite) if finite else 1.0
 
     def _full(self, model: str, earliest: float, queue_full: bool = False) -> ApiError:
         retry = max(1, math.ceil(earliest)) if math.isfinite(earliest) else 1
@@ -227,52 +225,76 @@ class Scheduler:
                              f"retry after {retry}s.", code="rate_limit_exceeded",
                         headers={"Retry-After": str(retry)})
 
+    def _unavailable(self, model: str, earliest: float) -> ApiError:
+        headers = {"Retry-After": str(max(1, math.ceil(earliest)))} if math.isfinite(earliest) else {}
+        when = f"; the earliest is probed again in {max(1, math.ceil(earliest))}s" if headers else ""
+        return ApiError(503, f"Every controller for model {model!r} is failing or disabled{when}.",
+                        code="upstream_unavailable", headers=headers)
+
     def release(self, lease: Lease, used_tokens: Optional[float]) -> None:
         """End a lease and let waiting requests in."""
-        lease.controller.state.release(lease.reserved, used_tokens, self.clock())
-        if lease.shared and self.shared is not None:
-            headers = lease.headers
-            self.shared.settle(lease.controller, lease.reserved - used_tokens if used_tokens is not None else 0.0,
-                               lease.succeeded, headers.remaining_requests if headers else None,
-                               headers.remaining_tokens if headers else None)
+        rate = lease.rate
+        self.store.release(lease, used_tokens, rate, self.clock() - lease.rate_at if rate is not None else 0.0)
         if self._waiters:
-            self.pump()
+            self._kick()
 
     def pump(self) -> None:
-        """Admit waiting requests in arrival order while controllers have room."""
-        now = self.clock()
-        earliest = math.inf
-        for waiter in list(self._waiters):
-            if waiter.future.done():
-                self._waiters.remove(waiter)
-                continue
-            lease = self._admit(waiter.model, waiter.tokens, waiter.exclude, now)
-            if lease is not None:
-                self._waiters.remove(waiter)
-                waiter.future.set_result(lease)
+        """Look at the waiting requests again (after a reload changed the controllers)."""
+        if self._waiters:
+            self._kick()
+
+    def _kick(self) -> None:
+        if self._pump is None or self._pump.done():
+            self._pump = asyncio.get_running_loop().create_task(self._serve_waiters())
+        else:
+            self._wake.set()
+
+    async def _serve_waiters(self) -> None:
+        """Admit waiting requests in arrival order while controllers have room; sleep until one might."""
+        while self._waiters:
+            self._wake.clear()
+            earliest = math.inf
+            blocked: set[Controller] = set()
+            for waiter in list(self._waiters):
+                if waiter.future.done():
+                    with contextlib.suppress(ValueError):
+                        self._waiters.remove(waiter)
+                    continue
+                found: Lease | _Tried | ApiError
+                try:
+                    found = await self._try(waiter.model, waiter.tokens, waiter.exclude, blocked)
+                except ApiError as error:
+                    found = error
+                if waiter.future.done():  # the client left or the wait ran out meanwhile
+                    if isinstance(found, Lease):
+                        found.release(None)
+                    continue
+                if isinstance(found, Lease):
+                    self._waiters.remove(waiter)
+                    waiter.future.set_result(found)
+                elif isinstance(found, ApiError):
+                    self._waiters.remove(waiter)
+                    waiter.future.set_exception(found)
+                elif found.unavailable:
+                    self._waiters.remove(waiter)
+                    waiter.future.set_exception(self._unavailable(waiter.model, found.unavailable_wait))
+                else:
+                    earliest = min(earliest, found.wait)
+                if len(blocked) >= len(self.controllers):
+                    break  # every controller is spoken for by an earlier waiter
+            if not self._waiters:
+                return
+            poll = self.store.poll_interval
+            timeout = min(earliest, poll) if poll is not None else earliest
+            if math.isinf(timeout):
+                await self._wake.wait()
             else:
-                earliest = min(earliest, self._earliest(waiter.model, waiter.tokens, waiter.exclude, now))
-        if self._waiters and math.isfinite(earliest):
-            self._arm(now + earliest)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout + 0.001)
 
-    def _arm(self, when: float) -> None:
-        """Pump again at `when` (clock time), keeping only the earliest timer."""
-        if not math.isfinite(when) or (when >= self._timer_at and self._timer is not None):
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-        loop = asyncio.get_running_loop()
-        delay = max(0.0, when - self.clock()) + 0.001
-        self._timer_at = when
-        self._timer = loop.call_later(delay, self._on_timer)
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        self._timer_at = math.inf
-        self.pump()
-
-    def others_usable(self, controller: Controller) -> bool:
-        """Whether some other controller could still serve if `controller` were ejected."""
-        now = self.clock()
-        return any(c is not controller and c.state.status(now) == "ok" for c in self.controllers)
-
+    async def close(self) -> None:
+        """Stop serving the queue."""
+        if self._pump is not None:
+            self._pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pump

@@ -44,15 +44,16 @@ class TokenBucket:
             return 0.0
         return missing / self.rate if self.rate > 0 else float("inf")
 
-    def correct(self, remaining: Optional[float], limit: Optional[float], now: float) -> None:
-        """Believe the upstream: never more left than it says, and never a higher limit than it has."""
+    def correct(self, remaining: Optional[float], limit: Optional[float], age: float, now: float) -> None:
+        """Believe the upstream (rules R2): never a higher limit than it has, and never more left than it
+        said `age` seconds ago plus what has refilled since."""
         self.refill(now)
         if limit is not None and 0 < limit < self.capacity:
             self.rate = self.rate * limit / self.capacity
             self.capacity = limit
             self.level = min(self.level, limit)
-        if remaining is not None and remaining < self.level:
-            self.level = remaining
+        if remaining is not None:
+            self.level = min(self.level, remaining + max(0.0, age) * self.rate)
 
     def fraction(self, now: float) -> float:
         """Level over capacity, 0..1."""

@@ -1,281 +1,432 @@
-"""Rate-limit state shared by several instances in Redis: atomic Lua scripts on Redis's own clock.
+"""The Redis store: the rules of `rules.py` in Lua, shared by every instance of the gateway.
 
 Keys (P = redis_prefix, C = controller name; the braces keep one controller's keys in one cluster slot):
-  P:{C}:req, P:{C}:tok   hashes {level, ts}: the request and token buckets
-  P:{C}:inflight         hash instance -> requests in flight
-  P:{C}:cool             cooldown deadline (ms), expiring with it
-  P:{C}:off              hash {until, reason}: a disable
-  P:{C}:brk              hash {fails, ejections, until, probe}: the circuit breaker
+  P:{C}:req, P:{C}:tok   hashes {level, ts, cap, rate}: the request and token buckets
+  P:{C}:inflight         hash instance -> slots held;  P:{C}:seen: instance -> its last heartbeat
+  P:{C}:cool             the cooldown's deadline
+  P:{C}:off:<fp>         hash scope -> {until, why, forever}: disables of the credentials with fingerprint fp
+  P:{C}:brk              hash scope -> {fails, ej, until, probe}: the breaker of the controller (*) and models
   P:instances:<id>       heartbeat of one gateway instance
-Every key expires on its own.
+Every key expires on its own. This process keeps a mirror of what Redis last said about each controller
+(from every script's reply and a refresh with each heartbeat), for the decisions that must not wait on a
+round trip: which controllers to try, the `least_busy` and `capacity` pools, and readiness.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
-import os
-import socket
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional
 
-import hiredis
-
-from .redis_scripts import COOL, DISABLE, FAIL, SETTLE, TAKE
-from .redis_wire import Address, RespConnection, pack
+from .redis_link import HEARTBEAT_TTL_MS, RedisLink
+from .rules import FOREVER, Policy
+from .store import (
+    ADMITTED,
+    COOLING,
+    DISABLED,
+    EJECTED,
+    HEALTHY,
+    PROBING,
+    WHOLE,
+    Admission,
+    BucketView,
+    ControllerStore,
+    ControllerView,
+    Health,
+    Ticket,
+)
 
 if TYPE_CHECKING:
+    from ..config.controllers import Limits
     from ..controllers import Controller
+    from ..controllers.rate_headers import RateHeaders
 
-log = logging.getLogger("chatgpt_apiserver.shared")
+log = logging.getLogger("chatgpt_apiserver.state")
 
-HEARTBEAT_SECONDS = 2.0
-HEARTBEAT_TTL_MS = 10_000
-POOL_SIZE = 4
-
-# One queued script call: (script, keys, args, future for its reply or None).
-Call = tuple[Any, Sequence[Any], Sequence[Any], Optional["asyncio.Future[Any]"]]
-
-@dataclass(frozen=True)
-class Taken:
-    """The answer of the take script."""
-
-    ok: bool
-    wait: float  # seconds until it could succeed; inf when only a release can free a slot
-    reason: str
+NOW = b"-1"  # "use Redis's clock"
+POLL_SECONDS = 0.05
 
 
-@dataclass(frozen=True)
-class _Encoded:
-    limits: Any
-    take_keys: list[bytes]
-    settle_keys: list[bytes]
-    instance: bytes
-    requests: list[bytes]
-    tokens: list[bytes]
-    tail: list[bytes]
+@dataclass(slots=True)
+class MirroredBucket:
+    """A bucket as Redis last reported it."""
+
+    level: float
+    capacity: float
+    rate: float  # per second
+    at: float
+
+    def now(self, now: float) -> float:
+        """The level refilled to `now`."""
+        return min(self.capacity, self.level + max(0.0, now - self.at) * self.rate)
 
 
-class RedisUnavailable(Exception):
-    """Redis did not answer in time, or at all."""
+@dataclass
+class Mirror:
+    """What this process last learned about one controller from Redis."""
+
+    limits: Limits
+    keys: dict[str, bytes]
+    constants: tuple[bytes, ...]  # req_rate req_cap tok_rate tok_cap (per ms)
+    requests: Optional[MirroredBucket] = None
+    tokens: Optional[MirroredBucket] = None
+    in_flight: int = 0
+    held: int = 0
+    cooling_until: float = 0.0
+    disables: dict[str, tuple[float, str]] = field(default_factory=dict)  # scope -> (until, reason)
+    ejected: dict[str, float] = field(default_factory=dict)  # scope -> until
+    probing: dict[str, float] = field(default_factory=dict)  # scope -> until
+    dirty: set[str] = field(default_factory=set)  # scopes whose breaker may hold failures
 
 
-class SharedState:
-    """The Redis side of the scheduler. Every call is one round trip, bounded by `timeout`."""
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
-    def __init__(self, url: str, prefix: str, timeout: float, fallback: str,
-                 on_change: Callable[[bool, int], None]) -> None:
-        import redis.asyncio as aioredis
 
-        self.prefix = prefix
-        self.timeout = timeout
-        self.fallback = fallback
-        self.instance = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
-        self.available = True
-        self.instances = 1
-        self._on_change = on_change
-        # redis-py carries the control-plane calls (heartbeats, loading scripts); requests use _connection.
-        pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=POOL_SIZE, timeout=timeout,
-                                                        socket_timeout=timeout, socket_connect_timeout=timeout,
-                                                        retry_on_timeout=False, health_check_interval=0)
-        self._client = aioredis.Redis.from_pool(pool)  # the client owns the pool and closes it
-        self._take = self._client.register_script(TAKE)
-        self._settle = self._client.register_script(SETTLE)
-        self._cool = self._client.register_script(COOL)
-        self._disable = self._client.register_script(DISABLE)
-        self._fail = self._client.register_script(FAIL)
-        self._heartbeat: Optional[asyncio.Task[None]] = None
-        self._background: set[asyncio.Task[Any]] = set()
-        self._pending: list[Call] = []
-        self._address = Address.parse(url)
-        self._connection: Optional[RespConnection] = None
-        self._encoding: dict[str, _Encoded] = {}
-        self._flush_scheduled = False
+def _number(value: Any) -> Optional[float]:
+    text = _text(value)
+    return float(text) if text not in ("", "None") else None
 
-    def keys(self, name: str, *kinds: str) -> list[str]:
-        """The Redis keys of controller `name`."""
-        return [f"{self.prefix}:{{{name}}}:{kind}" for kind in kinds]
 
-    async def _run(self, script: Any, keys: Sequence[Any], args: Sequence[Any]) -> Any:
-        """One script call, sent in the same pipeline as every other call made in this turn of the loop."""
-        future = self._enqueue(script, keys, args, want_reply=True)
-        assert future is not None
-        return await future
+def _opt(value: Optional[float]) -> bytes:
+    return b"" if value is None else repr(float(value)).encode()
 
-    def _enqueue(self, script: Any, keys: Sequence[Any], args: Sequence[Any],
-                 want_reply: bool) -> Optional[asyncio.Future[Any]]:
-        loop = asyncio.get_running_loop()
-        future = loop.create_future() if want_reply else None
-        self._pending.append((script, keys, args, future))
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            loop.call_soon(self._flush)
-        return future
 
-    def _flush(self) -> None:
-        batch, self._pending = self._pending, []
-        self._flush_scheduled = False
-        task = asyncio.get_running_loop().create_task(self._send(batch))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+class RedisStore(ControllerStore):
+    """Controller state in Redis (see the module docstring)."""
 
-    async def _send(self, batch: list[Call]) -> None:
-        """Run a batch of script calls in one round trip (EVALSHA each; scripts are loaded at start)."""
-        try:
-            async with asyncio.timeout(self.timeout):
-                replies = await self._pipeline(batch)
-            missing = [i for i, reply in enumerate(replies)
-                       if isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT")]
-            if missing:  # Redis restarted and forgot the scripts: load them and run those calls again
-                async with asyncio.timeout(self.timeout * 2):
-                    await self._load_scripts()
-                    again = await self._pipeline([batch[i] for i in missing])
-                for index, reply in zip(missing, again, strict=True):
-                    replies[index] = reply
-        except Exception as error:  # any client, connection or timeout error means Redis is away
-            self._went_down(error)
-            for *_, future in batch:
-                if future is not None and not future.done():
-                    future.set_exception(RedisUnavailable(type(error).__name__))
-            return
-        for (*_, future), reply in zip(batch, replies, strict=True):
-            if future is None or future.done():
-                continue
-            if isinstance(reply, Exception):
-                future.set_exception(RedisUnavailable(str(reply)))
-            else:
-                future.set_result(reply)
+    poll_interval = POLL_SECONDS
 
-    async def _pipeline(self, batch: Sequence[Call]) -> list[Any]:
-        """Write every call of the batch at once on the dedicated connection; replies come back in order."""
-        connection = self._connection
-        if connection is None or connection.closed:
-            connection = self._connection = await RespConnection.open(self._address)
-        commands = [pack(b"EVALSHA", script.sha, len(keys), *keys, *args) for script, keys, args, _f in batch]
-        return list(await asyncio.gather(*connection.send(commands)))
+    def __init__(self, link: RedisLink, clock: Callable[[], float] = time.monotonic,
+                 redis_clock: Optional[Callable[[], float]] = None) -> None:
+        self.link = link
+        self.clock = clock
+        self.redis_clock = redis_clock  # tests: a time in seconds passed to every script instead of TIME
+        self.policy = Policy()
+        self.mirrors: dict[str, Mirror] = {}
+        self.controllers: list[Controller] = []
+        self.link.on_beat = self.beat
 
-    async def _load_scripts(self) -> None:
-        for script in (self._take, self._settle, self._cool, self._disable, self._fail):
-            script.sha = await self._client.script_load(script.script)
+    @property
+    def available(self) -> bool:
+        """Whether Redis answers."""
+        return self.link.available
 
-    def _went_down(self, error: BaseException) -> None:
-        if self.available:
-            self.available = False
-            what = (f"falling back to local buckets at 1/{self.instances} of each limit"
-                    if self.fallback == "local" else "refusing requests with 503")
-            log.error("Redis is unreachable (%s); %s until it returns", type(error).__name__, what)
-            self._on_change(False, self.instances)
+    def _now(self) -> bytes:
+        return NOW if self.redis_clock is None else b"%d" % round(self.redis_clock() * 1000)
 
-    async def start(self) -> None:
-        """Load the scripts, announce this instance and keep its heartbeat (and the instance count) fresh."""
-        try:
-            await asyncio.wait_for(self._load_scripts(), self.timeout * 10)
-        except Exception as error:  # start in fallback; the heartbeat notices when Redis is back
-            self._went_down(error)
-        await self._beat()
-        self._heartbeat = asyncio.get_running_loop().create_task(self._beat_forever())
+    def configure(self, controllers: Sequence[Controller], policy: Policy) -> None:
+        self.policy = policy
+        self.controllers = list(controllers)
+        mirrors = {}
+        for controller in controllers:
+            mirror = self.mirrors.get(controller.name)
+            if mirror is None or mirror.limits != controller.spec.limits or \
+                    mirror.keys["off"] != self.link.key(controller.name, "off:" + controller.fingerprint):
+                fresh = self._mirror(controller)
+                if mirror is not None:
+                    fresh.held, fresh.in_flight = mirror.held, mirror.in_flight
+                mirror = fresh
+            mirrors[controller.name] = mirror
+        for name, mirror in self.mirrors.items():
+            if name not in mirrors and mirror.held:
+                mirrors[name] = mirror  # removed, still finishing its requests
+        self.mirrors = mirrors
 
-    async def close(self) -> None:
-        """Stop the heartbeat and drop this instance's key."""
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-        for task in list(self._background):
-            task.cancel()
-        with contextlib.suppress(Exception):  # best effort on the way out
-            await asyncio.wait_for(self._client.delete(f"{self.prefix}:instances:{self.instance}"), self.timeout)
-        if self._connection is not None:
-            self._connection.close()
-        await self._client.aclose()
-
-    async def _beat(self) -> None:
-        try:
-            await asyncio.wait_for(self._client.set(f"{self.prefix}:instances:{self.instance}", 1,
-                                                    px=HEARTBEAT_TTL_MS), self.timeout)
-            count = 0
-            async for _key in self._client.scan_iter(match=f"{self.prefix}:instances:*", count=1000):
-                count += 1
-        except Exception as error:
-            self._went_down(error)
-            return
-        self.instances = max(1, count)
-        if not self.available:
-            self.available = True
-            log.warning("Redis is reachable again; shared rate-limit state resumes (%d instance(s))",
-                        self.instances)
-            self._on_change(True, self.instances)
-
-    async def _beat_forever(self) -> None:
-        while True:
-            await asyncio.sleep(HEARTBEAT_SECONDS if self.available else 0.5)
-            await self._beat()
-
-    def _encoded(self, controller: Controller) -> _Encoded:
-        """Keys and constant arguments of one controller's scripts, encoded once (packing is the hot cost)."""
-        cached = self._encoding.get(controller.name)
-        if cached is not None and cached.limits is controller.spec.limits:
-            return cached
+    def _mirror(self, controller: Controller) -> Mirror:
         limits = controller.spec.limits
+        keys = {kind: self.link.key(controller.name, kind)
+                for kind in ("req", "tok", "inflight", "seen", "cool", "brk")}
+        keys["off"] = self.link.key(controller.name, "off:" + controller.fingerprint)
+        constants = (repr((limits.rpm or 0) / 60_000).encode(), repr(float(limits.request_burst or limits.rpm or 0))
+                     .encode(), repr((limits.tpm or 0) / 60_000).encode(),
+                     repr(float(limits.token_burst or limits.tpm or 0)).encode())
+        return Mirror(limits, keys, constants)
 
-        def enc(*values: Any) -> list[bytes]:
-            return [str(value).encode() for value in values]
+    def mirror(self, controller: Controller) -> Mirror:
+        """The mirror of `controller` (made on first use)."""
+        found = self.mirrors.get(controller.name)
+        if found is None:
+            found = self.mirrors[controller.name] = self._mirror(controller)
+        return found
 
-        encoded = _Encoded(
-            limits=limits,
-            take_keys=enc(*self.keys(controller.name, "req", "tok", "inflight", "cool", "off", "brk")),
-            settle_keys=enc(*self.keys(controller.name, "req", "tok", "inflight", "brk")),
-            instance=self.instance.encode(),
-            requests=enc((limits.rpm or 0) / 60_000, limits.request_burst or limits.rpm or 0),
-            tokens=enc((limits.tpm or 0) / 60_000, limits.token_burst or limits.tpm or 0),
-            tail=enc(limits.max_concurrency or 0, int(1000 * max(5.0, controller.state.breaker.base_ejection))),
-        )
-        self._encoding[controller.name] = encoded
-        return encoded
+    def _all_keys(self, m: Mirror) -> tuple[bytes, ...]:
+        k = m.keys
+        return k["req"], k["tok"], k["inflight"], k["seen"], k["cool"], k["off"], k["brk"]
 
-    async def take(self, controller: Controller, tokens: float) -> Taken:
-        """Check and take one request and `tokens` for `controller`, atomically."""
-        e = self._encoded(controller)
-        reply = await self._run(self._take, e.take_keys,
-                                (e.instance, *e.requests, *e.tokens, b"%d" % math.ceil(tokens), *e.tail))
-        ok, wait_ms, reason = int(reply[0]), int(reply[1]), reply[2]
-        reason = reason.decode() if isinstance(reason, bytes) else str(reason)
-        return Taken(bool(ok), math.inf if wait_ms < 0 else wait_ms / 1000, reason)
+    # --- admission ---------------------------------------------------------------------------------
 
-    def settle(self, controller: Controller, token_delta: float, succeeded: bool,
-               remaining_requests: Optional[float], remaining_tokens: Optional[float]) -> None:
-        """Give back the slot and settle tokens, in the background: the client's answer never waits on it."""
-        e = self._encoded(controller)
-        args = (e.instance, b"%r" % token_delta, *e.tokens, b"1" if succeeded else b"0",
-                b"-1" if remaining_requests is None else b"%r" % remaining_requests,
-                b"-1" if remaining_tokens is None else b"%r" % remaining_tokens, *e.requests)
-        self._spawn(self._settle, e.settle_keys, args)
+    async def admit(self, controller: Controller, model: str, tokens: float) -> Admission:
+        m = self.mirror(controller)
+        policy = self.policy
+        reply = await self.link.call("take", self._all_keys(m), (
+            self._now(), self.link.instance, model, *m.constants, _opt(tokens),
+            b"%d" % (m.limits.max_concurrency or 0), b"%d" % round(policy.probe_timeout * 1000),
+            b"%d" % round(policy.heartbeat_ttl * 1000)))
+        ok, wait_ms, reason, probe, why, req, tok, total, fails, scope = reply
+        now = self.clock()
+        self._learn_levels(m, _number(req), _number(tok), now)
+        if int(total) >= 0:
+            m.in_flight = int(total)
+        reason, scope = _text(reason), _text(scope)
+        if int(fails) > 0:
+            m.dirty.add(model)
+        if int(ok):
+            m.held += 1
+            m.cooling_until = 0.0
+            for each in (WHOLE, model):
+                m.ejected.pop(each, None)
+                m.disables.pop(each, None)
+                m.probing.pop(each, None)
+            if int(probe):
+                m.dirty.update((WHOLE, model))
+                return Admission(True, probe=True)
+            return ADMITTED
+        wait = math.inf if int(float(wait_ms)) < 0 else float(wait_ms) / 1000
+        until = now + wait
+        if reason == COOLING:
+            m.cooling_until = until
+        elif reason == DISABLED:
+            m.disables[scope] = (until, _text(why))
+        elif reason == EJECTED:
+            m.ejected[scope] = until
+            m.dirty.add(scope)
+        elif reason == PROBING:
+            m.probing[scope] = until
+        return Admission(False, wait, reason)
 
-    def cool(self, controller: Controller, seconds: float) -> None:
-        """Share a cooldown with every instance."""
-        self._spawn(self._cool, self.keys(controller.name, "cool"), (seconds,))
+    def _learn_levels(self, m: Mirror, requests: Optional[float], tokens: Optional[float], now: float) -> None:
+        limits = m.limits
+        if requests is not None and limits.rpm:
+            m.requests = MirroredBucket(requests, (limits.request_burst or limits.rpm), limits.rpm / 60, now)
+        if tokens is not None and limits.tpm:
+            m.tokens = MirroredBucket(tokens, (limits.token_burst or limits.tpm), limits.tpm / 60, now)
 
-    def disable(self, controller: Controller, seconds: float, reason: str) -> None:
-        """Share a disable (inf: until a reload) with every instance."""
-        self._spawn(self._disable, self.keys(controller.name, "off"),
-                    (-1 if math.isinf(seconds) else seconds, reason))
+    def release(self, ticket: Ticket, used_tokens: Optional[float], rate: Optional[RateHeaders],
+                rate_age: float) -> None:
+        m = self.mirrors.get(ticket.controller.name)
+        if m is None:
+            return
+        m.held = max(0, m.held - 1)
+        m.in_flight = max(0, m.in_flight - 1)
+        delta = ticket.reserved - used_tokens if used_tokens is not None else None
+        if delta is not None and m.tokens is not None:
+            now = self.clock()
+            m.tokens.level, m.tokens.at = min(m.tokens.capacity, m.tokens.now(now) + delta), now
+        if ticket.probe:
+            for scope in (WHOLE, ticket.model):
+                m.probing.pop(scope, None)
+        r = rate
+        self.link.send("settle", (m.keys["req"], m.keys["tok"], m.keys["inflight"], m.keys["seen"], m.keys["brk"]), (
+            self._now(), self.link.instance, ticket.model, _opt(delta), *m.constants,
+            _opt(r.remaining_requests if r else None), _opt(r.remaining_tokens if r else None),
+            _opt(r.limit_requests if r else None), _opt(r.limit_tokens if r else None),
+            b"%d" % round(max(0.0, rate_age) * 1000), b"1" if ticket.probe else b"0"))
 
-    def fail(self, controller: Controller, may_eject: bool) -> None:
-        """Count a failure in the shared circuit breaker."""
-        policy = controller.state.breaker
-        self._spawn(self._fail, self.keys(controller.name, "brk"), (
-            policy.failures, "1" if may_eject else "0", int(policy.base_ejection * 1000),
-            int(policy.max_ejection * 1000)))
+    # --- outcomes ----------------------------------------------------------------------------------
 
-    async def clear_disable(self, controller: Controller) -> None:
-        """A reload fixed the key: lift a shared disable."""
-        try:
-            await asyncio.wait_for(self._client.delete(*self.keys(controller.name, "off")), self.timeout)
-        except Exception as error:
-            self._went_down(error)
+    def succeeded(self, controller: Controller, model: str) -> None:
+        m = self.mirror(controller)
+        if model in m.dirty or WHOLE in m.dirty:
+            m.dirty.discard(model)
+            m.dirty.discard(WHOLE)
+            for scope in (WHOLE, model):
+                m.ejected.pop(scope, None)
+                m.probing.pop(scope, None)
+            self.link.send("reset", (m.keys["brk"],), (self._now(), model), self._recovered(controller, model))
 
-    def _spawn(self, script: Any, keys: Sequence[Any], args: Sequence[Any]) -> None:
-        """A call whose answer nobody waits for (settling, cooldowns): it rides along in the next batch."""
-        if self.available:
-            self._enqueue(script, keys, args, want_reply=False)
+    def _recovered(self, controller: Controller, model: str) -> Callable[[Any], None]:
+        def note(ejections: Any) -> None:
+            if int(ejections):
+                log.info("controller %s recovered for model %s after %d ejection(s)", controller.name, model,
+                         int(ejections))
+        return note
+
+    def failed(self, controller: Controller, model: str, whole: bool, may_eject: bool) -> float:
+        m = self.mirror(controller)
+        scope = WHOLE if whole else model
+        m.dirty.add(scope)
+        policy = self.policy
+
+        def ejected(reply: Any) -> None:
+            duration = float(_text(reply[0])) / 1000
+            if duration > 0:
+                m.ejected[scope] = self.clock() + duration
+                log.warning("controller %s%s ejected for %gs after %d consecutive failures", controller.name,
+                            "" if whole else f" (model {model})", duration, int(reply[1]))
+
+        self.link.send("fail", (m.keys["brk"],), (
+            self._now(), scope, b"%d" % policy.breaker_failures, b"1" if may_eject else b"0",
+            b"%d" % round(policy.base_ejection * 1000), b"%d" % round(policy.max_ejection * 1000)), ejected)
+        return 0.0
+
+    def rate_limited(self, controller: Controller, seconds: float) -> None:
+        m = self.mirror(controller)
+        now = self.clock()
+        if now + seconds > m.cooling_until:
+            m.cooling_until = now + seconds
+            log.warning("controller %s cooling down for %.1fs after a 429", controller.name, seconds)
+        if m.requests is not None:
+            m.requests.level, m.requests.at = min(m.requests.now(now), 0.0), now
+        self.link.send("cool", (m.keys["cool"], m.keys["req"]), (self._now(), _opt(seconds), *m.constants[:2]))
+
+    def disable(self, controller: Controller, model: str, seconds: float, reason: str) -> None:
+        m = self.mirror(controller)
+        until = self.clock() + seconds
+        current = m.disables.get(model)
+        if current is None or until > current[0]:
+            m.disables[model] = (until, reason)
+            how_long = "until the config is reloaded" if seconds == FOREVER else f"for {seconds:.0f}s"
+            what = "" if model == WHOLE else f" for model {model}"
+            log.error("controller %s disabled%s %s: %s", controller.name, what, how_long, reason)
+        self.link.send("disable", (m.keys["off"],), (
+            self._now(), model, b"-1" if math.isinf(seconds) else _opt(seconds), reason))
+
+    def clear_disables(self, controller: Controller) -> None:
+        m = self.mirror(controller)
+        for scope, (until, _reason) in list(m.disables.items()):
+            if math.isinf(until):
+                del m.disables[scope]
+        self.link.send("clear", (m.keys["off"],), (self._now(),))
+
+    # --- what this process knows -------------------------------------------------------------------
+
+    def health(self, controller: Controller, model: str) -> Health:
+        m = self.mirrors.get(controller.name)
+        if m is None:
+            return HEALTHY
+        now = self.clock()
+        for scope in (WHOLE, model):
+            disable = m.disables.get(scope)
+            if disable is not None and disable[0] > now:
+                return Health(DISABLED, disable[0] - now, disable[1])
+        if m.cooling_until > now:
+            return Health(COOLING, m.cooling_until - now)
+        for scope in (WHOLE, model):
+            until = m.ejected.get(scope, 0.0)
+            if until > now:
+                return Health(EJECTED, until - now)
+        for scope in (WHOLE, model):
+            until = m.probing.get(scope, 0.0)
+            if until > now:
+                return Health(PROBING, until - now)
+        return HEALTHY
+
+    def in_flight(self, controller: Controller) -> int:
+        m = self.mirrors.get(controller.name)
+        return m.in_flight if m is not None else 0
+
+    def held(self, controller: Controller) -> int:
+        m = self.mirrors.get(controller.name)
+        return m.held if m is not None else 0
+
+    def headroom(self, controller: Controller) -> float:
+        m = self.mirror(controller)
+        now = self.clock()
+        fractions = [1.0]
+        for bucket in (m.requests, m.tokens):
+            if bucket is not None and bucket.capacity:
+                fractions.append(max(0.0, bucket.now(now)) / bucket.capacity)
+        if m.limits.max_concurrency:
+            fractions.append(max(0.0, 1 - m.in_flight / m.limits.max_concurrency))
+        return min(fractions)
+
+    def levels(self, controller: Controller) -> tuple[Optional[float], Optional[float]]:
+        """The last known request and token bucket levels, refilled to now (None: unknown or unlimited)."""
+        m = self.mirror(controller)
+        now = self.clock()
+        return (m.requests.now(now) if m.requests else None, m.tokens.now(now) if m.tokens else None)
+
+    # --- reading Redis -----------------------------------------------------------------------------
+
+    async def views(self, controllers: Sequence[Controller]) -> dict[str, ControllerView]:
+        mirrors = [self.mirror(controller) for controller in controllers]
+        replies = await asyncio.gather(*(self.link.call("view", self._all_keys(m), (
+            self._now(), *m.constants, b"%d" % HEARTBEAT_TTL_MS)) for m in mirrors))
+        now = self.clock()
+        return {controller.name: self._view(m, reply, now)
+                for controller, m, reply in zip(controllers, mirrors, replies, strict=True)}
+
+    def _view(self, m: Mirror, reply: Any, now: float) -> ControllerView:
+        view = ControllerView(in_flight=int(reply[6]))
+        m.in_flight = view.in_flight
+        for index, label in ((0, "requests"), (3, "tokens")):
+            level = _number(reply[index])
+            if level is not None:
+                capacity, rate = float(_text(reply[index + 1])), float(_text(reply[index + 2])) * 1000
+                view.buckets[label] = BucketView(level, capacity, rate * 60)
+                bucket = MirroredBucket(level, capacity, rate, now)
+                if label == "requests":
+                    m.requests = bucket
+                else:
+                    m.tokens = bucket
+        cooling = float(_text(reply[7])) / 1000
+        m.cooling_until = now + cooling if cooling > 0 else 0.0
+        off = _pairs(reply[8])
+        m.disables.clear()
+        for scope in {name.rsplit(":", 1)[0] for name in off}:
+            left = float(off.get(f"{scope}:until", "0")) / 1000
+            if left > 0:
+                forever = off.get(f"{scope}:forever") == "1"
+                m.disables[scope] = (math.inf if forever else now + left, off.get(f"{scope}:why", ""))
+        brk = _pairs(reply[9])
+        m.ejected.clear()
+        for scope in {name.rsplit(":", 1)[0] for name in brk}:
+            fails = int(float(brk.get(f"{scope}:fails", "0")))
+            left = float(brk.get(f"{scope}:until", "0")) / 1000
+            if fails:
+                m.dirty.add(scope)
+                view.consecutive_failures = max(view.consecutive_failures, fails)
+            if left > 0:
+                m.ejected[scope] = now + left
+                if scope != WHOLE:
+                    view.ejected_models[scope] = left
+        health = self.health_of(m, now)
+        view.status, view.wait, view.disabled_reason = health.status, health.wait, health.reason
+        for scope, (until, reason) in m.disables.items():
+            if scope != WHOLE and until > now:
+                view.disabled_models[scope] = reason
+        return view
+
+    def health_of(self, m: Mirror, now: float) -> Health:
+        """The health of the whole controller (every model) from the mirror."""
+        disable = m.disables.get(WHOLE)
+        if disable is not None and disable[0] > now:
+            return Health(DISABLED, disable[0] - now, disable[1])
+        if m.cooling_until > now:
+            return Health(COOLING, m.cooling_until - now)
+        if m.ejected.get(WHOLE, 0.0) > now:
+            return Health(EJECTED, m.ejected[WHOLE] - now)
+        return HEALTHY
+
+    async def beat(self) -> None:
+        """With each heartbeat: keep this instance's slots alive and refresh the mirrors."""
+        for m in list(self.mirrors.values()):
+            if m.held:
+                self.link.send("beat", (m.keys["inflight"], m.keys["seen"]), (self._now(), self.link.instance, b"-1"))
+        if self.controllers:
+            try:
+                await self.views(self.controllers)
+            except Exception as error:
+                log.debug("refreshing the Redis mirror failed: %s", type(error).__name__)
+
+    def resume(self, controllers: Sequence[Controller], levels: dict[str, tuple[Optional[float], Optional[float]]]
+               ) -> None:
+        """Redis is back: restore this instance's slot counts and carry the levels over (never raising one)."""
+        for controller in controllers:
+            m = self.mirror(controller)
+            self.link.send("beat", (m.keys["inflight"], m.keys["seen"]),
+                           (self._now(), self.link.instance, b"%d" % m.held))
+            requests, tokens = levels.get(controller.name, (None, None))
+            self.link.send("seed", (m.keys["req"], m.keys["tok"]), (
+                self._now(), m.constants[0], m.constants[1], _opt(requests), m.constants[2], m.constants[3],
+                _opt(tokens)))
+
+
+def _pairs(flat: Any) -> dict[str, str]:
+    items = [_text(item) for item in flat]
+    return dict(zip(items[::2], items[1::2], strict=True))

@@ -333,11 +333,11 @@ class Pool:
                 server_hostname=self.host if self.ssl else None), self.connect_timeout)
         except TimeoutError:
             self._closed_one()
-            raise UpstreamError("timeout", "timed out connecting to the upstream") from None
+            raise UpstreamError("timeout", "timed out connecting to the upstream", connecting=True) from None
         except OSError as error:
             self._closed_one()
             reason = error.strerror or type(error).__name__
-            raise UpstreamError("connection", f"cannot connect to the upstream ({reason})") from None
+            raise UpstreamError("connection", f"cannot connect to the upstream ({reason})", connecting=True) from None
         except BaseException:
             self._closed_one()
             raise

@@ -7,12 +7,17 @@ from collections.abc import Mapping
 
 
 class UpstreamError(Exception):
-    """An attempt that failed before a usable reply: `kind` is connection, timeout or protocol."""
+    """An attempt that failed before a usable reply: `kind` is connection, timeout or protocol.
 
-    def __init__(self, kind: str, message: str) -> None:
+    `connecting`: it failed while connecting (refused, DNS, TLS, connect timeout), so the whole
+    controller is unreachable, not just one model on it.
+    """
+
+    def __init__(self, kind: str, message: str, *, connecting: bool = False) -> None:
         super().__init__(message)
         self.kind = kind
         self.message = message
+        self.connecting = connecting
 
 
 class Reply(ABC):

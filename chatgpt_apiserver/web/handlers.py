@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
@@ -24,6 +25,7 @@ from ..gateway import Gateway
 from ..relay.attempts import client_error_body, open_answer, relayed_headers
 from ..relay.rewrite import client_wants_usage
 from ..relay.streams import relay_stream
+from ..state import StoreUnavailable
 from .schemas import parse_chat_request
 
 log = logging.getLogger("chatgpt_apiserver.handlers")
@@ -292,9 +294,10 @@ class AdminControllersHandler(BaseHandler):
     access = "admin"
     route = "admin"
 
-    def get(self) -> None:
-        self.write_json({"controllers": self.gateway.describe(), "queue_length": self.gateway.scheduler.queue_length,
-                         "in_flight": self.gateway.in_flight, "draining": self.gateway.draining})
+    async def get(self) -> None:
+        gateway = self.gateway
+        self.write_json({"controllers": await gateway.describe(), "queue_length": gateway.scheduler.queue_length,
+                         "in_flight": gateway.in_flight, "draining": gateway.draining})
 
 
 class MetricsHandler(BaseHandler):
@@ -303,7 +306,9 @@ class MetricsHandler(BaseHandler):
     access = "admin"
     route = "metrics"
 
-    def get(self) -> None:
+    async def get(self) -> None:
+        with contextlib.suppress(StoreUnavailable):  # the metrics then show the views last read
+            await self.gateway.refresh_views()
         self.set_header("Content-Type", CONTENT_TYPE_LATEST)
         self.finish(self.gateway.metrics.render())
 

@@ -1,0 +1,195 @@
+"""The Redis connection behind the Redis store: pipelined script calls, heartbeats, and up/down transitions.
+
+Hot-path script calls go out on one dedicated connection, parsed by hiredis; the calls made in one turn
+of the event loop travel in one pipeline. redis-py carries the control plane (loading scripts,
+heartbeats, counting instances). No call waits longer than `timeout`: past it Redis counts as down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Optional
+
+import hiredis
+
+from .redis_scripts import SCRIPTS
+from .redis_wire import Address, RespConnection, pack
+from .store import StoreUnavailable
+
+log = logging.getLogger("chatgpt_apiserver.state")
+
+HEARTBEAT_SECONDS = 2.0
+HEARTBEAT_TTL_MS = 10_000
+POOL_SIZE = 4
+
+Reply = Callable[[Any], None]
+# One queued script call: (script name, keys, args, future for its reply or None, callback or None).
+Queued = tuple[str, Sequence[Any], Sequence[Any], Optional["asyncio.Future[Any]"], Optional[Reply]]
+
+
+class RedisLink:
+    """Script calls to one Redis, batched per loop turn; tells its owner when Redis goes and comes back."""
+
+    def __init__(self, url: str, prefix: str, timeout: float) -> None:
+        import redis.asyncio as aioredis
+
+        self.prefix = prefix
+        self.timeout = timeout
+        self.instance = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
+        self.available = True
+        self.instances = 1
+        self.on_change: Callable[[bool, int], None] = lambda up, n: None
+        self.on_beat: Callable[[], Awaitable[None]] = _nothing
+        pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=POOL_SIZE, timeout=timeout,
+                                                        socket_timeout=timeout, socket_connect_timeout=timeout,
+                                                        retry_on_timeout=False, health_check_interval=0)
+        self._client = aioredis.Redis.from_pool(pool)  # the client owns the pool and closes it
+        self._scripts = {name: self._client.register_script(text) for name, text in SCRIPTS.items()}
+        self._shas = {name: script.sha.encode() for name, script in self._scripts.items()}
+        self._heartbeat: Optional[asyncio.Task[None]] = None
+        self._background: set[asyncio.Task[Any]] = set()
+        self._pending: list[Queued] = []
+        self._address = Address.parse(url)
+        self._connection: Optional[RespConnection] = None
+        self._opening = asyncio.Lock()
+        self._flush_scheduled = False
+
+    def key(self, name: str, kind: str) -> bytes:
+        """The Redis key of one part of controller `name`'s state."""
+        return f"{self.prefix}:{{{name}}}:{kind}".encode()
+
+    async def call(self, script: str, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        """One script call and its reply; raises StoreUnavailable when Redis does not answer in time."""
+        if not self.available:
+            raise StoreUnavailable("Redis is unreachable")
+        future = asyncio.get_running_loop().create_future()
+        self._enqueue((script, keys, args, future, None))
+        return await future
+
+    def send(self, script: str, keys: Sequence[Any], args: Sequence[Any], on_reply: Optional[Reply] = None) -> None:
+        """A call nobody waits for (settling, outcomes); it rides along in the next batch."""
+        if self.available:
+            self._enqueue((script, keys, args, None, on_reply))
+
+    def _enqueue(self, call: Queued) -> None:
+        self._pending.append(call)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        batch, self._pending = self._pending, []
+        self._flush_scheduled = False
+        self._spawn(self._send(batch))
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _send(self, batch: list[Queued]) -> None:
+        """Run a batch of script calls in one round trip (EVALSHA each; scripts are loaded at start)."""
+        try:
+            async with asyncio.timeout(self.timeout):
+                replies = await self._pipeline(batch)
+            missing = [i for i, reply in enumerate(replies)
+                       if isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT")]
+            if missing:  # Redis restarted and forgot the scripts: load them and run those calls again
+                async with asyncio.timeout(self.timeout * 2):
+                    await self._load_scripts()
+                    again = await self._pipeline([batch[i] for i in missing])
+                for index, reply in zip(missing, again, strict=True):
+                    replies[index] = reply
+        except Exception as error:  # any client, connection or timeout error means Redis is away
+            self.went_down(error)
+            for _script, _keys, _args, future, _callback in batch:
+                if future is not None and not future.done():
+                    future.set_exception(StoreUnavailable(type(error).__name__))
+            return
+        for (_script, _keys, _args, future, callback), reply in zip(batch, replies, strict=True):
+            if isinstance(reply, Exception):
+                log.error("a Redis script failed: %s", reply)
+                if future is not None and not future.done():
+                    future.set_exception(StoreUnavailable(str(reply)))
+            elif future is not None:
+                if not future.done():
+                    future.set_result(reply)
+            elif callback is not None:
+                callback(reply)
+
+    async def _pipeline(self, batch: Sequence[Queued]) -> list[Any]:
+        """Write every call of the batch at once on the dedicated connection; replies come back in order."""
+        connection = self._connection
+        if connection is None or connection.closed:
+            async with self._opening:  # one connection, so batches keep their order
+                connection = self._connection
+                if connection is None or connection.closed:
+                    connection = self._connection = await RespConnection.open(self._address)
+        commands = [pack(b"EVALSHA", self._shas[script], len(keys), *keys, *args)
+                    for script, keys, args, _f, _c in batch]
+        return list(await asyncio.gather(*connection.send(commands)))
+
+    async def _load_scripts(self) -> None:
+        for name, script in self._scripts.items():
+            sha = await self._client.script_load(script.script)
+            self._shas[name] = sha.encode() if isinstance(sha, str) else sha
+
+    def went_down(self, error: BaseException) -> None:
+        """Note that Redis stopped answering (logged once per transition)."""
+        if self.available:
+            self.available = False
+            log.error("Redis is unreachable (%s)", type(error).__name__)
+            self.on_change(False, self.instances)
+
+    async def start(self) -> None:
+        """Load the scripts, announce this instance and keep its heartbeat (and the instance count) fresh."""
+        try:
+            await asyncio.wait_for(self._load_scripts(), self.timeout * 10)
+        except Exception as error:  # start in fallback; the heartbeat notices when Redis is back
+            self.went_down(error)
+        await self._beat()
+        self._heartbeat = asyncio.get_running_loop().create_task(self._beat_forever())
+
+    async def close(self) -> None:
+        """Stop the heartbeat and drop this instance's key."""
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+        for task in list(self._background):
+            task.cancel()
+        with contextlib.suppress(Exception):  # best effort on the way out
+            await asyncio.wait_for(self._client.delete(f"{self.prefix}:instances:{self.instance}"), self.timeout)
+        if self._connection is not None:
+            self._connection.close()
+        await self._client.aclose()
+
+    async def _beat(self) -> None:
+        try:
+            await asyncio.wait_for(self._client.set(f"{self.prefix}:instances:{self.instance}", 1,
+                                                    px=HEARTBEAT_TTL_MS), self.timeout)
+            count = 0
+            async for _key in self._client.scan_iter(match=f"{self.prefix}:instances:*", count=1000):
+                count += 1
+        except Exception as error:
+            self.went_down(error)
+            return
+        self.instances = max(1, count)
+        if not self.available:
+            self.available = True
+            log.warning("Redis is reachable again; shared controller state resumes (%d instance(s))",
+                        self.instances)
+            self.on_change(True, self.instances)
+        await self.on_beat()
+
+    async def _beat_forever(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_SECONDS if self.available else 0.5)
+            await self._beat()
+
+
+async def _nothing() -> None:
+    return None
