@@ -181,6 +181,10 @@ class ModelsHandler(RequestHandler):
     def get(self) -> None:
         self.fake.requests.append(Seen(self.request.path, dict(self.request.headers), b""))
         self.set_header("Content-Type", "application/json")
+        if self.fake.models_status != 200:
+            self.set_status(self.fake.models_status)
+            self.finish(b'{"error": {"message": "models are unavailable", "type": "server_error"}}')
+            return
         self.finish(orjson.dumps({"object": "list", "data": [
             {"id": name, "object": "model", "created": 0, "owned_by": "fake"} for name in self.fake.model_ids]}))
 
@@ -196,6 +200,7 @@ class FakeUpstream:
         self.default = Cue()
         self.model_cues: dict[str, Cue] = {}  # how requests for these models are always answered
         self.valid_keys: Optional[set[str]] = None  # when set, other keys get 401
+        self.models_status = 200  # what GET /v1/models answers
         self.connections_closed_early = 0
         self.port = 0
         # Rate limit enforced like OpenAI does: a token bucket of `rpm` with `burst`, 429 beyond it.
@@ -251,6 +256,10 @@ class FakeUpstream:
     @property
     def chat_requests(self) -> list[Seen]:
         return [seen for seen in self.requests if seen.path.endswith("/chat/completions")]
+
+    @property
+    def model_requests(self) -> list[Seen]:
+        return [seen for seen in self.requests if seen.path.endswith("/models")]
 
     def start(self, ssl_context: Optional[ssl.SSLContext] = None) -> None:
         app = Application([

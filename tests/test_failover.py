@@ -93,12 +93,15 @@ def test_attempts_are_bounded(stack: Stack) -> None:
     assert sum(len(f.chat_requests) for f in fakes) == 2
 
 
-def test_timeouts_everywhere_give_504(stack: Stack) -> None:
+@pytest.mark.parametrize("stream", [False, True])
+def test_timeouts_everywhere_give_504(stack: Stack, stream: bool) -> None:
     a = stack.fake("a")
     a.default = Cue(mode="stall")
-    stack.gateway({"controllers": [openai_controller(a)]}, "--first-byte-timeout", "0.3")
-    status, _, body = stack.request("POST", "/v1/chat/completions", BODY)
-    assert status == 504
+    # A stream's headers are bounded by first_byte_timeout; a non-streamed answer by request_timeout.
+    stack.gateway({"controllers": [openai_controller(a)]},
+                  "--first-byte-timeout" if stream else "--request-timeout", "0.3")
+    status, headers, body = stack.request("POST", "/v1/chat/completions", {**BODY, "stream": stream})
+    assert status == 504 and headers["x-should-retry"] == "false"
     assert orjson.loads(body)["error"]["type"] == "timeout_error"
 
 

@@ -37,7 +37,7 @@ def open_request(stack: Stack, body: dict[str, object]) -> socket.socket:
 def test_upstream_that_never_answers_gets_504_and_its_socket_closed(stack: Stack) -> None:
     fake = stack.fake("mute")
     fake.default = Cue(mode="stall")
-    stack.gateway({"controllers": [openai_controller(fake)]}, "--first-byte-timeout", "0.4")
+    stack.gateway({"controllers": [openai_controller(fake)]}, "--request-timeout", "0.4")
     started = time.monotonic()
     status, _, body = stack.request("POST", "/v1/chat/completions", BODY)
     assert status == 504 and 0.35 < time.monotonic() - started < 3
@@ -49,7 +49,7 @@ def test_first_byte_timeout_fails_over(stack: Stack) -> None:
     mute, good = stack.fake("mute"), stack.fake("good")
     mute.default = Cue(mode="stall")
     stack.gateway({"controllers": [openai_controller(mute, weight=9), openai_controller(good)]},
-                  "--first-byte-timeout", "0.3")
+                  "--first-byte-timeout", "0.3", "--retry-on-timeout")  # resending a timed-out request is opt-in
     status, headers, _ = stack.request("POST", "/v1/chat/completions", STREAM)
     assert status == 200 and headers["x-chatgpt-apiserver-controller"] == "good"
 

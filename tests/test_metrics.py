@@ -114,3 +114,19 @@ def test_deferred_lines_keep_their_order_and_a_bad_one_costs_only_itself() -> No
     lines = out.getvalue().splitlines()
     assert lines[0] == "first 1" and "could not be rendered: ZeroDivisionError" in lines[1]
     assert lines[2].endswith("a warning flushes at once") and lines[3] == "last 3"
+
+
+def test_made_up_model_names_do_not_grow_the_metrics(stack: Stack) -> None:
+    fake = stack.fake("up", ("gpt-4o",))
+    stack.gateway({"controllers": [openai_controller(fake)]})
+    assert stack.request("GET", "/v1/models")[0] == 200
+    connection_body = {"messages": [{"role": "user", "content": "hi"}]}
+    for index in range(2500):
+        assert stack.request("POST", "/v1/chat/completions", {**connection_body, "model": f"made-up-{index}"})[0] == 200
+    assert stack.request("POST", "/v1/chat/completions", {**connection_body, "model": "gpt-4o"})[0] == 200
+    _status, _, raw = stack.request("GET", "/metrics")
+    assert len(raw) < 300_000
+    assert b"made-up" not in raw
+    m = scrape(stack)
+    assert m['chatgpt_apiserver_tokens_total{controller="up",kind="prompt",model="other"}'] == 5 * 2500
+    assert m['chatgpt_apiserver_tokens_total{controller="up",kind="prompt",model="gpt-4o"}'] == 5

@@ -153,6 +153,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("breaker_ejection", 5.0, parse_seconds,
            "First ejection in seconds; each further one doubles, up to breaker_max_ejection.", "routing"),
     Option("breaker_max_ejection", 300.0, parse_seconds, "Longest ejection in seconds.", "routing"),
+    Option("retry_on_timeout", False, parse_bool,
+           "Send a request that timed out after it was sent to another controller (the first may still be "
+           "working on it, and billing it).", "routing"),
     Option("retry_budget_ratio", 0.2, parse_seconds,
            "Retries earned per request, so an outage of every key cannot multiply load.", "routing"),
     Option("retry_budget_per_second", 5.0, parse_seconds,
@@ -171,7 +174,8 @@ OPTIONS: tuple[Option, ...] = (
            "While Redis is down: local (each instance keeps 1/N of every limit) or refuse (503).", "scale-out"),
     Option("connect_timeout", 10.0, parse_seconds, "Seconds to open a connection to an upstream.", "upstream"),
     Option("first_byte_timeout", 120.0, parse_seconds,
-           "Seconds from sending a request until the upstream's response headers arrive.", "upstream"),
+           "Seconds from sending a streamed request until the upstream's response headers arrive "
+           "(a non-streamed answer is bounded by request_timeout).", "upstream"),
     Option("stream_idle_timeout", 120.0, parse_seconds,
            "Seconds allowed between two upstream reads (stream events or body chunks).", "upstream"),
     Option("request_timeout", 600.0, parse_seconds,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -41,6 +42,7 @@ class Failure:
     kind: str  # connection, timeout, protocol, 429, quota, auth, 5xx, upstream_error
     message: str
     retry_after: Optional[float] = None
+    sent: bool = False  # a timeout after the whole request went out: the upstream may still be working on it
 
 
 @dataclass
@@ -167,8 +169,9 @@ async def _attempt(lease: Lease, call: Call, gateway: Gateway) -> Answer | Failu
     settings = gateway.settings
     deadline = Deadline()
     started = deadline.loop.time()
-    first_byte = settings.first_byte_timeout
-    deadline.at(started + (first_byte if call.stream else min(first_byte, settings.request_timeout)))
+    # A stream's headers come at once; a non-streamed answer's come when it is complete, so only the
+    # request timeout bounds it (a slow reasoning model is not a dead upstream).
+    deadline.at(started + (settings.first_byte_timeout if call.stream else settings.request_timeout))
     reply: Optional[Reply] = None
     handed_over = False  # an Answer owns its reply; every other way out closes it
     try:
@@ -207,34 +210,56 @@ async def _attempt(lease: Lease, call: Call, gateway: Gateway) -> Answer | Failu
         return Answer(controller, reply, status, lease, body=body)
     except UpstreamError as exc:
         record_failure(lease, gateway.scheduler, whole=exc.connecting)
-        return Failure(controller.name, exc.kind, exc.message)
+        return Failure(controller.name, exc.kind, exc.message, sent=exc.kind == "timeout" and not exc.connecting)
     except asyncio.CancelledError:
         if not deadline.expired:
             raise
         deadline.task.uncancel()
         record_failure(lease, gateway.scheduler)
         what = "response headers" if reply is None else "the response"
-        return Failure(controller.name, "timeout", f"timed out waiting for {what}")
+        return Failure(controller.name, "timeout", f"timed out waiting for {what}", sent=True)
     finally:
         deadline.clear()
         if reply is not None and not handed_over:
             reply.close()
 
 
-def _give_up(failures: list[Failure], model: str) -> ApiError:
-    """The client's error once no attempt produced an answer."""
+def _give_up(failures: list[Failure], call: Call, gateway: Gateway, final: bool) -> ApiError:
+    """The client's error once no attempt produced an answer.
+
+    `final`: the gateway tried every candidate, or must not resend: the SDKs are told not to retry
+    (`x-should-retry: false`). `Retry-After` says when a cooldown or an ejection ends.
+    """
     summary = "; ".join(f"{f.controller}: {f.message}" for f in failures) or "no attempt was possible"
     kinds = {f.kind for f in failures}
+    headers = {"x-should-retry": "false"} if final else {}
+    wait = _earliest_return(gateway, call.model, failures)
+    if wait is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(wait)))
+    model = call.model
     if kinds and kinds <= {"429", "quota"}:
-        waits = [f.retry_after for f in failures if f.retry_after is not None]
-        wait = max(1, int(min(waits) + 0.999)) if waits else 1
+        headers.setdefault("Retry-After", "1")
         return ApiError(429, f"Every controller for model {model!r} is rate limited upstream ({summary}).",
-                        code="rate_limit_exceeded", headers={"Retry-After": str(wait)})
+                        code="rate_limit_exceeded", headers=headers)
     if kinds == {"timeout"}:
-        return ApiError(504, f"The upstream did not answer in time ({summary}).", code="upstream_timeout")
+        return ApiError(504, f"The upstream did not answer in time ({summary}).", code="upstream_timeout",
+                        headers=headers)
     if kinds == {"protocol"}:
-        return ApiError(502, f"The upstream sent an invalid response ({summary}).", code="bad_upstream_response")
-    return ApiError(500, f"No controller could answer the request ({summary}).", code="upstream_unavailable")
+        return ApiError(502, f"The upstream sent an invalid response ({summary}).", code="bad_upstream_response",
+                        headers=headers)
+    return ApiError(500, f"No controller could answer the request ({summary}).", code="upstream_unavailable",
+                    headers=headers)
+
+
+def _earliest_return(gateway: Gateway, model: str, failures: list[Failure]) -> Optional[float]:
+    """Seconds until a controller for `model` that is cooling down or ejected may serve again, if one is."""
+    waits = [f.retry_after for f in failures if f.retry_after is not None]
+    store = gateway.store
+    for controller in gateway.scheduler.serving(model):
+        health = store.health(controller, model)
+        if health.status in ("cooling", "ejected") and math.isfinite(health.wait):
+            waits.append(health.wait)
+    return min(waits) if waits else None
 
 
 async def open_answer(gateway: Gateway, call: Call) -> Answer:
@@ -279,7 +304,11 @@ async def open_answer(gateway: Gateway, call: Call) -> Answer:
             excluded.append(lease.controller)  # a 429 cools the controller; it may serve again after
         log.warning("attempt %d on controller %s failed (%s): %s; request %s",
                     attempt + 1, outcome.controller, outcome.kind, outcome.message, call.request_id)
-    raise _give_up(failures, call.model)
+        if outcome.sent and not gateway.settings.retry_on_timeout:
+            # The upstream may still be working on it, and billing it: do not send it again, here or by the SDK.
+            raise _give_up(failures, call, gateway, final=True)
+    tried = {failure.controller for failure in failures}
+    raise _give_up(failures, call, gateway, final=all(c.name in tried for c in serving))
 
 
 def relayed_headers(headers: Mapping[str, str]) -> dict[str, str]:
