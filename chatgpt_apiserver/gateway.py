@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Optional, Protocol
 
+from .auth import KeyRing
 from .config.settings import Settings
 from .controllers import Controller, Transport, build_controller
 from .ops.metrics import Metrics
@@ -15,7 +16,6 @@ from .scheduling.balancer import make_balancer
 from .scheduling.scheduler import QueuePolicy, RetryBudget, Scheduler
 from .state import ControllerStore, apply_settings, make_store, policy_of
 from .state.store import OK, WHOLE, ControllerView
-from .web.auth import KeyRing
 
 log = logging.getLogger("chatgpt_apiserver.gateway")
 

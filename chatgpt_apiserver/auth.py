@@ -7,7 +7,7 @@ import hmac
 from collections.abc import Iterable
 from typing import Optional
 
-from ..secret import Secret
+from .secret import Secret
 
 
 class KeyRing:
