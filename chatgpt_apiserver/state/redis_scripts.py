@@ -300,5 +300,11 @@ seed(KEYS[2], tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]))
 return 1
 """)
 
+# The owners of stored responses and conversations (state/affinity.py): KEYS: P:aff:<id>
+AFF_GET = "return redis.call('GET', KEYS[1])"
+AFF_SET = "redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) return 1"  # ARGV: owner ttl_seconds
+AFF_DEL = "return redis.call('DEL', KEYS[1])"
+
 SCRIPTS = {"take": TAKE, "settle": SETTLE, "cool": COOL, "disable": DISABLE, "clear": CLEAR, "fail": FAIL,
-           "reset": RESET, "view": VIEW, "beat": BEAT, "seed": SEED}
+           "reset": RESET, "view": VIEW, "beat": BEAT, "seed": SEED,
+           "aff_get": AFF_GET, "aff_set": AFF_SET, "aff_del": AFF_DEL}
