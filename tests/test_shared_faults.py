@@ -209,7 +209,9 @@ def test_a_failing_model_leaves_other_models_served_at_once(stack: Stack) -> Non
     fakes = [stack.fake(name) for name in ("a", "b")]
     for fake in fakes:
         fake.model_cues["broken-model"] = Cue(mode="status", status=500)
-    stack.gateway({"controllers": [openai_controller(fake) for fake in fakes]})
+    embeddings = stack.fake("embeddings")  # serves another model only: it must not count as a stand-in
+    stack.gateway({"controllers": [*(openai_controller(fake) for fake in fakes),
+                                   openai_controller(embeddings, models=["text-embedding-3-small"])]})
     client = openai.OpenAI(base_url=stack.base_url, api_key="k", timeout=30)  # the SDK's own retries too
     for _ in range(12):
         try:
