@@ -240,13 +240,13 @@ def test_every_pool_type_serves(stack: Stack, pool: str) -> None:
 
 def test_least_busy_prefers_the_idle_controller(stack: Stack) -> None:
     slow, quick = stack.fake("slow"), stack.fake("quick")
-    slow.default = Cue(delay=1.0)
+    slow.default = Cue(delay=3.0)
     stack.gateway({"pool": {"type": "least_busy"}, "controllers": [openai_controller(slow), openai_controller(quick)]})
     with ThreadPoolExecutor(6) as pool:
         futures = []
-        for _ in range(6):  # one every 50 ms: the quick upstream is idle again before the next arrives
+        for _ in range(6):  # one every 200 ms: the quick upstream is idle again before the next arrives
             futures.append(pool.submit(stack.request, "POST", "/v1/chat/completions", BODY))
-            time.sleep(0.05)
+            time.sleep(0.2)
         in_flight = {name: c["in_flight"] for name, c in admin(stack).items()}
         assert [f.result()[0] for f in futures] == [200] * 6
     assert in_flight["slow"] == 1 and len(slow.chat_requests) == 1 and len(quick.chat_requests) == 5

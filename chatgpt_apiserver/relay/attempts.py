@@ -27,6 +27,7 @@ from ..scheduling.outcomes import (
 )
 from ..scheduling.scheduler import Lease, Scheduler
 from ..secret import scrub
+from ..state.store import UNAVAILABLE
 from ..transport.reply import Reply, UpstreamError
 from .rewrite import estimate_tokens, upstream_body
 from .sse import DONE, EventSplitter, MalformedEvent, event_data, read_event
@@ -251,6 +252,13 @@ def _give_up(failures: list[Failure], call: Call, gateway: Gateway, final: bool)
                     headers=headers)
 
 
+def _tried_all(gateway: Gateway, model: str, serving: list[Controller], failures: list[Failure]) -> bool:
+    """Every controller for `model` was tried, or cannot be (ejected or disabled): a retry would not help."""
+    tried = {failure.controller for failure in failures}
+    store = gateway.store
+    return all(c.name in tried or store.health(c, model).status in UNAVAILABLE for c in serving)
+
+
 def _earliest_return(gateway: Gateway, model: str, failures: list[Failure]) -> Optional[float]:
     """Seconds until a controller for `model` that is cooling down or ejected may serve again, if one is."""
     waits = [f.retry_after for f in failures if f.retry_after is not None]
@@ -307,8 +315,7 @@ async def open_answer(gateway: Gateway, call: Call) -> Answer:
         if outcome.sent and not gateway.settings.retry_on_timeout:
             # The upstream may still be working on it, and billing it: do not send it again, here or by the SDK.
             raise _give_up(failures, call, gateway, final=True)
-    tried = {failure.controller for failure in failures}
-    raise _give_up(failures, call, gateway, final=all(c.name in tried for c in serving))
+    raise _give_up(failures, call, gateway, final=_tried_all(gateway, call.model, serving, failures))
 
 
 def relayed_headers(headers: Mapping[str, str]) -> dict[str, str]:
