@@ -1,0 +1,107 @@
+"""Every endpoint the gateway serves, declared once. Adding one is one entry here (and its fake in tests/)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .base import Body, Endpoint, Streams
+
+
+def _allowance(payload: dict[str, Any], default: int, *fields: str) -> int:
+    for name in fields:
+        value = payload.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return default
+
+
+def _choices(payload: dict[str, Any], *fields: str) -> int:
+    for name in fields:
+        value = payload.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return 1
+
+
+def estimate_chat(payload: dict[str, Any], size: int, default: int) -> float:
+    """A quarter of the body's bytes plus the answer's allowance per choice."""
+    return size / 4 + _allowance(payload, default, "max_completion_tokens", "max_tokens") * _choices(payload, "n")
+
+
+def estimate_completion(payload: dict[str, Any], size: int, default: int) -> float:
+    """Legacy completions: the prompt, plus max_tokens per choice (best_of of them are generated)."""
+    return size / 4 + _allowance(payload, default, "max_tokens") * _choices(payload, "best_of", "n")
+
+
+def estimate_response(payload: dict[str, Any], size: int, default: int) -> float:
+    """Responses: the input, plus max_output_tokens."""
+    return size / 4 + _allowance(payload, default, "max_output_tokens")
+
+
+def estimate_input(payload: dict[str, Any], size: int, default: int) -> float:
+    """Embeddings, moderations, speech: what is sent is what is counted."""
+    return size / 4
+
+
+def estimate_flat(payload: dict[str, Any], size: int, default: int) -> float:
+    """Audio and images: the usage is unknown until the answer says it; reserve the default allowance."""
+    return float(default)
+
+
+TEXT_STREAM_ENDS = frozenset(("[DONE]",))
+RESPONSE_NAMES = ("previous_response_id", "conversation")
+
+CHAT = Endpoint("chat_completions", "POST", "/chat/completions", streams=Streams.DATA, stream_ends=TEXT_STREAM_ENDS,
+                estimate=estimate_chat, inject_usage=True)
+
+ENDPOINTS: tuple[Endpoint, ...] = (
+    CHAT,
+    Endpoint("completions", "POST", "/completions", schema="POST /v1/completions (application/json)",
+             streams=Streams.DATA, stream_ends=TEXT_STREAM_ENDS, estimate=estimate_completion, inject_usage=True),
+    Endpoint("embeddings", "POST", "/embeddings", schema="POST /v1/embeddings (application/json)",
+             estimate=estimate_input),
+    Endpoint("moderations", "POST", "/moderations", schema="POST /v1/moderations (application/json)",
+             estimate=estimate_input),
+    # Exact paths before the ones with an {id}: the first route that matches serves.
+    Endpoint("responses", "POST", "/responses", schema="POST /v1/responses (application/json)",
+             streams=Streams.TYPED, stream_ends=frozenset(("response.completed", "response.incomplete")),
+             stream_error="typed", estimate=estimate_response, creates="resp_", names=RESPONSE_NAMES),
+    Endpoint("responses_input_tokens", "POST", "/responses/input_tokens",
+             schema="POST /v1/responses/input_tokens (application/json)", names=RESPONSE_NAMES),
+    Endpoint("responses_compact", "POST", "/responses/compact",
+             schema="POST /v1/responses/compact (application/json)", estimate=estimate_response,
+             names=RESPONSE_NAMES),
+    Endpoint("responses_get", "GET", "/responses/{id}", body=Body.NONE, model_field=None,
+             streams=Streams.TYPED, stream_ends=frozenset(("response.completed", "response.incomplete")),
+             stream_error="typed"),
+    Endpoint("responses_delete", "DELETE", "/responses/{id}", body=Body.NONE, model_field=None, forgets=True),
+    Endpoint("responses_cancel", "POST", "/responses/{id}/cancel", body=Body.NONE, model_field=None),
+    Endpoint("responses_input_items", "GET", "/responses/{id}/input_items", body=Body.NONE, model_field=None),
+    Endpoint("conversations", "POST", "/conversations", schema="POST /v1/conversations (application/json)",
+             model_field=None, creates="conv_"),
+    Endpoint("conversations_get", "GET", "/conversations/{id}", body=Body.NONE, model_field=None),
+    Endpoint("conversations_update", "POST", "/conversations/{id}",
+             schema="POST /v1/conversations/{conversation_id} (application/json)", model_field=None),
+    Endpoint("conversations_delete", "DELETE", "/conversations/{id}", body=Body.NONE, model_field=None,
+             forgets=True),
+    Endpoint("conversation_items", "GET", "/conversations/{id}/items", body=Body.NONE, model_field=None),
+    Endpoint("conversation_items_create", "POST", "/conversations/{id}/items", model_field=None),
+    Endpoint("conversation_item", "GET", "/conversations/{id}/items/{item}", body=Body.NONE, model_field=None),
+    Endpoint("conversation_item_delete", "DELETE", "/conversations/{id}/items/{item}", body=Body.NONE,
+             model_field=None),
+    Endpoint("audio_transcriptions", "POST", "/audio/transcriptions", body=Body.MULTIPART,
+             form_schema="POST /v1/audio/transcriptions (multipart/form-data)", streams=Streams.TYPED,
+             stream_ends=frozenset(("transcript.text.done",)), stream_error="typed", estimate=estimate_flat),
+    Endpoint("audio_translations", "POST", "/audio/translations", body=Body.MULTIPART,
+             form_schema="POST /v1/audio/translations (multipart/form-data)", estimate=estimate_flat),
+    Endpoint("audio_speech", "POST", "/audio/speech", schema="POST /v1/audio/speech (application/json)",
+             estimate=estimate_input, binary=True,
+             streams=Streams.TYPED, stream_ends=frozenset(("speech.audio.done",)), stream_error="typed"),
+    Endpoint("images_generations", "POST", "/images/generations",
+             schema="POST /v1/images/generations (application/json)", streams=Streams.TYPED,
+             stream_ends=frozenset(("image_generation.completed",)), stream_error="typed", estimate=estimate_flat),
+    Endpoint("images_edits", "POST", "/images/edits", body=Body.MULTIPART,
+             form_schema="POST /v1/images/edits (multipart/form-data)",
+             schema="POST /v1/images/edits (application/json)", streams=Streams.TYPED,
+             stream_ends=frozenset(("image_edit.completed",)), stream_error="typed", estimate=estimate_flat),
+)
