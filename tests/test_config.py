@@ -14,6 +14,7 @@ import pytest
 from chatgpt_apiserver.cli import main
 from chatgpt_apiserver.config.check import render
 from chatgpt_apiserver.config.files import ConfigError
+from chatgpt_apiserver.config.options import OPTIONS
 from chatgpt_apiserver.config.settings import parse_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -258,3 +259,22 @@ def test_the_module_and_console_script_exit_2_without_config(tmp_path: Path) -> 
     done = subprocess.run([sys.executable, "-m", "chatgpt_apiserver", "--help"], env=env,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "--pool-type" in done.stdout and "CHATGPT_APISERVER_PORT" in done.stdout
+
+
+def test_settings_are_typed_attributes_and_their_repr_shows_no_key(tmp_path: Path) -> None:
+    header_value = "azure-header-secret-0123456789"
+    config = write(tmp_path / "c.json", {"controllers": [
+        {"type": "openai", "config": {"api_key": KEY, "headers": {"api-key": header_value}}}],
+        "admin_key": "admin-secret-0123456789", "client_keys": ["client-secret-0123456789"]})
+    settings, _ = parse_settings(["--config-file", str(config)], {})
+    text = repr(settings)
+    for secret in (KEY, header_value, "admin-secret-0123456789", "client-secret-0123456789"):
+        assert secret not in text
+    assert "max_body_size=33554432" in text  # the values themselves are there, by name
+    assert not hasattr(settings, "document") and not hasattr(settings, "values")
+    # One attribute per option, each of the option's declared type.
+    for option in OPTIONS:
+        value = getattr(settings, option.dest)
+        assert value == option.default or option.dest in ("admin_key", "client_keys"), option.dest
+        if option.default is not None:
+            assert isinstance(value, type(option.default)), option.dest

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -16,7 +16,7 @@ from .. import __version__
 from ..secret import Secret
 from .controllers import ControllerSpec, build_specs
 from .files import ConfigError, Location, load, locate
-from .options import OPTIONS, parse_bool
+from .options import OPTIONS, Options, parse_bool
 
 HOW_TO_START = """\
 How to start:
@@ -27,28 +27,17 @@ How to start:
   - run scripts/run, which serves a clearly labelled demo setup when nothing is configured."""
 
 
-@dataclass
-class Settings:
-    """Effective settings: scalar option values by `dest`, where each came from, and the controllers."""
+@dataclass(kw_only=True)
+class Settings(Options):
+    """Effective settings: one typed attribute per option, where each came from, and the controllers.
 
-    values: dict[str, Any]
+    The config document itself is not kept: it may hold keys inline, and only the validated values are needed.
+    """
+
     sources: dict[str, str]
     controllers: list[ControllerSpec]
     location: Location
-    document: dict[str, Any] = field(default_factory=dict)
     demo: bool = False
-
-    def __post_init__(self) -> None:
-        # Plain attributes: the request path reads several settings per request.
-        for name, value in self.values.items():
-            if name not in self.__dict__:
-                self.__dict__[name] = value
-
-    def __getattr__(self, name: str) -> Any:  # for type checkers; real lookups find the attributes above
-        try:
-            return self.__dict__["values"][name]
-        except KeyError:
-            raise AttributeError(name) from None
 
 
 class _FlatJsonParser(configargparse.ConfigFileParser):  # type: ignore[misc]
@@ -257,5 +246,6 @@ def parse_settings(argv: Optional[Sequence[str]] = None,
     controllers = build_specs(document.get("controllers"), base, where, env, problems)
     if problems:
         raise ConfigError(problems)
-    settings = Settings(values, final_sources, controllers, location, document, demo)
+    settings = Settings(**values,
+                        sources=final_sources, controllers=controllers, location=location, demo=demo)
     return settings, bool(namespace.check_config)
