@@ -261,6 +261,21 @@ def test_the_module_and_console_script_exit_2_without_config(tmp_path: Path) -> 
     assert done.returncode == 0 and "--pool-type" in done.stdout and "CHATGPT_APISERVER_PORT" in done.stdout
 
 
+def test_an_empty_proxy_means_none_and_an_empty_key_is_named(tmp_path: Path) -> None:
+    config = write(tmp_path / "c.json", {"controllers": [
+        {"type": "openai", "name": "direct", "config": {"api_key": KEY, "proxy": ""}},
+        {"type": "openai", "name": "spaces", "config": {"api_key": KEY, "proxy": "  "}}]})
+    settings, _ = parse_settings(["--config-file", str(config)], {})
+    assert [spec.settings["proxy"] for spec in settings.controllers] == [None, None]
+    assert "proxy=" not in render(settings)
+    # The original's own config/openai.json: its empty api_key is the one error, said in words.
+    write(tmp_path / "openai.json", {"api_key": "", "proxy": ""})
+    config = write(tmp_path / "c.json", {"controllers": [{"type": "openai", "config_file": "openai.json"}]})
+    assert problems(["--config-file", str(config)], {}) == [
+        f"api_key in {tmp_path / 'openai.json'}: the API key is empty; put the key there, "
+        "or name it with api_key_env or api_key_file"]
+
+
 def test_settings_are_typed_attributes_and_their_repr_shows_no_key(tmp_path: Path) -> None:
     header_value = "azure-header-secret-0123456789"
     config = write(tmp_path / "c.json", {"controllers": [
