@@ -96,7 +96,6 @@ async def reload(running: Running, argv: Sequence[str]) -> bool:
 async def serve(settings: Settings, argv: Sequence[str] = ()) -> int:
     """Serve until SIGTERM or SIGINT (SIGHUP reloads), then drain; return the exit status."""
     running = await start_server(settings)
-    notify(f"READY=1\nSTATUS=serving on {settings.host}:{running.port}\nMAINPID={os.getpid()}")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -109,6 +108,8 @@ async def serve(settings: Settings, argv: Sequence[str] = ()) -> int:
         task.add_done_callback(reloads.discard)
 
     loop.add_signal_handler(signal.SIGHUP, on_hangup)
+    # Only now: systemd may send SIGHUP (systemctl reload) the moment it reads READY=1.
+    notify(f"READY=1\nSTATUS=serving on {settings.host}:{running.port}\nMAINPID={os.getpid()}")
     flusher = loop.create_task(_flush_logs_forever())
     await stop.wait()
     notify("STOPPING=1")

@@ -115,3 +115,31 @@ def test_cannot_listen_is_a_clear_error(tmp_path: Path, flag: str) -> None:
         blocker.close()
     assert done.returncode == 1
     assert "cannot listen" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_reload_right_after_ready_never_kills_the_server(tmp_path: Path) -> None:
+    """systemd may send SIGHUP the moment it reads READY=1: the handlers must exist before it is sent."""
+    config = tmp_path / "chatgpt-apiserver.json"
+    config.write_bytes(orjson.dumps({"controllers": [{"type": "mock"}]}))
+    for attempt in range(6):
+        notify_path = str(tmp_path / f"notify-{attempt}.sock")
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        listener.bind(notify_path)
+        listener.settimeout(15)
+        process = subprocess.Popen([sys.executable, "-m", "chatgpt_apiserver", "--config-file", str(config),
+                                    "--port", str(free_port())], env=clean_env(NOTIFY_SOCKET=notify_path),
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            assert listener.recv(4096).decode().startswith("READY=1")
+            process.send_signal(signal.SIGHUP)  # at once, as systemctl reload right after start does
+            assert listener.recv(4096).decode().startswith("RELOADING=1"), attempt
+            assert listener.recv(4096).decode() == "READY=1"
+            assert process.poll() is None, attempt
+            process.send_signal(signal.SIGTERM)
+            assert listener.recv(4096).decode() == "STOPPING=1"
+        finally:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+            _out, err = process.communicate(timeout=30)
+            listener.close()
+        assert process.returncode == 0, (attempt, err.decode())
