@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 from tornado.web import Application
 
 from ..gateway import Gateway
@@ -18,10 +21,12 @@ from .handlers import (
     StatusPageHandler,
 )
 
+STATUS_PAGE = Path(__file__).with_name("static") / "status.html"
+
 
 def make_app(gateway: Gateway) -> Application:
     """The Tornado application for `gateway`."""
-    deps = {"gateway": gateway}
+    deps: dict[str, Any] = {"gateway": gateway}
     routes = [
         (r"/v1/chat/completions/?", ChatCompletionsHandler, deps),
         (r"/v1/models/?", ModelsHandler, deps),
@@ -30,7 +35,7 @@ def make_app(gateway: Gateway) -> Application:
         (r"/readyz/?", ReadyHandler, deps),
         (r"/admin/controllers/?", AdminControllersHandler, deps),
         (r"/metrics/?", MetricsHandler, deps),
-        (r"/(?:dashboard/?)?", StatusPageHandler, deps),
+        (r"/(?:dashboard/?)?", StatusPageHandler, {**deps, "page": STATUS_PAGE.read_bytes()}),
     ]
     return Application(
         routes,

@@ -8,7 +8,6 @@ import logging
 import os
 import re
 import time
-from pathlib import Path
 from typing import Any, Optional, Union
 
 import orjson
@@ -28,9 +27,8 @@ from .schemas import parse_chat_request
 
 log = logging.getLogger("chatgpt_apiserver.handlers")
 
-STATUS_PAGE = Path(__file__).with_name("static") / "status.html"
 EXPOSED_HEADERS = "X-Request-Id, X-Chatgpt-Apiserver-Controller, Retry-After"
-REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")  # used with fullmatch: no trailing newline
 CONTROLLER_HEADER = "X-Chatgpt-Apiserver-Controller"
 STREAM_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache",
                   "X-Accel-Buffering": "no"}  # no proxy buffering (nginx)
@@ -40,6 +38,11 @@ _HTTP_METHODS = ("GET", "HEAD", "POST", "DELETE", "PATCH", "PUT", "OPTIONS")
 @functools.lru_cache(maxsize=2)
 def _http_date(second: int) -> str:
     return format_timestamp(second)
+
+
+def client_request_id(given: Optional[str]) -> str:
+    """The client's X-Request-Id if it is safe to echo, log and send upstream; else a fresh one."""
+    return given if given and REQUEST_ID.fullmatch(given) else os.urandom(12).hex()
 
 
 def _implemented(cls: type) -> list[str]:
@@ -103,8 +106,7 @@ class BaseHandler(RequestHandler):
         headers["Access-Control-Expose-Headers"] = EXPOSED_HEADERS
 
     def prepare(self) -> None:
-        given = self.request.headers.get("X-Request-Id")
-        self.request_id = given if given and REQUEST_ID.match(given) else os.urandom(12).hex()
+        self.request_id = client_request_id(self.request.headers.get("X-Request-Id"))
         self._headers["X-Request-Id"] = self.request_id  # a safe charset by REQUEST_ID or by construction
         if self.access != "open" and self.request.method != "OPTIONS":
             self._authenticate()
@@ -123,11 +125,25 @@ class BaseHandler(RequestHandler):
             return  # an answer, not a fault
         super().log_exception(typ, value, tb)
 
+    def is_preflight(self) -> bool:
+        """Whether this is a browser's CORS preflight, and CORS is on."""
+        headers = self.request.headers
+        return (self.request.method == "OPTIONS" and bool(self.settings.get("cors_origins"))
+                and "Origin" in headers and "Access-Control-Request-Method" in headers)
+
     def options(self, *args: Any) -> None:
-        """CORS preflight: allow this route's methods and whatever headers the browser asks for."""
+        """CORS preflight: allow this route's methods and whatever headers the browser asks for.
+
+        The method asked for is allowed too, even one the route lacks: the browser then sends the real
+        request and shows our JSON 404 or 405 instead of an opaque CORS failure.
+        """
         self.set_status(204)
         if self.settings.get("cors_origins"):
-            self.set_header("Access-Control-Allow-Methods", ", ".join(_implemented(type(self))))
+            methods = _implemented(type(self))
+            asked_method = self.request.headers.get("Access-Control-Request-Method", "").strip().upper()
+            if asked_method in _HTTP_METHODS and asked_method not in methods:
+                methods.append(asked_method)
+            self.set_header("Access-Control-Allow-Methods", ", ".join(methods))
             asked = self.request.headers.get("Access-Control-Request-Headers", "")
             allowed = {"authorization", "content-type", "x-request-id"}
             allowed.update(h.strip().lower() for h in asked.split(",") if h.strip())
@@ -314,10 +330,16 @@ class StatusPageHandler(BaseHandler):
     access = "open"  # the page itself holds no data; it asks for the admin key when the data needs one
     route = "status_page"
 
+    def initialize(self, gateway: Gateway, page: bytes = b"") -> None:
+        super().initialize(gateway)
+        self.page = page  # read once, when the application is built
+
     def get(self) -> None:
         self.set_header("Content-Type", "text/html; charset=utf-8")
         self.set_header("Cache-Control", "no-cache")
-        self.finish(STATUS_PAGE.read_bytes())
+        self.finish(self.page)
+
+    head = get
 
 
 class StatusHandler(BaseHandler):
@@ -329,6 +351,8 @@ class StatusHandler(BaseHandler):
     def get(self) -> None:
         self.write_json({"status": "ok"})
 
+    head = get
+
 
 class HealthHandler(BaseHandler):
     """GET /healthz: the process is alive and its event loop turns."""
@@ -338,6 +362,8 @@ class HealthHandler(BaseHandler):
 
     def get(self) -> None:
         self.write_json({"status": "ok"})
+
+    head = get
 
 
 class ReadyHandler(BaseHandler):
@@ -353,6 +379,8 @@ class ReadyHandler(BaseHandler):
             self.set_header("Retry-After", "1")
             self.write_json({"status": "not ready", "draining": self.gateway.draining}, status=503)
 
+    head = get
+
 
 class NotFoundHandler(BaseHandler):
     """Any unknown path: a JSON 404 for every method."""
@@ -361,5 +389,6 @@ class NotFoundHandler(BaseHandler):
 
     def prepare(self) -> None:
         super().prepare()
-        raise HTTPError(404)
+        if not self.is_preflight():  # a preflight to any path is answered, so the browser shows the 404
+            raise HTTPError(404)
 
