@@ -36,6 +36,11 @@ class Running:
     sockets: list[socket.socket]
 
     @property
+    def addresses(self) -> list[str]:
+        """The addresses actually bound (what a reload's security check is held to)."""
+        return [str(sock.getsockname()[0]) for sock in self.sockets]
+
+    @property
     def port(self) -> int:
         """The port actually bound (useful when the setting is 0)."""
         return int(self.sockets[0].getsockname()[1])
@@ -75,7 +80,7 @@ async def reload(running: Running, argv: Sequence[str]) -> bool:
     notify(f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
     try:
         try:
-            settings, _check = parse_settings(argv)
+            settings, _check = parse_settings(argv, listening=running.addresses)
         except ConfigError as error:
             log.error("reload failed; still serving the previous config. %s", error)
             return False
