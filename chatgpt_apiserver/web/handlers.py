@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import time
+from collections.abc import Mapping
 from typing import Any, Optional, Union
 
 import orjson
@@ -27,9 +28,11 @@ from .schemas import parse_chat_request
 
 log = logging.getLogger("chatgpt_apiserver.handlers")
 
-EXPOSED_HEADERS = "X-Request-Id, X-Chatgpt-Apiserver-Controller, Retry-After"
+EXPOSED_HEADERS = "X-Request-Id, X-Upstream-Request-Id, X-Chatgpt-Apiserver-Controller, Retry-After"
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")  # used with fullmatch: no trailing newline
 CONTROLLER_HEADER = "X-Chatgpt-Apiserver-Controller"
+UPSTREAM_ID_HEADER = "X-Upstream-Request-Id"
+UPSTREAM_ID_NAMES = ("x-request-id", "apim-request-id")  # OpenAI's, then Azure's
 STREAM_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache",
                   "X-Accel-Buffering": "no"}  # no proxy buffering (nginx)
 _HTTP_METHODS = ("GET", "HEAD", "POST", "DELETE", "PATCH", "PUT", "OPTIONS")
@@ -43,6 +46,15 @@ def _http_date(second: int) -> str:
 def client_request_id(given: Optional[str]) -> str:
     """The client's X-Request-Id if it is safe to echo, log and send upstream; else a fresh one."""
     return given if given and REQUEST_ID.fullmatch(given) else os.urandom(12).hex()
+
+
+def upstream_request_id(headers: Mapping[str, str]) -> str:
+    """The upstream's own id for the request (users quote it to their provider), if it is safe to pass on."""
+    for name in UPSTREAM_ID_NAMES:
+        value = headers.get(name)
+        if value and REQUEST_ID.fullmatch(value):
+            return value
+    return ""
 
 
 def _implemented(cls: type) -> list[str]:
@@ -65,6 +77,7 @@ class BaseHandler(RequestHandler):
     bytes_out = 0
     ttfb: Optional[float] = None
     tokens: Optional[int] = None
+    upstream_request_id = ""
 
     def initialize(self, gateway: Gateway) -> None:
         self.gateway = gateway
@@ -254,6 +267,9 @@ class ChatCompletionsHandler(BaseHandler):
             return
         self.controller, self.attempts = answer.controller.name, answer.attempts
         self._headers[CONTROLLER_HEADER] = answer.controller.name  # names are checked against a safe charset
+        self.upstream_request_id = upstream_request_id(answer.reply.headers)
+        if self.upstream_request_id:
+            self._headers[UPSTREAM_ID_HEADER] = self.upstream_request_id  # a safe charset by REQUEST_ID
         if answer.splitter is None:
             self.tokens = _total_tokens(answer.usage)
             self._finish_body(answer.status, answer.reply.content_type, answer.body,
