@@ -17,6 +17,7 @@ from tornado.netutil import bind_sockets
 from .config.files import ConfigError
 from .config.settings import Settings, parse_settings
 from .gateway import Gateway
+from .ops.logs import flush_logs, use_secrets
 from .ops.notify import notify
 from .web.app import make_app
 from .web.slow_clients import SlowClientServer
@@ -70,6 +71,7 @@ async def start_server(settings: Settings, gateway: Optional[Gateway] = None) ->
     sockets = bind_sockets(settings.port, settings.host, reuse_port=settings.reuse_port, backlog=4096)
     server.add_sockets(sockets)
     running = Running(server, gateway, sockets)
+    use_secrets(gateway.secrets)
     log.info("listening on %s:%d with %d controller(s): %s", settings.host, running.port,
              len(gateway.controllers), ", ".join(c.name for c in gateway.controllers))
     return running
@@ -93,6 +95,7 @@ async def reload(running: Running, argv: Sequence[str]) -> bool:
                 log.warning("reload: %s changed from %s to %s; that takes a restart", key, getattr(old, key),
                             getattr(settings, key))
         await running.gateway.reload(settings)
+        use_secrets(running.gateway.secrets)  # a new key is scrubbed from the log from now on
         return True
     finally:
         notify("READY=1")
@@ -122,17 +125,12 @@ async def serve(settings: Settings, argv: Sequence[str] = ()) -> int:
     await running.stop()
     log.info("stopped")
     flusher.cancel()
-    _flush_logs()
+    flush_logs()
     return 0
 
 
-def _flush_logs() -> None:
-    for handler in logging.getLogger().handlers:
-        handler.flush()
-
-
 async def _flush_logs_forever(interval: float = 0.25) -> None:
-    """Buffered log lines reach their stream within `interval` seconds."""
+    """Buffered log lines reach their writer within `interval` seconds."""
     while True:
         await asyncio.sleep(interval)
-        _flush_logs()
+        flush_logs()
