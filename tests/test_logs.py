@@ -172,6 +172,7 @@ def test_a_full_queue_drops_whole_batches_and_says_so() -> None:
         received: list[bytes] = []
         reader = threading.Thread(target=read_all, args=(read_end, received))
         reader.start()
+        assert handler.wait_written(10)  # the stream moves again: what waited is written
         handler.defer(lambda _: "after\n", None)
         handler.flush()
         assert handler.wait_written(10)
