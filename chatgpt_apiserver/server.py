@@ -20,11 +20,13 @@ from .gateway import Gateway
 from .ops.logs import flush_logs, use_secrets
 from .ops.notify import notify
 from .web.app import make_app
+from .web.bodies import Bodies
 from .web.slow_clients import SlowClientServer
 
 log = logging.getLogger("chatgpt_apiserver.server")
 
-# Tornado's own cap on bodies; the configurable limit (max_body_size) answers 413 below it.
+# Tornado's own cap on bodies, for a request refused before its handler could set the real limits
+# (max_body_size, checked on the declared length and on every byte as it arrives).
 HARD_BODY_CAP_FACTOR = 2
 
 
@@ -63,10 +65,12 @@ async def start_server(settings: Settings, gateway: Optional[Gateway] = None) ->
     """Build the gateway and application and start listening."""
     gateway = gateway or Gateway.from_settings(settings)
     await gateway.start()
+    bodies = Bodies(lambda: gateway.settings.max_buffered_body_bytes)
     server = SlowClientServer(
-        make_app(gateway),
+        make_app(gateway, bodies),
         max_body_size=settings.max_body_size * HARD_BODY_CAP_FACTOR,
         timeouts=lambda: (gateway.settings.client_idle_timeout, gateway.settings.client_body_timeout),
+        on_slow_body=bodies.timed_out,
     )
     sockets = bind_sockets(settings.port, settings.host, reuse_port=settings.reuse_port, backlog=4096)
     server.add_sockets(sockets)

@@ -15,7 +15,8 @@ from tornado.web import Application, RequestHandler
 from chatgpt_apiserver.config.settings import parse_settings
 from chatgpt_apiserver.gateway import Gateway
 from chatgpt_apiserver.web.app import make_app
-from chatgpt_apiserver.web.handlers import StatusHandler, client_request_id
+from chatgpt_apiserver.web.base import client_request_id
+from chatgpt_apiserver.web.handlers import StatusHandler
 
 GOOD = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -199,10 +200,10 @@ def test_our_clear_resets_what_tornados_does(app: Application) -> None:
         def set_close_callback(self, callback: Any) -> None:
             pass
 
-    gateway = app.wildcard_router.rules[0].target_kwargs["gateway"]
+    deps = app.wildcard_router.rules[0].target_kwargs
     request = HTTPServerRequest(start_line=RequestStartLine("GET", "/status", "HTTP/1.1"),
                                 headers=HTTPHeaders({"Host": "x", "Origin": "https://x"}), connection=Connection())  # type: ignore[arg-type]
-    handler = StatusHandler(app, request, gateway=gateway)
+    handler = StatusHandler(app, request, **deps)
     handler.request_id = "id-1"
     handler.clear()
     ours, our_headers = dict(vars(handler)), dict(handler._headers)

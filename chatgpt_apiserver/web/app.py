@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from tornado.web import Application
 
 from ..gateway import Gateway
 from .access import make_log_function
+from .bodies import Bodies
 from .handlers import (
     AdminControllersHandler,
     ChatCompletionsHandler,
@@ -24,9 +25,11 @@ from .handlers import (
 STATUS_PAGE = Path(__file__).with_name("static") / "status.html"
 
 
-def make_app(gateway: Gateway) -> Application:
-    """The Tornado application for `gateway`."""
-    deps: dict[str, Any] = {"gateway": gateway}
+def make_app(gateway: Gateway, bodies: Optional[Bodies] = None) -> Application:
+    """The Tornado application for `gateway`; `bodies` tracks request bodies (the server shares it)."""
+    if bodies is None:
+        bodies = Bodies(lambda: gateway.settings.max_buffered_body_bytes)
+    deps: dict[str, Any] = {"gateway": gateway, "bodies": bodies}
     routes = [
         (r"/v1/chat/completions/?", ChatCompletionsHandler, deps),
         (r"/v1/models/?", ModelsHandler, deps),

@@ -1,10 +1,11 @@
 """Slow clients: connections that idle too long, or send their headers or body too slowly, are cut off.
 
-Tornado can do this itself (`idle_connection_timeout`, `body_timeout`), but it arms a timer and a chain of
-futures on every read: about 25 µs per request at concurrency 1 here (see README, Performance). Instead,
+Tornado can time reads itself (`idle_connection_timeout`, `body_timeout`), but it arms a timer and a chain
+of futures on every read: about 25 µs per request at concurrency 1 here (see README, Performance). Instead,
 the server notes a deadline when a read starts and one sweep, a fraction of the shortest timeout apart,
-closes every connection past its deadline. The timeouts are read from the settings at each request, so a
-reload changes them.
+acts on every connection past its deadline: an idle one (or one still sending its head) is closed; one
+whose body is late gets 408 from its handler, then is closed. The timeouts are read from the settings at
+each request, so a reload changes them.
 """
 
 from __future__ import annotations
@@ -22,28 +23,32 @@ from tornado.httputil import HTTPConnection, HTTPMessageDelegate, RequestStartLi
 log = logging.getLogger("chatgpt_apiserver.slow_clients")
 
 Timeouts = Callable[[], tuple[float, float]]  # (idle or headers, body) in seconds
-HEADERS, BODY = "headers", "body"
+SlowBody = Callable[[HTTPConnection], bool]  # asks the request's handler to answer 408; False if it could not
+HEADERS, BODY, CLOSING = "headers", "body", "closing"
+CLOSING_GRACE = 5.0  # seconds a client gets to read a 408 before its connection is closed anyway
 
 
 class SlowClientServer(HTTPServer):
     """Tornado's HTTPServer, with the idle, header and body read timeouts enforced by a periodic sweep."""
 
-    def initialize(self, *args: Any, timeouts: Timeouts, **kwargs: Any) -> None:  # type: ignore[override]
+    def initialize(self, *args: Any, timeouts: Timeouts, on_slow_body: Optional[SlowBody] = None,  # type: ignore[override]
+                   **kwargs: Any) -> None:
         super().initialize(*args, **kwargs)
         # Tornado puts a one-hour timer on every header read when given no idle timeout; the sweep does it.
         self.conn_params.header_timeout = None
         self.timeouts = timeouts
-        # A connection is here while it waits for a request's headers or body: (deadline, what it waits for).
-        self.reading: dict[HTTP1ServerConnection, tuple[float, str]] = {}
+        self.on_slow_body = on_slow_body
+        # A connection is here while it waits for a request's head or body: (deadline, for what, its request).
+        self.reading: dict[HTTP1ServerConnection, tuple[float, str, HTTPConnection]] = {}
         self._sweeper: Optional[asyncio.TimerHandle] = None
         self._schedule()
 
     def start_request(self, server_conn: object, request_conn: HTTPConnection) -> HTTPMessageDelegate:
         delegate = super().start_request(server_conn, request_conn)
-        if isinstance(server_conn, HTTP1ServerConnection):
-            self.reading[server_conn] = (time.monotonic() + self.timeouts()[0], HEADERS)
-            return _Reading(delegate, self, server_conn)
-        return delegate
+        if not isinstance(server_conn, HTTP1ServerConnection):
+            return delegate
+        self.reading[server_conn] = (time.monotonic() + self.timeouts()[0], HEADERS, request_conn)
+        return _Reading(delegate, self, server_conn, request_conn)
 
     def on_close(self, server_conn: object) -> None:
         self.reading.pop(server_conn, None)  # type: ignore[call-overload]
@@ -60,30 +65,35 @@ class SlowClientServer(HTTPServer):
         self._sweeper = asyncio.get_running_loop().call_later(interval, self.sweep)
 
     def sweep(self) -> None:
-        """Close every connection whose read has outlived its timeout."""
+        """Act on every connection whose read has outlived its timeout."""
         now = time.monotonic()
-        late = [(conn, what) for conn, (deadline, what) in self.reading.items() if deadline <= now]
-        for conn, what in late:
+        late = [(conn, what, request) for conn, (deadline, what, request) in self.reading.items() if deadline <= now]
+        for conn, what, request in late:
             del self.reading[conn]
             if what == BODY:
-                log.info("client %s sent its request body too slowly; connection closed", conn.context)
+                log.info("client %s sent its request body too slowly", conn.context)
+                if self.on_slow_body is not None and self.on_slow_body(request):
+                    self.reading[conn] = (now + CLOSING_GRACE, CLOSING, request)  # 408 is on its way out
+                    continue
             conn.stream.close()
         self._schedule()
 
 
 class _Reading(HTTPMessageDelegate):
-    """Passes one request through, moving its connection's deadline from headers to body to none."""
+    """Passes one request through, moving its connection's deadline from head to body to none."""
 
-    __slots__ = ("_conn", "_delegate", "_server")
+    __slots__ = ("_conn", "_delegate", "_request", "_server")
 
-    def __init__(self, delegate: HTTPMessageDelegate, server: SlowClientServer, conn: HTTP1ServerConnection) -> None:
+    def __init__(self, delegate: HTTPMessageDelegate, server: SlowClientServer, conn: HTTP1ServerConnection,
+                 request: HTTPConnection) -> None:
         self._delegate = delegate
         self._server = server
         self._conn = conn
+        self._request = request
 
     def headers_received(self, start_line: Union[RequestStartLine, ResponseStartLine],
                          headers: Any) -> Optional[Awaitable[None]]:
-        self._server.reading[self._conn] = (time.monotonic() + self._server.timeouts()[1], BODY)
+        self._server.reading[self._conn] = (time.monotonic() + self._server.timeouts()[1], BODY, self._request)
         return self._delegate.headers_received(start_line, headers)
 
     def data_received(self, chunk: bytes) -> Optional[Awaitable[None]]:
