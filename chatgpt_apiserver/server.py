@@ -51,8 +51,8 @@ class Running:
     async def stop(self, grace: Optional[float] = None) -> None:
         """Stop accepting, let in-flight requests finish for up to `grace` seconds, then close everything."""
         gateway = self.gateway
-        gateway.draining = True
-        self.server.stop()
+        gateway.draining = True  # from here every answer says Connection: close
+        self.server.drain()
         if not await gateway.wait_idle(gateway.settings.shutdown_timeout if grace is None else grace):
             log.warning("shutdown timeout: ending %d request(s) still in flight", gateway.in_flight)
             gateway.abort_all("the server is shutting down")

@@ -113,7 +113,7 @@ class BaseHandler(RequestHandler):
         headers["Access-Control-Expose-Headers"] = EXPOSED_HEADERS
 
     def flush(self, include_footers: bool = False) -> Any:
-        if not self._headers_written and self._unread:
+        if not self._headers_written and (self._unread or self.gateway.draining):
             self._headers["Connection"] = "close"
         return super().flush(include_footers)
 

@@ -1,4 +1,4 @@
-"""Slow clients: connections that idle too long, or send their headers or body too slowly, are cut off.
+"""Client connections: slow ones are answered and cut off, and a drain closes idle ones.
 
 Tornado can time reads itself (`idle_connection_timeout`, `body_timeout`), but it arms a timer and a chain
 of futures on every read: about 25 µs per request at concurrency 1 here (see README, Performance). Instead,
@@ -29,7 +29,7 @@ CLOSING_GRACE = 5.0  # seconds a client gets to read a 408 before its connection
 
 
 class SlowClientServer(HTTPServer):
-    """Tornado's HTTPServer, with the idle, header and body read timeouts enforced by a periodic sweep."""
+    """Tornado's HTTPServer with read timeouts by sweep, 408 for a slow body, and a drain."""
 
     def initialize(self, *args: Any, timeouts: Timeouts, on_slow_body: Optional[SlowBody] = None,  # type: ignore[override]
                    **kwargs: Any) -> None:
@@ -38,14 +38,19 @@ class SlowClientServer(HTTPServer):
         self.conn_params.header_timeout = None
         self.timeouts = timeouts
         self.on_slow_body = on_slow_body
+        self.draining = False
         # A connection is here while it waits for a request's head or body: (deadline, for what, its request).
         self.reading: dict[HTTP1ServerConnection, tuple[float, str, HTTPConnection]] = {}
+        self._closing = False
         self._sweeper: Optional[asyncio.TimerHandle] = None
         self._schedule()
 
     def start_request(self, server_conn: object, request_conn: HTTPConnection) -> HTTPMessageDelegate:
         delegate = super().start_request(server_conn, request_conn)
         if not isinstance(server_conn, HTTP1ServerConnection):
+            return delegate
+        if self.draining:  # the answer before said Connection: close; a new request is not taken
+            server_conn.stream.close()
             return delegate
         self.reading[server_conn] = (time.monotonic() + self.timeouts()[0], HEADERS, request_conn)
         return _Reading(delegate, self, server_conn, request_conn)
@@ -54,13 +59,25 @@ class SlowClientServer(HTTPServer):
         self.reading.pop(server_conn, None)  # type: ignore[call-overload]
         super().on_close(server_conn)
 
-    def stop(self) -> None:
-        super().stop()
+    def drain(self) -> None:
+        """Stop listening and close idle connections now; the others close after their current answer."""
+        self.draining = True
+        self.stop()
+        for conn, (_deadline, what, _request) in list(self.reading.items()):
+            if what == HEADERS:
+                conn.stream.close()
+
+    async def close_all_connections(self) -> None:
+        """Close every connection, and stop the sweep."""
+        self._closing = True
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
+        await super().close_all_connections()
 
     def _schedule(self) -> None:
+        if self._closing:
+            return
         interval = min(1.0, max(0.05, min(self.timeouts()) / 5))
         self._sweeper = asyncio.get_running_loop().call_later(interval, self.sweep)
 
