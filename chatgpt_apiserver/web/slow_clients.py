@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Optional, Union
@@ -19,6 +20,9 @@ from typing import Any, Optional, Union
 from tornado.http1connection import HTTP1ServerConnection
 from tornado.httpserver import HTTPServer
 from tornado.httputil import HTTPConnection, HTTPMessageDelegate, RequestStartLine, ResponseStartLine
+from tornado.iostream import IOStream
+
+from .accept import Acceptor
 
 log = logging.getLogger("chatgpt_apiserver.slow_clients")
 
@@ -29,7 +33,7 @@ CLOSING_GRACE = 5.0  # seconds a client gets to read a 408 before its connection
 
 
 class SlowClientServer(HTTPServer):
-    """Tornado's HTTPServer with read timeouts by sweep, 408 for a slow body, and a drain."""
+    """Tornado's HTTPServer with read timeouts by sweep, 408 for a slow body, EMFILE back-off and a drain."""
 
     def initialize(self, *args: Any, timeouts: Timeouts, on_slow_body: Optional[SlowBody] = None,  # type: ignore[override]
                    **kwargs: Any) -> None:
@@ -44,6 +48,18 @@ class SlowClientServer(HTTPServer):
         self._closing = False
         self._sweeper: Optional[asyncio.TimerHandle] = None
         self._schedule()
+
+    def add_sockets(self, sockets: Any) -> None:
+        """Listen on `sockets` through an Acceptor (EMFILE back-off) instead of Tornado's accept loop."""
+        assert self.ssl_options is None, "TLS is terminated in front of the gateway"
+        for sock in sockets:
+            # TCPServer's own tables: its stop() removes the handler and closes the socket.
+            self._sockets[sock.fileno()] = sock
+            self._handlers[sock.fileno()] = Acceptor(sock, self._accepted).remove
+
+    def _accepted(self, connection: socket.socket, address: Any) -> None:
+        stream = IOStream(connection, max_buffer_size=self.max_buffer_size, read_chunk_size=self.read_chunk_size)
+        self.handle_stream(stream, address)
 
     def start_request(self, server_conn: object, request_conn: HTTPConnection) -> HTTPMessageDelegate:
         delegate = super().start_request(server_conn, request_conn)
