@@ -69,6 +69,7 @@ async def start_server(settings: Settings, gateway: Optional[Gateway] = None) ->
     server = SlowClientServer(
         make_app(gateway, bodies),
         max_body_size=settings.max_body_size * HARD_BODY_CAP_FACTOR,
+        max_header_size=settings.max_header_size,
         timeouts=lambda: (gateway.settings.client_idle_timeout, gateway.settings.client_body_timeout),
         on_slow_body=bodies.timed_out,
     )
@@ -99,6 +100,7 @@ async def reload(running: Running, argv: Sequence[str]) -> bool:
                 log.warning("reload: %s changed from %s to %s; that takes a restart", key, getattr(old, key),
                             getattr(settings, key))
         await running.gateway.reload(settings)
+        running.server.conn_params.max_header_size = settings.max_header_size
         use_secrets(running.gateway.secrets)  # a new key is scrubbed from the log from now on
         return True
     finally:

@@ -139,3 +139,16 @@ def test_bodies_reach_the_upstream_byte_for_byte(stack: Stack) -> None:
     assert status == 200
     assert [seen.body for seen in fake.chat_requests] == [body, body]
 
+
+@pytest.mark.parametrize(("limit", "size"), [(65536, 70_000), (4096, 5_000), (4096, 1_000_000)])
+def test_an_oversized_head_gets_431(stack: Stack, limit: int, size: int) -> None:
+    flags = () if limit == 65536 else ("--max-header-size", str(limit))  # 64 KiB by default
+    stack.gateway({"controllers": [{"type": "mock"}]}, *flags)
+    request = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Padding: " + b"p" * size + b"\r\n\r\n"
+    status, headers, answer = raw_exchange(stack.port, request)
+    assert status == 431 and headers["connection"] == "close"
+    assert orjson.loads(answer)["error"] == {
+        "message": f"The request head (request line and headers) is over the limit of {limit} bytes.",
+        "type": "invalid_request_error", "param": None, "code": "request_header_fields_too_large"}
+    assert raw_exchange(stack.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Padding: " + b"p" * (limit - 200)
+                        + b"\r\n\r\n")[0] == 200  # under the limit

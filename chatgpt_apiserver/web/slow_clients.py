@@ -1,4 +1,4 @@
-"""Client connections: slow ones are answered and cut off, and a drain closes idle ones.
+"""Client connections: slow ones are answered and cut off, oversized heads get 431, a drain closes idle ones.
 
 Tornado can time reads itself (`idle_connection_timeout`, `body_timeout`), but it arms a timer and a chain
 of futures on every read: about 25 µs per request at concurrency 1 here (see README, Performance). Instead,
@@ -20,8 +20,9 @@ from typing import Any, Optional, Union
 from tornado.http1connection import HTTP1ServerConnection
 from tornado.httpserver import HTTPServer
 from tornado.httputil import HTTPConnection, HTTPMessageDelegate, RequestStartLine, ResponseStartLine
-from tornado.iostream import IOStream
+from tornado.iostream import IOStream, UnsatisfiableReadError
 
+from ..errors import error_body
 from .accept import Acceptor
 
 log = logging.getLogger("chatgpt_apiserver.slow_clients")
@@ -32,8 +33,44 @@ HEADERS, BODY, CLOSING = "headers", "body", "closing"
 CLOSING_GRACE = 5.0  # seconds a client gets to read a 408 before its connection is closed anyway
 
 
+def head_too_large_answer(limit: int) -> bytes:
+    """The raw 431 sent when a request head outgrows `limit` bytes (there is no request to answer it through)."""
+    body = error_body(f"The request head (request line and headers) is over the limit of {limit} bytes.",
+                      "invalid_request_error", None, "request_header_fields_too_large")
+    return (b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
+
+
+class ClientStream(IOStream):
+    """A client connection's stream: a request head over the limit is answered with 431 before it closes.
+
+    Tornado closes the stream itself when a head outgrows `max_header_size`, with no answer; this is the
+    one moment that still has the socket.
+    """
+
+    head_answer: Optional[bytes] = None  # set while the connection waits for a request head
+
+    def close(self, exc_info: Any = False) -> None:
+        if isinstance(exc_info, UnsatisfiableReadError) and self.head_answer and not self.closed():
+            self._answer_before_closing(self.head_answer)
+        super().close(exc_info)
+
+    def _answer_before_closing(self, answer: bytes) -> None:
+        sock = self.socket
+        try:
+            for _ in range(16):  # read what the client already sent, so closing does not reset the answer away
+                if not sock.recv(65536):
+                    break
+        except OSError:
+            pass  # nothing more waiting (or the socket failed: the send below says so)
+        try:
+            sock.send(answer)
+        except OSError:
+            return
+
+
 class SlowClientServer(HTTPServer):
-    """Tornado's HTTPServer with read timeouts by sweep, 408 for a slow body, EMFILE back-off and a drain."""
+    """Tornado's HTTPServer with read timeouts by sweep, 431/408 answers, EMFILE back-off and a drain."""
 
     def initialize(self, *args: Any, timeouts: Timeouts, on_slow_body: Optional[SlowBody] = None,  # type: ignore[override]
                    **kwargs: Any) -> None:
@@ -45,6 +82,7 @@ class SlowClientServer(HTTPServer):
         self.draining = False
         # A connection is here while it waits for a request's head or body: (deadline, for what, its request).
         self.reading: dict[HTTP1ServerConnection, tuple[float, str, HTTPConnection]] = {}
+        self._head_answer = (-1, b"")
         self._closing = False
         self._sweeper: Optional[asyncio.TimerHandle] = None
         self._schedule()
@@ -58,7 +96,7 @@ class SlowClientServer(HTTPServer):
             self._handlers[sock.fileno()] = Acceptor(sock, self._accepted).remove
 
     def _accepted(self, connection: socket.socket, address: Any) -> None:
-        stream = IOStream(connection, max_buffer_size=self.max_buffer_size, read_chunk_size=self.read_chunk_size)
+        stream = ClientStream(connection, max_buffer_size=self.max_buffer_size, read_chunk_size=self.read_chunk_size)
         self.handle_stream(stream, address)
 
     def start_request(self, server_conn: object, request_conn: HTTPConnection) -> HTTPMessageDelegate:
@@ -69,7 +107,15 @@ class SlowClientServer(HTTPServer):
             server_conn.stream.close()
             return delegate
         self.reading[server_conn] = (time.monotonic() + self.timeouts()[0], HEADERS, request_conn)
+        if isinstance(server_conn.stream, ClientStream):
+            server_conn.stream.head_answer = self._head_too_large()
         return _Reading(delegate, self, server_conn, request_conn)
+
+    def _head_too_large(self) -> bytes:
+        limit = self.conn_params.max_header_size or 65536
+        if self._head_answer[0] != limit:
+            self._head_answer = (limit, head_too_large_answer(limit))
+        return self._head_answer[1]
 
     def on_close(self, server_conn: object) -> None:
         self.reading.pop(server_conn, None)  # type: ignore[call-overload]
@@ -126,6 +172,9 @@ class _Reading(HTTPMessageDelegate):
 
     def headers_received(self, start_line: Union[RequestStartLine, ResponseStartLine],
                          headers: Any) -> Optional[Awaitable[None]]:
+        stream = self._conn.stream
+        if isinstance(stream, ClientStream):
+            stream.head_answer = None  # the head is in: a read limit hit from here on is not about it
         self._server.reading[self._conn] = (time.monotonic() + self._server.timeouts()[1], BODY, self._request)
         return self._delegate.headers_received(start_line, headers)
 
