@@ -28,6 +28,8 @@ log = logging.getLogger("chatgpt_apiserver.server")
 # Tornado's own cap on bodies, for a request refused before its handler could set the real limits
 # (max_body_size, checked on the declared length and on every byte as it arrives).
 HARD_BODY_CAP_FACTOR = 2
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)  # drain, then exit
+RELOAD_SIGNAL = signal.SIGHUP  # re-read the config
 
 
 @dataclass
@@ -112,7 +114,7 @@ async def serve(settings: Settings, argv: Sequence[str] = ()) -> int:
     running = await start_server(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    for signum in STOP_SIGNALS:
         loop.add_signal_handler(signum, stop.set)
     reloads: set[asyncio.Task[bool]] = set()
 
@@ -121,7 +123,7 @@ async def serve(settings: Settings, argv: Sequence[str] = ()) -> int:
         reloads.add(task)
         task.add_done_callback(reloads.discard)
 
-    loop.add_signal_handler(signal.SIGHUP, on_hangup)
+    loop.add_signal_handler(RELOAD_SIGNAL, on_hangup)
     # Only now: systemd may send SIGHUP (systemctl reload) the moment it reads READY=1.
     notify(f"READY=1\nSTATUS=serving on {settings.host}:{running.port}\nMAINPID={os.getpid()}")
     flusher = loop.create_task(_flush_logs_forever())
