@@ -51,8 +51,10 @@ def text_value(value: Any) -> str:
     return '"' + escape_controls(text.replace("\\", "\\\\").replace('"', '\\"')) + '"'
 
 
-def _text_values(values: tuple[Any, ...]) -> tuple[str, ...]:
-    return tuple(text_value(value) for value in values)
+def _text_values(values: tuple[Any, ...]) -> tuple[Any, ...]:
+    # Only the method, the path and the model are the client's text; the other fields are numbers, or
+    # tokens checked against a safe charset already (request ids, controller names, the peer's address).
+    return (*values[:2], text_value(values[2]), text_value(values[3]), text_value(values[4]), *values[5:])
 
 
 class _Lines:
