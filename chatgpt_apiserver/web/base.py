@@ -11,6 +11,7 @@ import functools
 import os
 import re
 import time
+from asyncio import Future
 from typing import Any, Optional, Union
 
 import orjson
@@ -112,7 +113,7 @@ class BaseHandler(RequestHandler):
             headers["Access-Control-Allow-Origin"] = "*"
         headers["Access-Control-Expose-Headers"] = EXPOSED_HEADERS
 
-    def flush(self, include_footers: bool = False) -> Any:
+    def flush(self, include_footers: bool = False) -> Future[None]:
         if not self._headers_written and (self._unread or self.gateway.draining):
             self._headers["Connection"] = "close"
         return super().flush(include_footers)
