@@ -58,3 +58,14 @@ def scrub(data: bytes, secrets: tuple[bytes, ...] = ()) -> bytes:
 def scrub_text(text: str, secrets: tuple[bytes, ...] = ()) -> str:
     """`scrub` for text."""
     return scrub(text.encode("utf-8", "surrogatepass"), secrets).decode("utf-8", "replace")
+
+
+def redacted_snippet(data: bytes, secrets: tuple[bytes, ...], limit: int) -> str:
+    """The start of `data` as text for a log line: redacted first, then cut, so no secret is cut in two.
+
+    Only a window a little past `limit` is scrubbed: bounded work however large `data` is, and a secret
+    that starts inside the first `limit` bytes still lies whole inside the window.
+    """
+    longest = max((len(value) for value in secrets), default=0)
+    window = data[:limit + max(longest, 256)]
+    return scrub(window, secrets)[:limit].decode("utf-8", "replace")

@@ -19,15 +19,19 @@ from .config.files import ConfigError
 from .config.options import OPTIONS
 from .config.settings import Settings, parse_settings
 from .gateway import Gateway
-from .ops.logs import apply_logging
+from .ops.logs import apply_logging, flush_logs, use_secrets
 from .ops.notify import notify
 from .web.app import make_app
+from .web.bodies import Bodies
 from .web.slow_clients import SlowClientServer
 
 log = logging.getLogger("chatgpt_apiserver.server")
 
-# Tornado's own cap on bodies; the configurable limit (max_body_size) answers 413 below it.
+# Tornado's own cap on bodies, for a request refused before its handler could set the real limits
+# (max_body_size, checked on the declared length and on every byte as it arrives).
 HARD_BODY_CAP_FACTOR = 2
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)  # drain, then exit
+RELOAD_SIGNAL = signal.SIGHUP  # re-read the config
 
 
 @dataclass
@@ -39,6 +43,11 @@ class Running:
     sockets: list[socket.socket]
 
     @property
+    def addresses(self) -> list[str]:
+        """The addresses actually bound (what a reload's security check is held to)."""
+        return [str(sock.getsockname()[0]) for sock in self.sockets]
+
+    @property
     def port(self) -> int:
         """The port actually bound (useful when the setting is 0)."""
         return int(self.sockets[0].getsockname()[1])
@@ -46,8 +55,8 @@ class Running:
     async def stop(self, grace: Optional[float] = None) -> None:
         """Stop accepting, let in-flight requests finish for up to `grace` seconds, then close everything."""
         gateway = self.gateway
-        gateway.draining = True
-        self.server.stop()
+        gateway.draining = True  # from here every answer says Connection: close
+        self.server.drain()
         if not await gateway.wait_idle(gateway.settings.shutdown_timeout if grace is None else grace):
             log.warning("shutdown timeout: ending %d request(s) still in flight", gateway.in_flight)
             gateway.abort_all("the server is shutting down")
@@ -60,14 +69,18 @@ async def start_server(settings: Settings, gateway: Optional[Gateway] = None) ->
     """Build the gateway and application and start listening."""
     gateway = gateway or Gateway.from_settings(settings)
     await gateway.start()
+    bodies = Bodies(lambda: gateway.settings.max_buffered_body_bytes)
     server = SlowClientServer(
-        make_app(gateway),
+        make_app(gateway, bodies),
         max_body_size=settings.max_body_size * HARD_BODY_CAP_FACTOR,
+        max_header_size=settings.max_header_size,
         timeouts=lambda: (gateway.settings.client_idle_timeout, gateway.settings.client_body_timeout),
+        on_slow_body=bodies.timed_out,
     )
     sockets = bind_sockets(settings.port, settings.host, reuse_port=settings.reuse_port, backlog=4096)
     server.add_sockets(sockets)
     running = Running(server, gateway, sockets)
+    use_secrets(gateway.secrets)
     log.info("listening on %s:%d with %d controller(s): %s", settings.host, running.port,
              len(gateway.controllers), ", ".join(c.name for c in gateway.controllers))
     return running
@@ -78,7 +91,7 @@ async def reload(running: Running, argv: Sequence[str]) -> bool:
     notify(f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
     try:
         try:
-            settings, _check = parse_settings(argv)
+            settings, _check = parse_settings(argv, listening=running.addresses)
         except ConfigError as error:
             log.error("reload failed; still serving the previous config. %s", error)
             return False
@@ -105,16 +118,17 @@ def apply_server_settings(running: Running, settings: Settings) -> None:
     if isinstance(app, Application):
         app.settings["cors_origins"] = settings.cors_origins
     running.server.conn_params.max_body_size = settings.max_body_size * HARD_BODY_CAP_FACTOR
+    running.server.conn_params.max_header_size = settings.max_header_size
     apply_logging(settings.log_level, settings.log_format)
+    use_secrets(running.gateway.secrets)  # a new key is scrubbed from the log from now on
 
 
 async def serve(settings: Settings, argv: Sequence[str] = ()) -> int:
     """Serve until SIGTERM or SIGINT (SIGHUP reloads), then drain; return the exit status."""
     running = await start_server(settings)
-    notify(f"READY=1\nSTATUS=serving on {settings.host}:{running.port}\nMAINPID={os.getpid()}")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    for signum in STOP_SIGNALS:
         loop.add_signal_handler(signum, stop.set)
     reloads: set[asyncio.Task[bool]] = set()
 
@@ -123,7 +137,9 @@ async def serve(settings: Settings, argv: Sequence[str] = ()) -> int:
         reloads.add(task)
         task.add_done_callback(reloads.discard)
 
-    loop.add_signal_handler(signal.SIGHUP, on_hangup)
+    loop.add_signal_handler(RELOAD_SIGNAL, on_hangup)
+    # Only now: systemd may send SIGHUP (systemctl reload) the moment it reads READY=1.
+    notify(f"READY=1\nSTATUS=serving on {settings.host}:{running.port}\nMAINPID={os.getpid()}")
     flusher = loop.create_task(_flush_logs_forever())
     await stop.wait()
     notify("STOPPING=1")
@@ -131,17 +147,12 @@ async def serve(settings: Settings, argv: Sequence[str] = ()) -> int:
     await running.stop()
     log.info("stopped")
     flusher.cancel()
-    _flush_logs()
+    flush_logs()
     return 0
 
 
-def _flush_logs() -> None:
-    for handler in logging.getLogger().handlers:
-        handler.flush()
-
-
 async def _flush_logs_forever(interval: float = 0.25) -> None:
-    """Buffered log lines reach their stream within `interval` seconds."""
+    """Buffered log lines reach their writer within `interval` seconds."""
     while True:
         await asyncio.sleep(interval)
-        _flush_logs()
+        flush_logs()

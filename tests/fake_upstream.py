@@ -189,6 +189,20 @@ class ModelsHandler(RequestHandler):
             {"id": name, "object": "model", "created": 0, "owned_by": "fake"} for name in self.fake.model_ids]}))
 
 
+class CountingServer(HTTPServer):
+    """Tornado's HTTPServer, counting the client connections open now."""
+
+    open_connections = 0
+
+    def handle_stream(self, stream: Any, address: Any) -> None:
+        self.open_connections += 1
+        super().handle_stream(stream, address)
+
+    def on_close(self, server_conn: Any) -> None:
+        self.open_connections -= 1
+        super().on_close(server_conn)
+
+
 class FakeUpstream:
     """One fake upstream server; start it inside the event loop with `start()`."""
 
@@ -210,7 +224,7 @@ class FakeUpstream:
         self._updated = 0.0
         self.rejected = 0
         self.accepted_at: list[float] = []
-        self._server: Optional[HTTPServer] = None
+        self._server: Optional[CountingServer] = None
 
     def limit(self, rpm: float, burst: float) -> None:
         """Enforce `rpm` (with `burst`) from now on."""
@@ -261,13 +275,18 @@ class FakeUpstream:
     def model_requests(self) -> list[Seen]:
         return [seen for seen in self.requests if seen.path.endswith("/models")]
 
+    @property
+    def open_connections(self) -> int:
+        """Connections from the gateway open now (its pool keeps them alive between requests)."""
+        return self._server.open_connections if self._server is not None else 0
+
     def start(self, ssl_context: Optional[ssl.SSLContext] = None) -> None:
         app = Application([
             (r"/v1/chat/completions", ChatHandler, {"fake": self}),
             (r"/v1/models", ModelsHandler, {"fake": self}),
         ], log_function=lambda handler: None)
         sock, self.port = bind_unused_port()
-        self._server = HTTPServer(app, ssl_options=ssl_context)
+        self._server = CountingServer(app, ssl_options=ssl_context)
         self._server.add_sockets([sock])
 
     async def stop(self) -> None:

@@ -6,7 +6,9 @@ Tests then use real clients (the official openai SDK, raw HTTP) from the test th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
+import socket
 import threading
 from collections.abc import Awaitable
 from pathlib import Path
@@ -101,6 +103,20 @@ class Stack:
             self.loop.run(self.running.stop(grace=1.0))
         for fake in self.fakes:
             self.loop.run(fake.stop())
+
+
+def raw_exchange(port: int, data: bytes, timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
+    """Send exact bytes, read one answer: (status, lower-cased headers, body). The send may be cut short."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    try:
+        # The server may answer and close before taking all of it: the answer is still there to read.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            sock.sendall(data)
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        sock.close()
 
 
 def openai_controller(fake: FakeUpstream, **extra: Any) -> dict[str, Any]:

@@ -174,3 +174,22 @@ def test_status_health_and_ready(stack: Stack) -> None:
         assert status == 200 and orjson.loads(body) == expected
     status, _, body = stack.request("GET", "/readyz")
     assert status == 200 and orjson.loads(body)["status"] == "ready"
+
+
+def test_the_upstreams_request_id_is_relayed(stack: Stack) -> None:
+    openai_up, azure_up, odd_up = stack.fake("openai"), stack.fake("azure"), stack.fake("odd")
+    openai_up.default = Cue(mode="stream", events=2, headers={"x-request-id": "req_5f0e7a"})
+    azure_up.default = Cue(headers={"apim-request-id": "0b9d3c55-6f0e-4c9a-9a1e-2f6d1c0a7b3e"})
+    odd_up.default = Cue(headers={"x-request-id": "has spaces; and=more"})
+    stack.gateway({"controllers": [openai_controller(openai_up, models=["stream-model"]),
+                                   openai_controller(azure_up, models=["azure-model"]),
+                                   openai_controller(odd_up, models=["odd-model"])]})
+    with client(stack).chat.completions.with_streaming_response.create(
+            model="stream-model", messages=MESSAGES, stream=True) as response:
+        assert response.headers["x-upstream-request-id"] == "req_5f0e7a"
+        assert response.headers["x-request-id"] != "req_5f0e7a"  # ours stays ours
+        assert b"[DONE]" in response.read()
+    raw = client(stack).chat.completions.with_raw_response.create(model="azure-model", messages=MESSAGES)
+    assert raw.headers["x-upstream-request-id"] == "0b9d3c55-6f0e-4c9a-9a1e-2f6d1c0a7b3e"
+    raw = client(stack).chat.completions.with_raw_response.create(model="odd-model", messages=MESSAGES)
+    assert "x-upstream-request-id" not in raw.headers  # not a safe token to pass on or log

@@ -14,6 +14,7 @@ import pytest
 from chatgpt_apiserver.cli import main
 from chatgpt_apiserver.config.check import render
 from chatgpt_apiserver.config.files import ConfigError
+from chatgpt_apiserver.config.options import OPTIONS
 from chatgpt_apiserver.config.settings import parse_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -258,3 +259,37 @@ def test_the_module_and_console_script_exit_2_without_config(tmp_path: Path) -> 
     done = subprocess.run([sys.executable, "-m", "chatgpt_apiserver", "--help"], env=env,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "--pool-type" in done.stdout and "CHATGPT_APISERVER_PORT" in done.stdout
+
+
+def test_an_empty_proxy_means_none_and_an_empty_key_is_named(tmp_path: Path) -> None:
+    config = write(tmp_path / "c.json", {"controllers": [
+        {"type": "openai", "name": "direct", "config": {"api_key": KEY, "proxy": ""}},
+        {"type": "openai", "name": "spaces", "config": {"api_key": KEY, "proxy": "  "}}]})
+    settings, _ = parse_settings(["--config-file", str(config)], {})
+    assert [spec.settings["proxy"] for spec in settings.controllers] == [None, None]
+    assert "proxy=" not in render(settings)
+    # The original's own config/openai.json: its empty api_key is the one error, said in words.
+    write(tmp_path / "openai.json", {"api_key": "", "proxy": ""})
+    config = write(tmp_path / "c.json", {"controllers": [{"type": "openai", "config_file": "openai.json"}]})
+    assert problems(["--config-file", str(config)], {}) == [
+        f"api_key in {tmp_path / 'openai.json'}: the API key is empty; put the key there, "
+        "or name it with api_key_env or api_key_file"]
+
+
+def test_settings_are_typed_attributes_and_their_repr_shows_no_key(tmp_path: Path) -> None:
+    header_value = "azure-header-secret-0123456789"
+    config = write(tmp_path / "c.json", {"controllers": [
+        {"type": "openai", "config": {"api_key": KEY, "headers": {"api-key": header_value}}}],
+        "admin_key": "admin-secret-0123456789", "client_keys": ["client-secret-0123456789"]})
+    settings, _ = parse_settings(["--config-file", str(config)], {})
+    text = repr(settings)
+    for secret in (KEY, header_value, "admin-secret-0123456789", "client-secret-0123456789"):
+        assert secret not in text
+    assert "max_body_size=33554432" in text  # the values themselves are there, by name
+    assert not hasattr(settings, "document") and not hasattr(settings, "values")
+    # One attribute per option, each of the option's declared type.
+    for option in OPTIONS:
+        value = getattr(settings, option.dest)
+        assert value == option.default or option.dest in ("admin_key", "client_keys"), option.dest
+        if option.default is not None:
+            assert isinstance(value, type(option.default)), option.dest

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import orjson
 
 from .fake_upstream import Cue
-from .harness import Stack, openai_controller
+from .harness import Stack, openai_controller, raw_exchange
 
 BODY = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
 STREAM = {**BODY, "stream": True}
@@ -196,20 +196,21 @@ def test_over_the_concurrent_request_cap_is_503_with_retry_after(stack: Stack) -
 def test_body_over_the_limit_is_413_without_an_upstream_call(stack: Stack) -> None:
     fake = stack.fake("a")
     stack.gateway({"controllers": [openai_controller(fake)]}, "--max-body-size", "1000")
-    big = {**BODY, "messages": [{"role": "user", "content": "x" * 1500}]}
-    status, _, body = stack.request("POST", "/v1/chat/completions", big)
-    assert status == 413 and orjson.loads(body)["error"]["code"] == "request_too_large"
-    assert not fake.chat_requests
-    # Tornado's own cap (twice the limit) refuses larger bodies before reading them.
-    huge = {**BODY, "messages": [{"role": "user", "content": "x" * 5000}]}
-    connection = http.client.HTTPConnection("127.0.0.1", stack.port, timeout=10)
-    try:
-        connection.request("POST", "/v1/chat/completions", body=orjson.dumps(huge))
-        assert connection.getresponse().status == 400
-    except (ConnectionError, http.client.HTTPException):
-        pass  # or it simply hangs up: either way nothing reached the upstream
-    finally:
-        connection.close()
+    for size in (1500, 5000, 50_000_000):  # just over, and far over (once the old hard cap's 400)
+        headers = {"Content-Type": "application/json", "Content-Length": str(size)}
+        status, got, body = raw_exchange(stack.port, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                                         + b"".join(b"%s: %s\r\n" % (k.encode(), v.encode()) for k, v in
+                                                    headers.items()) + b"\r\n" + b"x" * min(size, 2000))
+        assert status == 413, size
+        assert orjson.loads(body)["error"] == {
+            "message": f"The request body is {size} bytes; the limit is 1000.", "type": "invalid_request_error",
+            "param": None, "code": "request_too_large"}
+        assert got["connection"] == "close"  # the rest of the body is not read
+    # A chunked body declares no length: it is counted as it comes and refused once over.
+    chunks = b"".join(b"%x\r\n%s\r\n" % (300, b"y" * 300) for _ in range(5)) + b"0\r\n\r\n"
+    status, _, body = raw_exchange(stack.port, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                                   b"Transfer-Encoding: chunked\r\nContent-Type: application/json\r\n\r\n" + chunks)
+    assert status == 413 and "over the limit of 1000 bytes" in orjson.loads(body)["error"]["message"]
     assert not fake.chat_requests
 
 
@@ -219,12 +220,23 @@ def test_slow_loris_clients_are_cut_off(stack: Stack) -> None:
     headers_only = socket.create_connection(("127.0.0.1", stack.port))
     headers_only.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")  # never finishes its headers
     slow_body = socket.create_connection(("127.0.0.1", stack.port))
-    slow_body.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+    slow_body.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n"
+                      b"X-Request-Id: slow-1\r\n\r\n{")
     for sock in (headers_only, slow_body):
         sock.settimeout(5)
-        started = time.monotonic()
-        assert sock.recv(1024) == b""  # the server hung up
-        assert time.monotonic() - started < 3
+    started = time.monotonic()
+    assert headers_only.recv(1024) == b""  # the server hung up: there is no request to answer
+    assert time.monotonic() - started < 3
+    response = http.client.HTTPResponse(slow_body)  # the late body gets an answer, then the hang-up
+    response.begin()
+    assert response.status == 408 and response.getheader("Connection") == "close"
+    assert response.getheader("X-Request-Id") == "slow-1"
+    assert orjson.loads(response.read())["error"] == {
+        "message": "The request body did not arrive within 0.5 seconds.", "type": "invalid_request_error",
+        "param": None, "code": "request_timeout"}
+    assert slow_body.recv(1024) == b""
+    assert time.monotonic() - started < 3
+    for sock in (headers_only, slow_body):
         sock.close()
 
 

@@ -15,6 +15,7 @@ from tornado.web import Application, RequestHandler
 from chatgpt_apiserver.config.settings import parse_settings
 from chatgpt_apiserver.gateway import Gateway
 from chatgpt_apiserver.web.app import make_app
+from chatgpt_apiserver.web.base import client_request_id
 from chatgpt_apiserver.web.handlers import StatusHandler
 
 GOOD = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
@@ -199,10 +200,10 @@ def test_our_clear_resets_what_tornados_does(app: Application) -> None:
         def set_close_callback(self, callback: Any) -> None:
             pass
 
-    gateway = app.wildcard_router.rules[0].target_kwargs["gateway"]
+    deps = app.wildcard_router.rules[0].target_kwargs
     request = HTTPServerRequest(start_line=RequestStartLine("GET", "/status", "HTTP/1.1"),
                                 headers=HTTPHeaders({"Host": "x", "Origin": "https://x"}), connection=Connection())  # type: ignore[arg-type]
-    handler = StatusHandler(app, request, gateway=gateway)
+    handler = StatusHandler(app, request, **deps)
     handler.request_id = "id-1"
     handler.clear()
     ours, our_headers = dict(vars(handler)), dict(handler._headers)
@@ -214,3 +215,57 @@ def test_our_clear_resets_what_tornados_does(app: Application) -> None:
     our_date = parsedate_to_datetime(our_headers.pop("Date"))
     assert abs((parsedate_to_datetime(their_headers.pop("Date")) - our_date).total_seconds()) <= 1
     assert our_headers == their_headers and our_headers["X-Request-Id"] == "id-1"
+
+
+def test_request_id_must_match_in_full() -> None:
+    assert client_request_id("abc-123") == "abc-123"
+    for bad in ("abc\n", "abc\r\n", "\nabc", "a b", "x" * 129, "", None):
+        fresh = client_request_id(bad)
+        assert fresh != bad and len(fresh) == 24 and "\n" not in fresh
+
+
+@pytest.mark.gen_test
+async def test_a_preflight_to_any_path_is_answered(http_client: AsyncHTTPClient, base_url: str) -> None:
+    preflight = {"Origin": "https://chat.example", "Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "authorization"}
+    for path, method in (("/v1/nothing", "POST"), ("/v1/responses", "POST"), ("/v1/models", "DELETE")):
+        response = await fetch(http_client, base_url + path, method="OPTIONS",
+                               headers={**preflight, "Access-Control-Request-Method": method})
+        assert response.code == 204, path
+        assert response.headers["Access-Control-Allow-Origin"] == "*"
+        assert method in response.headers["Access-Control-Allow-Methods"].split(", ")
+        assert "authorization" in response.headers["Access-Control-Allow-Headers"]
+    # The real request then gets our JSON 404, with the CORS headers the browser needs to show it.
+    response = await fetch(http_client, base_url + "/v1/nothing", body=b"{}",
+                           headers={"Origin": "https://chat.example"})
+    assert response.code == 404 and orjson.loads(response.body)["error"]["code"] == "unknown_url"
+    assert response.headers["Access-Control-Allow-Origin"] == "*"
+    # A plain OPTIONS (no preflight) to an unknown path is still a 404.
+    response = await fetch(http_client, base_url + "/v1/nothing", method="OPTIONS")
+    assert response.code == 404
+
+
+@pytest.mark.gen_test
+async def test_open_get_routes_answer_head(http_client: AsyncHTTPClient, base_url: str) -> None:
+    for path in ("/status", "/healthz", "/readyz", "/", "/dashboard"):
+        got = await fetch(http_client, base_url + path, method="GET")
+        head = await fetch(http_client, base_url + path, method="HEAD")
+        assert head.code == got.code == 200, path
+        assert head.body == b"" and got.body
+        assert head.headers["Content-Length"] == str(len(got.body))
+        assert head.headers["Content-Type"] == got.headers["Content-Type"]
+    response = await fetch(http_client, base_url + "/v1/models", method="HEAD")
+    assert response.code == 405  # not an open route: its GET may call upstreams
+
+
+@pytest.mark.gen_test
+async def test_the_status_page_is_read_once(http_client: AsyncHTTPClient, base_url: str,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    page = (Path(__file__).parent.parent / "chatgpt_apiserver" / "web" / "static" / "status.html").read_bytes()
+
+    def no_disk(self: Path) -> bytes:
+        raise OSError("the status page must not be read per request")
+
+    monkeypatch.setattr(Path, "read_bytes", no_disk)
+    response = await fetch(http_client, base_url + "/", method="GET")
+    assert response.code == 200 and response.body == page

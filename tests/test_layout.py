@@ -9,7 +9,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "chatgpt_apiserver"
 # Lowest first; README's code map lists the same order, top down.
 LAYERS = [
     {"secret", "errors", "call", "auth"},
-    {"config", "ops"},
+    {"config", "ops", "endpoints"},
     {"transport"},
     {"controllers"},
     {"state"},

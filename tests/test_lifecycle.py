@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import signal
 import socket
@@ -76,22 +77,24 @@ def stream_in_background(port: int, results: list[bytes]) -> threading.Thread:
 
 def test_sigterm_drains_an_open_stream_then_exits_0(stack: Stack, tmp_path: Path) -> None:
     fake = stack.fake("up")
-    fake.default = Cue(mode="stream", events=15, interval=0.1)
+    fake.default = Cue(mode="stream", events=30, interval=0.1)
     server = Server(write_config(tmp_path / "c.json", [fake]), "--shutdown-timeout", "10")
     results: list[bytes] = []
-    probe = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)  # kept alive across SIGTERM
+    probe = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)  # kept alive, idle at SIGTERM
     try:
         probe.request("GET", "/readyz")
-        assert probe.getresponse().read() and True
+        ready = probe.getresponse()
+        assert ready.status == 200 and orjson.loads(ready.read())["status"] == "ready"
         thread = stream_in_background(server.port, results)
         while not fake.chat_requests:
             time.sleep(0.02)
         time.sleep(0.2)
         server.process.send_signal(signal.SIGTERM)
-        time.sleep(0.2)
-        probe.request("GET", "/readyz")
-        ready = probe.getresponse()
-        assert ready.status == 503 and b"draining" in ready.read()
+        signalled = time.monotonic()
+        assert probe.sock is not None
+        probe.sock.settimeout(5)
+        assert probe.sock.recv(1) == b""  # the idle keep-alive connection is closed at once...
+        assert time.monotonic() - signalled < 1.5  # ...not when the stream (2.8 s more) ends
         try:  # while it drains, the listener no longer accepts
             socket.create_connection(("127.0.0.1", server.port), timeout=1).close()
             accepting = True
@@ -206,3 +209,40 @@ def test_sighup_applies_cors_origins_and_log_format_under_load(stack: Stack, tmp
                          if line.startswith("20") and "chatgpt_apiserver.access" in line]
     assert access_text_after == []  # lines queued before the switch were written before the reload's line
     assert sum("host changed from 127.0.0.1 to 127.0.0.2; that takes a restart" in line for line in lines) == 1
+def test_a_drain_closes_keep_alive_connections_and_says_so(stack: Stack) -> None:
+    fake = stack.fake("up")
+    fake.default = Cue(mode="stream", events=10, interval=0.1)  # a stream of about a second holds the drain open
+    stack.gateway({"controllers": [openai_controller(fake)]}, "--shutdown-timeout", "20")
+    running = stack.running
+    assert running is not None
+    idle = socket.create_connection(("127.0.0.1", stack.port), timeout=5)
+    idle.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert idle.recv(65536).startswith(b"HTTP/1.1 200 ")  # now an idle keep-alive connection
+    streaming = socket.create_connection(("127.0.0.1", stack.port), timeout=10)
+    body = orjson.dumps(STREAM)
+    streaming.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
+                      % (len(body), body))
+    late = socket.create_connection(("127.0.0.1", stack.port), timeout=5)
+    body = orjson.dumps({**STREAM, "stream": False})
+    late.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
+                 % (len(body), body[:10]))  # its body is still coming when the drain starts
+    while not fake.chat_requests:
+        time.sleep(0.02)
+    started = time.monotonic()
+    stopping = asyncio.run_coroutine_threadsafe(running.stop(), stack.loop.loop)
+    stack.running = None
+    assert idle.recv(1) == b"" and time.monotonic() - started < 1  # closed at once, not at the drain's end
+    late.sendall(body[10:])
+    answer = http.client.HTTPResponse(late)
+    answer.begin()
+    assert answer.status == 200 and answer.getheader("Connection") == "close"
+    answer.read()
+    assert late.recv(1) == b""  # and closed after that answer
+    streamed = b""
+    while chunk := streaming.recv(65536):  # the stream runs to its end; then the server hangs up
+        streamed += chunk
+    assert b"data: [DONE]\r\n" in streamed or b"data: [DONE]\n\n" in streamed
+    stopping.result(10)
+    assert time.monotonic() - started < 5  # the drain ended with its last request, not at its 20 s timeout
+    for sock in (idle, streaming, late):
+        sock.close()

@@ -70,6 +70,7 @@ def test_metrics_take_the_admin_key(stack: Stack) -> None:
 @pytest.mark.parametrize("fmt", ["text", "json"])
 def test_access_log_lines(stack: Stack, fmt: str) -> None:
     fake = stack.fake("up")
+    fake.default = Cue(headers={"x-request-id": "req_0a1b2c3d"})  # OpenAI's own id for the request
     stack.gateway({"controllers": [openai_controller(fake)]}, "--log-format", fmt)
     out = io.StringIO()
     handler = configure_logging("info", fmt, stream=out)
@@ -82,7 +83,9 @@ def test_access_log_lines(stack: Stack, fmt: str) -> None:
             handler.flush()  # the server flushes buffered lines every quarter second; this test has no server loop
     finally:
         logging.getLogger().removeHandler(handler)
+        handler.close()
     assert status == 200 and headers["x-request-id"] == "trace-42"
+    assert headers["x-upstream-request-id"] == "req_0a1b2c3d"
     assert fake.chat_requests[0].headers["X-Request-Id"] == "trace-42"
     line = next(line for line in out.getvalue().splitlines() if "chatgpt_apiserver.access" in line)
     if fmt == "json":
@@ -92,9 +95,11 @@ def test_access_log_lines(stack: Stack, fmt: str) -> None:
         assert entry["bytes"] == len(body) and entry["tokens"] == 12 and entry["client"] == "127.0.0.1"
         assert entry["method"] == "POST" and entry["path"] == "/v1/chat/completions"
         assert entry["time_ms"] >= entry["ttfb_ms"] > 0 and entry["time"].endswith("Z")
+        assert entry["upstream_request_id"] == "req_0a1b2c3d"
     else:
         for field in ("request_id=trace-42", "status=200", "controller=up", "model=gpt-4o", "stream=False",
-                      "attempts=1", f"bytes={len(body)}", "tokens=12", "client=127.0.0.1"):
+                      "attempts=1", f"bytes={len(body)}", "tokens=12", "client=127.0.0.1",
+                      "upstream_request_id=req_0a1b2c3d"):
             assert field in line
         assert re.search(r"time_ms=[\d.]+ ttfb_ms=[\d.]+", line)
 
@@ -109,8 +114,10 @@ def test_deferred_lines_keep_their_order_and_a_bad_one_costs_only_itself() -> No
         logging.getLogger("chatgpt_apiserver.test").warning("a warning flushes at once")
         handler.defer(lambda n: f"last {n}\n", 3)
         handler.flush()
+        assert handler.wait_written(5)
     finally:
         logging.getLogger().removeHandler(handler)
+        handler.close()
     lines = out.getvalue().splitlines()
     assert lines[0] == "first 1" and "could not be rendered: ZeroDivisionError" in lines[1]
     assert lines[2].endswith("a warning flushes at once") and lines[3] == "last 3"

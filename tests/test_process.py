@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -115,3 +116,84 @@ def test_cannot_listen_is_a_clear_error(tmp_path: Path, flag: str) -> None:
         blocker.close()
     assert done.returncode == 1
     assert "cannot listen" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_reload_right_after_ready_never_kills_the_server(tmp_path: Path) -> None:
+    """systemd may send SIGHUP the moment it reads READY=1: the handlers must exist before it is sent."""
+    config = tmp_path / "chatgpt-apiserver.json"
+    config.write_bytes(orjson.dumps({"controllers": [{"type": "mock"}]}))
+    for attempt in range(6):
+        notify_path = str(tmp_path / f"notify-{attempt}.sock")
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        listener.bind(notify_path)
+        listener.settimeout(15)
+        process = subprocess.Popen([sys.executable, "-m", "chatgpt_apiserver", "--config-file", str(config),
+                                    "--port", str(free_port())], env=clean_env(NOTIFY_SOCKET=notify_path),
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            assert listener.recv(4096).decode().startswith("READY=1")
+            process.send_signal(signal.SIGHUP)  # at once, as systemctl reload right after start does
+            assert listener.recv(4096).decode().startswith("RELOADING=1"), attempt
+            assert listener.recv(4096).decode() == "READY=1"
+            assert process.poll() is None, attempt
+            process.send_signal(signal.SIGTERM)
+            assert listener.recv(4096).decode() == "STOPPING=1"
+        finally:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+            _out, err = process.communicate(timeout=30)
+            listener.close()
+        assert process.returncode == 0, (attempt, err.decode())
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def test_running_out_of_descriptors_backs_off_and_recovers(tmp_path: Path) -> None:
+    """Under ulimit -n 256, 400 connections: accepting pauses and is logged once, then serving resumes."""
+    config = tmp_path / "chatgpt-apiserver.json"
+    config.write_bytes(orjson.dumps({"controllers": [{"type": "mock"}]}))
+    port = free_port()
+    log_path = tmp_path / "server.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "chatgpt_apiserver", "--config-file", str(config), "--port", str(port)],
+            env=clean_env(), stdout=subprocess.DEVNULL, stderr=log,
+            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256)))
+    clients: list[socket.socket] = []
+    try:
+        wait_for_port(port, process)
+        for _ in range(400):  # the backlog takes what the server cannot accept
+            clients.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        cpu_before = cpu_seconds(process.pid)
+        time.sleep(3)
+        spent = cpu_seconds(process.pid) - cpu_before
+        assert process.poll() is None
+        assert spent < 1.0, f"{spent:.2f} s of CPU in 3 s while out of descriptors"  # no busy accept loop
+        for sock in clients:
+            sock.close()
+        clients.clear()
+        deadline = time.monotonic() + 15
+        while True:  # serving resumes once the descriptors are free again
+            try:
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+                connection.request("GET", "/healthz")
+                status = connection.getresponse().status
+                connection.close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the server did not serve again"
+                time.sleep(0.2)
+        assert status == 200
+    finally:
+        for sock in clients:
+            sock.close()
+        process.send_signal(signal.SIGTERM)
+        process.wait(30)
+    text = log_path.read_text()
+    assert len(text) < 200_000, f"{len(text)} bytes of log"
+    assert "cannot accept connections: Too many open files (EMFILE)" in text
+    assert "Traceback" not in text
+    assert process.returncode == 0

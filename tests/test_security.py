@@ -13,6 +13,7 @@ import orjson
 import pytest
 
 from chatgpt_apiserver.cli import main
+from chatgpt_apiserver.server import reload
 
 from .fake_upstream import Cue
 from .harness import Stack, openai_controller
@@ -143,3 +144,32 @@ def test_cors_with_an_origin_list_allows_only_those_origins(stack: Stack) -> Non
         status, headers, _ = stack.request("POST", "/v1/chat/completions", BODY, headers=sent)
         assert status == 200 and "access-control-allow-origin" not in headers
         assert headers["vary"] == "Origin"  # a cache must not hand this answer to another origin
+
+
+def test_a_reload_cannot_remove_the_keys_from_a_public_listener(stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
+    stack.gateway({"host": "0.0.0.0", "client_keys": ["team-key"], "controllers": [{"type": "mock"}]})
+    running = stack.running
+    assert running is not None and running.sockets[0].getsockname()[0] == "0.0.0.0"
+    path = stack.tmp_path / "chatgpt-apiserver.json"
+    argv = ["--config-file", str(path), "--port", "0"]
+    # The file now claims loopback and drops the keys; host takes a restart, so the listener stays public.
+    path.write_bytes(orjson.dumps({"host": "127.0.0.1", "controllers": [{"type": "mock"}]}))
+    assert stack.loop.run(reload(running, argv)) is False
+    assert "the server listens on 0.0.0.0, a non-loopback address, and this config has no client keys" in caplog.text
+    assert stack.request("POST", "/v1/chat/completions", BODY)[0] == 401
+    assert stack.request("POST", "/v1/chat/completions", BODY, headers={"Authorization": "Bearer team-key"})[0] == 200
+    # A reload that keeps a key is taken.
+    path.write_bytes(orjson.dumps({"client_keys": ["new-key"], "controllers": [{"type": "mock"}]}))
+    assert stack.loop.run(reload(running, argv)) is True
+    assert stack.request("POST", "/v1/chat/completions", BODY, headers={"Authorization": "Bearer new-key"})[0] == 200
+
+
+def test_a_reload_on_a_loopback_listener_is_held_to_loopback(stack: Stack) -> None:
+    stack.gateway({"client_keys": ["team-key"], "controllers": [{"type": "mock"}]})
+    running = stack.running
+    assert running is not None
+    path = stack.tmp_path / "chatgpt-apiserver.json"
+    path.write_bytes(orjson.dumps({"host": "0.0.0.0", "controllers": [{"type": "mock"}]}))
+    # Taking 0.0.0.0 needs a restart, where the start-up check refuses it; until then loopback needs no key.
+    assert stack.loop.run(reload(running, ["--config-file", str(path), "--port", "0"])) is True
+    assert stack.request("POST", "/v1/chat/completions", BODY)[0] == 200

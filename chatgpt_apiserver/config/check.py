@@ -28,7 +28,7 @@ def render(settings: Settings) -> str:
     lines.append("settings:")
     width = max(len(option.key) for option in OPTIONS)
     for option in OPTIONS:
-        value = _show(settings.values[option.dest], option.secret)
+        value = _show(getattr(settings, option.dest), option.secret)
         lines.append(f"  {option.key:<{width}} = {value:<24} ({settings.sources[option.dest]})")
     lines.append("")
     lines.append(f"controllers ({len(settings.controllers)}):")

@@ -70,11 +70,13 @@ def _url(value: Any) -> str:
 
 
 def _proxy_url(value: Any) -> Optional[Secret]:
-    """A proxy URL; kept as a Secret because it may carry credentials."""
+    """A proxy URL, kept as a Secret because it may carry credentials; empty means no proxy (as in the original)."""
     if value is None:
         return None
     if not isinstance(value, str):
         raise vol.Invalid("expected a proxy URL")
+    if not value.strip():
+        return None
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise vol.Invalid(f"expected an http:// proxy URL, got {parts.scheme or 'no'} scheme")
@@ -126,7 +128,7 @@ ENTRY = vol.Schema({
 })
 
 OPENAI_SETTINGS = vol.Schema({
-    vol.Optional("api_key"): _NonEmpty,
+    vol.Optional("api_key"): str,  # empty is reported by _api_key, in words
     vol.Optional("api_key_env"): _NonEmpty,
     vol.Optional("api_key_file"): _NonEmpty,
     vol.Optional("base_url"): _url,
@@ -188,7 +190,11 @@ def _report(errors: vol.MultipleInvalid, prefix: str, where: str, problems: list
 
 def _api_key(settings: dict[str, Any], prefix: str, where: str, base: Path,
              env: Mapping[str, str], problems: list[str]) -> tuple[Optional[Secret], str]:
-    given = [key for key in ("api_key", "api_key_env", "api_key_file") if settings.get(key)]
+    given = [key for key in ("api_key", "api_key_env", "api_key_file") if str(settings.get(key) or "").strip()]
+    if not given and "api_key" in settings:
+        problems.append(f"{_join(prefix, 'api_key')} in {where}: the API key is empty; put the key there, "
+                        "or name it with api_key_env or api_key_file")
+        return None, ""
     if len(given) != 1:
         what = "is missing" if not given else f"is given {len(given)} ways ({', '.join(given)})"
         problems.append(f"{_join(prefix, 'api_key')} in {where}: the API key {what}; "

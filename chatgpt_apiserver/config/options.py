@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Optional
+from dataclasses import Field, dataclass, field, fields
+from typing import Any, Generic, Optional, TypeVar
 
 from ..secret import Secret
 
@@ -95,15 +95,16 @@ def parse_text(text: str) -> str:
 
 
 POOL_TYPES = ("balanced", "random", "least_busy", "capacity")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
-class Option:
+class Option(Generic[T]):
     """One scalar setting. `key` is its config-file key, dotted where the file nests it."""
 
     key: str
-    default: Any
-    parse: Callable[[str], Any]
+    default: T
+    parse: Callable[[str], T]
     help: str
     group: str = "server"
     secret: bool = False
@@ -127,89 +128,132 @@ class Option:
         return ENV_PREFIX + self.dest.upper()
 
 
-OPTIONS: tuple[Option, ...] = (
-    Option("host", "127.0.0.1", parse_text,
-           "Address to listen on. Use 0.0.0.0 (all IPv4) or :: to listen publicly.", restart=True),
-    Option("port", 8080, parse_port, "TCP port to listen on (a number or a numeric string).", restart=True),
-    Option("pool.type", "balanced", one_of(*POOL_TYPES),
-           "How an eligible controller is chosen: balanced (smooth weighted round robin), random (weighted), "
-           "least_busy (fewest in flight per weight) or capacity (most headroom against its limits).",
-           "routing"),
-    Option("max_attempts", 3, parse_positive_int,
-           "Upstream attempts per request before giving up (failover happens only before the first byte).",
-           "routing"),
-    Option("max_queue_wait", 10.0, parse_seconds,
-           "Seconds a request may wait for a controller with room before it gets 429.", "routing"),
-    Option("max_queue_size", 1000, parse_positive_int,
-           "Requests that may wait at once; beyond it, 429 at once.", "routing"),
-    Option("default_completion_tokens", 512, parse_positive_int,
-           "Tokens reserved for the answer when a request sets no max_tokens (settled against usage).", "routing"),
-    Option("cooldown_default", 1.0, parse_seconds,
-           "Cooldown after a 429 that names no reset time.", "routing"),
-    Option("quota_disable_seconds", 3600.0, parse_seconds,
-           "How long a controller that ran out of quota (insufficient_quota) is disabled.", "routing"),
-    Option("breaker_failures", 5, parse_positive_int,
-           "Consecutive 5xx, connection errors or timeouts that eject a controller.", "routing"),
-    Option("breaker_ejection", 5.0, parse_seconds,
-           "First ejection in seconds; each further one doubles, up to breaker_max_ejection.", "routing"),
-    Option("breaker_max_ejection", 300.0, parse_seconds, "Longest ejection in seconds.", "routing"),
-    Option("retry_on_timeout", False, parse_bool,
-           "Send a request that timed out after it was sent to another controller (the first may still be "
-           "working on it, and billing it).", "routing"),
-    Option("retry_budget_ratio", 0.2, parse_seconds,
-           "Retries earned per request, so an outage of every key cannot multiply load.", "routing"),
-    Option("retry_budget_per_second", 5.0, parse_seconds,
-           "Retries earned per second regardless of traffic.", "routing"),
-    Option("reuse_port", False, parse_bool,
-           "Bind with SO_REUSEPORT so several processes (one per core) share one port.", "scale-out",
-           restart=True),
-    Option("redis_url", None, parse_secret,
-           "Share rate-limit state between instances in this Redis (redis://host:6379/0). Unset: in memory.",
-           "scale-out", secret=True, restart=True),
-    Option("redis_prefix", "chatgpt-apiserver", parse_text, "Prefix of every Redis key (one per deployment).",
-           "scale-out", restart=True),
-    Option("redis_timeout", 0.1, parse_seconds, "Seconds a request may wait on Redis before it counts as down.",
-           "scale-out"),
-    Option("redis_fallback", "local", one_of("local", "refuse"),
-           "While Redis is down: local (each instance keeps 1/N of every limit) or refuse (503).", "scale-out"),
-    Option("connect_timeout", 10.0, parse_seconds, "Seconds to open a connection to an upstream.", "upstream"),
-    Option("first_byte_timeout", 120.0, parse_seconds,
-           "Seconds from sending a streamed request until the upstream's response headers arrive "
-           "(a non-streamed answer is bounded by request_timeout).", "upstream"),
-    Option("stream_idle_timeout", 120.0, parse_seconds,
-           "Seconds allowed between two upstream reads (stream events or body chunks).", "upstream"),
-    Option("request_timeout", 600.0, parse_seconds,
-           "Total seconds for a non-streaming upstream call. Streams are never cut by this.", "upstream"),
-    Option("upstream_max_connections", 1000, parse_positive_int,
-           "Keep-alive connection pool size per controller.", "upstream"),
-    Option("upstream_keepalive_timeout", 30.0, parse_seconds,
-           "Seconds an idle upstream connection stays in the pool.", "upstream"),
-    Option("max_body_size", 32 * 1024 * 1024, parse_positive_int,
-           "Largest request body accepted, in bytes; larger gets 413.", "server"),
-    Option("cors_origins", ("*",), parse_list,
-           "Comma-separated origins allowed by CORS; * allows every origin; empty disables CORS headers.",
-           "server"),
-    Option("client_keys", (), parse_secret_list,
-           "Keys clients must send as 'Authorization: Bearer <key>' (comma-separated). None: no check.",
-           "security", secret=True),
-    Option("client_keys_file", None, parse_optional_path,
-           "File with one client key per line (blank lines and # comments ignored).", "security"),
-    Option("admin_key", None, parse_secret,
-           "Key for /admin/* and /metrics. Unset: those routes take a client key (or are open without keys).",
-           "security", secret=True),
-    Option("allow_unauthenticated", False, parse_bool,
-           "Allow listening on a non-loopback address without client keys.", "security"),
-    Option("max_concurrent_requests", 10000, parse_positive_int,
-           "Requests handled at once; beyond it, 503 with Retry-After.", "server"),
-    Option("client_idle_timeout", 75.0, parse_seconds,
-           "Seconds an idle client connection (or one still sending its headers) is kept.", "server"),
-    Option("client_body_timeout", 30.0, parse_seconds,
-           "Seconds a client may take to send its request body.", "server"),
-    Option("shutdown_timeout", 30.0, parse_seconds,
-           "Seconds to let in-flight requests and streams finish after SIGTERM.", "server"),
-    Option("access_log", True, parse_bool, "Log one line per request.", "logging"),
-    Option("log_level", "info", one_of("debug", "info", "warning", "error"), "Log level.", "logging"),
-    Option("log_format", "text", one_of("text", "json"), "Log format: text or json.", "logging"),
-)
+def option(default: T, parse: Callable[[str], T], help: str, group: str = "server", *,
+           key: str = "", secret: bool = False, restart: bool = False) -> T:
+    """Declare one setting in `Options`: its default, parser, help, group, and its dotted key if it nests.
 
+    Typed as the setting's value so mypy checks every `settings.x` read; at run time it is the dataclass
+    field that carries the declaration.
+    """
+    declared = {"key": key, "parse": parse, "help": help, "group": group, "secret": secret, "restart": restart}
+    return field(default=default, metadata={"option": declared})
+
+
+@dataclass
+class Options:
+    """Every scalar setting, with its type; the table that flags, env vars, file keys and help come from."""
+
+    host: str = option("127.0.0.1", parse_text,
+                       "Address to listen on. Use 0.0.0.0 (all IPv4) or :: to listen publicly.", restart=True)
+    port: int = option(8080, parse_port, "TCP port to listen on (a number or a numeric string).", restart=True)
+    pool_type: str = option(
+        "balanced", one_of(*POOL_TYPES),
+        "How an eligible controller is chosen: balanced (smooth weighted round robin), random (weighted), "
+        "least_busy (fewest in flight per weight) or capacity (most headroom against its limits).",
+        "routing", key="pool.type")
+    max_attempts: int = option(
+        3, parse_positive_int,
+        "Upstream attempts per request before giving up (failover happens only before the first byte).",
+        "routing")
+    max_queue_wait: float = option(
+        10.0, parse_seconds, "Seconds a request may wait for a controller with room before it gets 429.", "routing")
+    max_queue_size: int = option(1000, parse_positive_int, "Requests that may wait at once; beyond it, 429 at once.",
+                                 "routing")
+    default_completion_tokens: int = option(
+        512, parse_positive_int,
+        "Tokens reserved for the answer when a request sets no max_tokens (settled against usage).", "routing")
+    cooldown_default: float = option(1.0, parse_seconds, "Cooldown after a 429 that names no reset time.", "routing")
+    quota_disable_seconds: float = option(
+        3600.0, parse_seconds, "How long a controller that ran out of quota (insufficient_quota) is disabled.",
+        "routing")
+    breaker_failures: int = option(
+        5, parse_positive_int,
+        "Consecutive 5xx or timeouts that eject a model on a controller (failures to connect: the whole controller).",
+        "routing")
+    breaker_ejection: float = option(
+        5.0, parse_seconds, "First ejection in seconds; each further one doubles, up to breaker_max_ejection.",
+        "routing")
+    breaker_max_ejection: float = option(300.0, parse_seconds, "Longest ejection in seconds.", "routing")
+    retry_on_timeout: bool = option(
+        False, parse_bool,
+        "Send a request that timed out after it was sent to another controller (the first may still be working "
+        "on it, and billing it).", "routing")
+    retry_budget_ratio: float = option(
+        0.2, parse_seconds, "Retries earned per request, so an outage of every key cannot multiply load.", "routing")
+    retry_budget_per_second: float = option(
+        5.0, parse_seconds, "Retries earned per second regardless of traffic.", "routing")
+    reuse_port: bool = option(
+        False, parse_bool, "Bind with SO_REUSEPORT so several processes (one per core) share one port.", "scale-out",
+        restart=True)
+    redis_url: Optional[Secret] = option(
+        None, parse_secret,
+        "Share rate-limit state between instances in this Redis (redis://host:6379/0). Unset: in memory.",
+        "scale-out", secret=True, restart=True)
+    redis_prefix: str = option("chatgpt-apiserver", parse_text, "Prefix of every Redis key (one per deployment).",
+                               "scale-out", restart=True)
+    redis_timeout: float = option(
+        0.1, parse_seconds, "Seconds a request may wait on Redis before it counts as down.", "scale-out")
+    redis_fallback: str = option(
+        "local", one_of("local", "refuse"),
+        "While Redis is down: local (each instance keeps 1/N of every limit) or refuse (503).", "scale-out")
+    connect_timeout: float = option(10.0, parse_seconds, "Seconds to open a connection to an upstream.", "upstream")
+    first_byte_timeout: float = option(
+        120.0, parse_seconds,
+        "Seconds from sending a streamed request until the upstream's response headers arrive (a non-streamed "
+        "answer is bounded by request_timeout).", "upstream")
+    stream_idle_timeout: float = option(
+        120.0, parse_seconds, "Seconds allowed between two upstream reads (stream events or body chunks).",
+        "upstream")
+    request_timeout: float = option(
+        600.0, parse_seconds, "Total seconds for a non-streaming upstream call. Streams are never cut by this.",
+        "upstream")
+    upstream_max_connections: int = option(
+        1000, parse_positive_int, "Keep-alive connection pool size per controller.", "upstream")
+    upstream_keepalive_timeout: float = option(
+        30.0, parse_seconds, "Seconds an idle upstream connection stays in the pool.", "upstream")
+    max_body_size: int = option(
+        32 * 1024 * 1024, parse_positive_int,
+        "Largest request body accepted, in bytes; larger gets 413 (a declared length as soon as the headers "
+        "arrive).")
+    max_buffered_body_bytes: int = option(
+        256 * 1024 * 1024, parse_positive_int,
+        "Request body bytes held at once across all requests; a request past it gets 503 with Retry-After.")
+    max_header_size: int = option(
+        64 * 1024, parse_positive_int, "Largest request head (request line and headers) in bytes; larger gets 431.")
+    cors_origins: tuple[str, ...] = option(
+        ("*",), parse_list,
+        "Comma-separated origins allowed by CORS; * allows every origin; empty disables CORS headers.")
+    client_keys: tuple[Secret, ...] = option(
+        (), parse_secret_list,
+        "Keys clients must send as 'Authorization: Bearer <key>' (comma-separated). None: no check.",
+        "security", secret=True)
+    client_keys_file: Optional[str] = option(
+        None, parse_optional_path, "File with one client key per line (blank lines and # comments ignored).",
+        "security")
+    admin_key: Optional[Secret] = option(
+        None, parse_secret,
+        "Key for /admin/* and /metrics. Unset: those routes take a client key (or are open without keys).",
+        "security", secret=True)
+    allow_unauthenticated: bool = option(
+        False, parse_bool, "Allow listening on a non-loopback address without client keys.", "security")
+    max_concurrent_requests: int = option(
+        10000, parse_positive_int, "Requests handled at once; beyond it, 503 with Retry-After.")
+    client_idle_timeout: float = option(
+        75.0, parse_seconds, "Seconds an idle client connection (or one still sending its headers) is kept.")
+    client_body_timeout: float = option(
+        30.0, parse_seconds, "Seconds a client may take to send its request body; slower gets 408.")
+    shutdown_timeout: float = option(
+        30.0, parse_seconds, "Seconds to let in-flight requests and streams finish after SIGTERM.")
+    access_log: bool = option(True, parse_bool, "Log one line per request.", "logging")
+    log_level: str = option("info", one_of("debug", "info", "warning", "error"), "Log level.", "logging")
+    log_format: str = option("text", one_of("text", "json"), "Log format: text or json.", "logging")
+
+
+def _declared(item: Field[Any]) -> Option[Any]:
+    declared = item.metadata["option"]
+    return Option(declared["key"] or item.name, item.default, declared["parse"], declared["help"],
+                  declared["group"], declared["secret"], declared["restart"])
+
+
+OPTIONS: tuple[Option[Any], ...] = tuple(_declared(item) for item in fields(Options))
 OPTIONS_BY_KEY = {option.key: option for option in OPTIONS}

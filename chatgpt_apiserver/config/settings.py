@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -16,7 +16,7 @@ from .. import __version__
 from ..secret import Secret
 from .controllers import ControllerSpec, build_specs
 from .files import ConfigError, Location, load, locate
-from .options import OPTIONS, parse_bool
+from .options import OPTIONS, Options, parse_bool
 
 HOW_TO_START = """\
 How to start:
@@ -27,28 +27,17 @@ How to start:
   - run scripts/run, which serves a clearly labelled demo setup when nothing is configured."""
 
 
-@dataclass
-class Settings:
-    """Effective settings: scalar option values by `dest`, where each came from, and the controllers."""
+@dataclass(kw_only=True)
+class Settings(Options):
+    """Effective settings: one typed attribute per option, where each came from, and the controllers.
 
-    values: dict[str, Any]
+    The config document itself is not kept: it may hold keys inline, and only the validated values are needed.
+    """
+
     sources: dict[str, str]
     controllers: list[ControllerSpec]
     location: Location
-    document: dict[str, Any] = field(default_factory=dict)
     demo: bool = False
-
-    def __post_init__(self) -> None:
-        # Plain attributes: the request path reads several settings per request.
-        for name, value in self.values.items():
-            if name not in self.__dict__:
-                self.__dict__[name] = value
-
-    def __getattr__(self, name: str) -> Any:  # for type checkers; real lookups find the attributes above
-        try:
-            return self.__dict__["values"][name]
-        except KeyError:
-            raise AttributeError(name) from None
 
 
 class _FlatJsonParser(configargparse.ConfigFileParser):  # type: ignore[misc]
@@ -110,8 +99,13 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _security_checks(values: dict[str, Any], sources: dict[str, str], base: Path, problems: list[str]) -> None:
-    """Client keys from the file, and the refusal to serve a public address with no keys."""
+def _security_checks(values: dict[str, Any], sources: dict[str, str], base: Path, problems: list[str],
+                     listening: Optional[Sequence[str]]) -> None:
+    """Client keys from the file, and the refusal to serve a public address with no keys.
+
+    On a reload, `listening` holds the addresses actually bound: `host` takes a restart, so the rule is
+    checked against where the server listens, not against what the file now says.
+    """
     keys: list[Secret] = list(values.get("client_keys") or ())
     path_text = values.get("client_keys_file")
     if path_text:
@@ -123,13 +117,22 @@ def _security_checks(values: dict[str, Any], sources: dict[str, str], base: Path
             lines = []
         keys += [Secret(line.strip()) for line in lines if line.strip() and not line.strip().startswith("#")]
     values["client_keys"] = tuple(keys)
+    if keys or values.get("allow_unauthenticated"):
+        return
+    why = ("anyone who can reach it could spend the upstream keys. Set client_keys (or client_keys_file, or "
+           "CHATGPT_APISERVER_CLIENT_KEYS), or pass --allow-unauthenticated if something in front of it "
+           "authenticates clients.")
+    if listening is not None:
+        for address in listening:
+            if not _is_loopback(address):
+                problems.append(f"client_keys: the server listens on {address}, a non-loopback address, and this "
+                                f"config has no client keys (a new host takes a restart): {why}")
+                return
+        return
     host = values.get("host", "127.0.0.1")
-    if not keys and not values.get("allow_unauthenticated") and not _is_loopback(host):
-        problems.append(
-            f"{sources['host']}: refusing to listen on {host}, a non-loopback address, with no client keys: "
-            "anyone who can reach it could spend the upstream keys. Set client_keys (or client_keys_file, or "
-            "CHATGPT_APISERVER_CLIENT_KEYS), or pass --allow-unauthenticated if something in front of it "
-            "authenticates clients.")
+    if not _is_loopback(host):
+        problems.append(f"{sources['host']}: refusing to listen on {host}, a non-loopback address, with no client "
+                        f"keys: {why}")
 
 
 def _lookup(document: Mapping[str, Any], dotted: str) -> Any:
@@ -219,9 +222,12 @@ def _document_for(location: Location, env: Mapping[str, str],
     )
 
 
-def parse_settings(argv: Optional[Sequence[str]] = None,
-                   env: Optional[Mapping[str, str]] = None) -> tuple[Settings, bool]:
-    """Parse flags, env and the config file into validated `Settings`; also return `--check-config`."""
+def parse_settings(argv: Optional[Sequence[str]] = None, env: Optional[Mapping[str, str]] = None,
+                   listening: Optional[Sequence[str]] = None) -> tuple[Settings, bool]:
+    """Parse flags, env and the config file into validated `Settings`; also return `--check-config`.
+
+    `listening`: on a reload, the addresses the server is bound to (see `_security_checks`).
+    """
     env = dict(os.environ if env is None else env)
     parser = build_parser()
     args = list(argv or [])
@@ -253,9 +259,10 @@ def parse_settings(argv: Optional[Sequence[str]] = None,
 
     base = location.path if location.path else Path.cwd() / "environment"
     if not any(problem.startswith(("--host", "env CHATGPT_APISERVER_HOST", "host in")) for problem in problems):
-        _security_checks(values, final_sources, base, problems)
+        _security_checks(values, final_sources, base, problems, listening)
     controllers = build_specs(document.get("controllers"), base, where, env, problems)
     if problems:
         raise ConfigError(problems)
-    settings = Settings(values, final_sources, controllers, location, document, demo)
+    settings = Settings(**values,
+                        sources=final_sources, controllers=controllers, location=location, demo=demo)
     return settings, bool(namespace.check_config)

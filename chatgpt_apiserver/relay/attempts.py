@@ -26,7 +26,7 @@ from ..scheduling.outcomes import (
     usage_of,
 )
 from ..scheduling.scheduler import Lease, Scheduler
-from ..secret import scrub
+from ..secret import redacted_snippet, scrub
 from ..state.store import UNAVAILABLE
 from ..transport.reply import Reply, UpstreamError
 from .rewrite import estimate_tokens, upstream_body
@@ -203,7 +203,7 @@ async def _attempt(lease: Lease, call: Call, gateway: Gateway) -> Answer | Failu
         if controller_fault(status):
             kind = fault_kind(status, body)
             retry_after = rate.cooldown() if status == 429 and rate is not None else None
-            snippet = scrub(body[:300], gateway.secrets).decode("utf-8", "replace")
+            snippet = redacted_snippet(body, gateway.secrets, 300)
             log.info("controller %s answered %d: %s", controller.name, status, snippet)
             return Failure(controller.name, kind, f"upstream answered {status}", retry_after)
         lease.release(0)

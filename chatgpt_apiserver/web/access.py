@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable
 from typing import Any
 
-import orjson
 from tornado.web import RequestHandler
 
 from ..gateway import Gateway
-from ..ops.logs import JsonFormatter, LineStamp, fast_handler
+from ..ops.logs import JsonFormatter, LineStamp, escape_controls, fast_handler, json_line
 
 access_log = logging.getLogger("chatgpt_apiserver.access")
 
 FIELDS = ("request_id", "client", "method", "path", "model", "stream", "controller", "attempts", "status", "bytes",
-          "time_ms", "ttfb_ms", "tokens")
+          "time_ms", "ttfb_ms", "tokens", "upstream_request_id")
 MESSAGE = " ".join(f"{name}=%s" for name in FIELDS)
 TEXT_LINE = f"%s,%03d INFO {access_log.name}: {MESSAGE}\n"
 
@@ -33,7 +33,28 @@ def _values(entry: Entry) -> tuple[Any, ...]:
     values = entry[1:]
     seconds, ttfb = values[10], values[11]
     return (*values[:10], round(seconds * 1000, 2), round((ttfb if ttfb is not None else seconds) * 1000, 2),
-            values[12])
+            *values[12:])
+
+
+_PLAIN = re.compile(r"[!#-<>-\[\]-~]+")  # printable ASCII but space, quote, backslash and =
+
+
+def text_value(value: Any) -> str:
+    """A field's value for a key=value line: bare when plain, else quoted with control characters escaped.
+
+    The path, the model and the method come from the client: a newline could forge a line of its own, and
+    a space or a quote a field of its own.
+    """
+    text = str(value)
+    if _PLAIN.fullmatch(text):
+        return text
+    return '"' + escape_controls(text.replace("\\", "\\\\").replace('"', '\\"')) + '"'
+
+
+def _text_values(values: tuple[Any, ...]) -> tuple[Any, ...]:
+    # Only the method, the path and the model are the client's text; the other fields are numbers, or
+    # tokens checked against a safe charset already (request ids, controller names, the peer's address).
+    return (*values[:2], text_value(values[2]), text_value(values[3]), text_value(values[4]), *values[5:])
 
 
 class _Lines:
@@ -43,12 +64,12 @@ class _Lines:
         self.stamp = LineStamp()
 
     def text(self, entry: Entry) -> str:
-        return TEXT_LINE % (*self.stamp.text_parts(entry[0]), *_values(entry))
+        return TEXT_LINE % (*self.stamp.text_parts(entry[0]), *_text_values(_values(entry)))
 
     def json(self, entry: Entry) -> str:
         values = _values(entry)
-        return orjson.dumps({"time": self.stamp.iso(entry[0]), "level": "info", "logger": access_log.name,
-                             "message": MESSAGE % values, **dict(zip(FIELDS, values, strict=True))}).decode() + "\n"
+        return json_line({"time": self.stamp.iso(entry[0]), "level": "info", "logger": access_log.name,
+                          "message": MESSAGE % _text_values(values), **dict(zip(FIELDS, values, strict=True))}) + "\n"
 
 
 def make_log_function(gateway: Gateway, enabled: Callable[[], bool]) -> Callable[[RequestHandler], None]:
@@ -73,7 +94,8 @@ def make_log_function(gateway: Gateway, enabled: Callable[[], bool]) -> Callable
         entry = (time.time(), getattr(handler, "request_id", "") or "-", request.remote_ip, request.method,
                  request.path, getattr(handler, "model", "") or "-", bool(getattr(handler, "stream", False)),
                  controller, getattr(handler, "attempts", 0), status, getattr(handler, "bytes_out", 0), seconds,
-                 getattr(handler, "ttfb", None), getattr(handler, "tokens", None))
+                 getattr(handler, "ttfb", None), getattr(handler, "tokens", None),
+                 getattr(handler, "upstream_request_id", "") or "-")
         sink = fast_handler() if level == logging.INFO and not access_log.handlers else None
         if sink is not None:
             sink.defer(lines.json if isinstance(sink.formatter, JsonFormatter) else lines.text, entry)
@@ -86,4 +108,4 @@ def make_log_function(gateway: Gateway, enabled: Callable[[], bool]) -> Callable
 def _log_record(level: int, entry: Entry) -> None:
     """Through the logging machinery, for set-ups with other handlers (tests, embedding applications)."""
     values = _values(entry)
-    access_log.log(level, MESSAGE % values, extra={"fields": dict(zip(FIELDS, values, strict=True))})
+    access_log.log(level, MESSAGE % _text_values(values), extra={"fields": dict(zip(FIELDS, values, strict=True))})

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any, Optional
+
 from tornado.web import Application
 
 from ..gateway import Gateway
 from .access import make_log_function
+from .bodies import Bodies
 from .handlers import (
     AdminControllersHandler,
     ChatCompletionsHandler,
@@ -18,10 +22,14 @@ from .handlers import (
     StatusPageHandler,
 )
 
+STATUS_PAGE = Path(__file__).with_name("static") / "status.html"
 
-def make_app(gateway: Gateway) -> Application:
-    """The Tornado application for `gateway`."""
-    deps = {"gateway": gateway}
+
+def make_app(gateway: Gateway, bodies: Optional[Bodies] = None) -> Application:
+    """The Tornado application for `gateway`; `bodies` tracks request bodies (the server shares it)."""
+    if bodies is None:
+        bodies = Bodies(lambda: gateway.settings.max_buffered_body_bytes)
+    deps: dict[str, Any] = {"gateway": gateway, "bodies": bodies}
     routes = [
         (r"/v1/chat/completions/?", ChatCompletionsHandler, deps),
         (r"/v1/models/?", ModelsHandler, deps),
@@ -30,7 +38,7 @@ def make_app(gateway: Gateway) -> Application:
         (r"/readyz/?", ReadyHandler, deps),
         (r"/admin/controllers/?", AdminControllersHandler, deps),
         (r"/metrics/?", MetricsHandler, deps),
-        (r"/(?:dashboard/?)?", StatusPageHandler, deps),
+        (r"/(?:dashboard/?)?", StatusPageHandler, {**deps, "page": STATUS_PAGE.read_bytes()}),
     ]
     return Application(
         routes,

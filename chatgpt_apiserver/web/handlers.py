@@ -4,20 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
-import os
-import re
-import time
-from pathlib import Path
-from typing import Any, Optional, Union
+from collections.abc import Mapping
+from typing import Any, Optional
 
-import orjson
 from prometheus_client import CONTENT_TYPE_LATEST
 from tornado.http1connection import HTTP1Connection
-from tornado.httputil import HTTPHeaders, format_timestamp
 from tornado.iostream import StreamClosedError
-from tornado.web import HTTPError, RequestHandler
+from tornado.web import HTTPError
 
 from ..call import Call
 from ..errors import ApiError, stream_error_event
@@ -26,149 +20,26 @@ from ..relay.attempts import client_error_body, open_answer, relayed_headers
 from ..relay.rewrite import client_wants_usage
 from ..relay.streams import relay_stream
 from ..state import StoreUnavailable
+from .base import REQUEST_ID, BaseHandler
+from .bodies import Bodies
 from .schemas import parse_chat_request
 
 log = logging.getLogger("chatgpt_apiserver.handlers")
 
-STATUS_PAGE = Path(__file__).with_name("static") / "status.html"
-EXPOSED_HEADERS = "X-Request-Id, X-Chatgpt-Apiserver-Controller, Retry-After"
-REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
 CONTROLLER_HEADER = "X-Chatgpt-Apiserver-Controller"
+UPSTREAM_ID_HEADER = "X-Upstream-Request-Id"
+UPSTREAM_ID_NAMES = ("x-request-id", "apim-request-id")  # OpenAI's, then Azure's
 STREAM_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache",
                   "X-Accel-Buffering": "no"}  # no proxy buffering (nginx)
-_HTTP_METHODS = ("GET", "HEAD", "POST", "DELETE", "PATCH", "PUT", "OPTIONS")
 
 
-@functools.lru_cache(maxsize=2)
-def _http_date(second: int) -> str:
-    return format_timestamp(second)
-
-
-def _implemented(cls: type) -> list[str]:
-    return [m for m in _HTTP_METHODS
-            if getattr(cls, m.lower()) is not getattr(RequestHandler, m.lower()) or m == "OPTIONS"]
-
-
-class BaseHandler(RequestHandler):
-    """JSON errors in OpenAI's shape, CORS, request ids, and who may call the route."""
-
-    gateway: Gateway
-    access = "client"  # client: needs a client key when keys are set; admin: the admin key; open: anyone
-    route = "other"  # the metrics label
-    request_id = ""
-    # What the access log reports about this request; class defaults until a request sets them.
-    model = ""
-    stream = False
-    controller = ""
-    attempts = 0
-    bytes_out = 0
-    ttfb: Optional[float] = None
-    tokens: Optional[int] = None
-
-    def initialize(self, gateway: Gateway) -> None:
-        self.gateway = gateway
-
-    def clear(self) -> None:
-        """Tornado's clear(), minus its per-request cost: the Date header is formatted once a second, and
-        no Server header advertises the Tornado version. tests/test_http_api.py checks it against Tornado's."""
-        self._headers = HTTPHeaders({"Content-Type": "text/html; charset=UTF-8", "Date": _http_date(int(time.time()))})
-        self.set_default_headers()
-        self._write_buffer = []
-        self._status_code = 200
-        self._reason = "OK"
-
-    def write(self, chunk: Union[str, bytes, dict[str, Any]]) -> None:
-        if isinstance(chunk, bytes):
-            self.bytes_out += len(chunk)
-        super().write(chunk)
-
-    def set_default_headers(self) -> None:
-        # Runs before initialize() and again after clear(), so it reads the application's settings.
-        # Values written straight into _headers are constant or checked already: set_header's checks
-        # would only cost time.
-        headers = self._headers
-        if self.request_id:
-            headers["X-Request-Id"] = self.request_id
-        origins = self.settings.get("cors_origins")
-        if not origins:
-            return
-        origin = self.request.headers.get("Origin")
-        if "*" not in origins:
-            headers["Vary"] = "Origin"  # the answer depends on it, whether or not it matches
-            if origin is None or origin not in origins:
-                return
-            self.set_header("Access-Control-Allow-Origin", origin)
-        elif origin is None:
-            return  # not a cross-origin request: browsers always send Origin with those
-        else:
-            headers["Access-Control-Allow-Origin"] = "*"
-        headers["Access-Control-Expose-Headers"] = EXPOSED_HEADERS
-
-    def prepare(self) -> None:
-        given = self.request.headers.get("X-Request-Id")
-        self.request_id = given if given and REQUEST_ID.match(given) else os.urandom(12).hex()
-        self._headers["X-Request-Id"] = self.request_id  # a safe charset by REQUEST_ID or by construction
-        if self.access != "open" and self.request.method != "OPTIONS":
-            self._authenticate()
-
-    def _authenticate(self) -> None:
-        gateway = self.gateway
-        admin = self.access == "admin" and bool(gateway.admin_keys)
-        ring = gateway.admin_keys if admin else gateway.client_keys
-        if ring and not ring.check(self.request.headers.get("Authorization")):
-            which = "admin key" if admin else "API key"
-            raise ApiError(401, f"Missing or invalid {which}: send 'Authorization: Bearer <key>'.",
-                           code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
-
-    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
-        if isinstance(value, ApiError):
-            return  # an answer, not a fault
-        super().log_exception(typ, value, tb)
-
-    def options(self, *args: Any) -> None:
-        """CORS preflight: allow this route's methods and whatever headers the browser asks for."""
-        self.set_status(204)
-        if self.settings.get("cors_origins"):
-            self.set_header("Access-Control-Allow-Methods", ", ".join(_implemented(type(self))))
-            asked = self.request.headers.get("Access-Control-Request-Headers", "")
-            allowed = {"authorization", "content-type", "x-request-id"}
-            allowed.update(h.strip().lower() for h in asked.split(",") if h.strip())
-            self.set_header("Access-Control-Allow-Headers", ", ".join(sorted(allowed)))
-            self.set_header("Access-Control-Max-Age", "43200")
-        self.finish()
-
-    def send_api_error(self, error: ApiError) -> None:
-        """Finish with `error` in OpenAI's shape."""
-        self.set_status(error.status)
-        for name, value in error.headers.items():
-            self.set_header(name, value)
-        self.set_header("Content-Type", "application/json")
-        self.finish(error.body())
-
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        exc = kwargs.get("exc_info", (None, None, None))[1]
-        if isinstance(exc, ApiError):
-            self.send_api_error(exc)
-            return
-        if status_code == 405:
-            allowed = _implemented(type(self))
-            self.set_header("Allow", ", ".join(allowed))
-            message = f"Method {self.request.method} is not allowed on {self.request.path}; use {', '.join(allowed)}."
-            error = ApiError(405, message, code="method_not_allowed")
-        elif status_code == 404:
-            error = ApiError(404, f"Unknown path {self.request.path}.", code="unknown_url")
-        elif status_code < 500:
-            reason = exc.log_message if isinstance(exc, HTTPError) and exc.log_message else self._reason
-            error = ApiError(status_code, reason)
-        else:
-            error = ApiError(status_code, f"Internal error; quote request id {self.request_id} when reporting it.")
-        self.send_api_error(error)
-
-    def write_json(self, value: Any, status: int = 200) -> None:
-        """Finish with a JSON body."""
-        self.set_status(status)
-        self.set_header("Content-Type", "application/json")
-        self.finish(orjson.dumps(value))
+def upstream_request_id(headers: Mapping[str, str]) -> str:
+    """The upstream's own id for the request (users quote it to their provider), if it is safe to pass on."""
+    for name in UPSTREAM_ID_NAMES:
+        value = headers.get(name)
+        if value and REQUEST_ID.fullmatch(value):
+            return value
+    return ""
 
 
 class ChatCompletionsHandler(BaseHandler):
@@ -184,6 +55,7 @@ class ChatCompletionsHandler(BaseHandler):
         self._client_gone = True
         if self._task is not None:
             self._task.cancel()  # stops the upstream call or stream at once
+        super().on_connection_close()
 
     def abort(self, reason: str) -> None:
         """End this request now (shutdown timeout): a stream gets the error event, a waiting request 503."""
@@ -224,7 +96,7 @@ class ChatCompletionsHandler(BaseHandler):
             self.send_api_error(ApiError(503, message, code="shutting_down", headers={"Retry-After": "1"}))
 
     async def _handle(self) -> None:
-        body = self.request.body
+        body = self.take_body()
         limit = self.gateway.settings.max_body_size
         if len(body) > limit:
             raise ApiError(413, f"The request body is {len(body)} bytes; the limit is {limit}.",
@@ -240,6 +112,9 @@ class ChatCompletionsHandler(BaseHandler):
             return
         self.controller, self.attempts = answer.controller.name, answer.attempts
         self._headers[CONTROLLER_HEADER] = answer.controller.name  # names are checked against a safe charset
+        self.upstream_request_id = upstream_request_id(answer.reply.headers)
+        if self.upstream_request_id:
+            self._headers[UPSTREAM_ID_HEADER] = self.upstream_request_id  # a safe charset by REQUEST_ID
         if answer.splitter is None:
             self.tokens = _total_tokens(answer.usage)
             self._finish_body(answer.status, answer.reply.content_type, answer.body,
@@ -297,7 +172,8 @@ class AdminControllersHandler(BaseHandler):
     async def get(self) -> None:
         gateway = self.gateway
         self.write_json({"controllers": await gateway.describe(), "queue_length": gateway.scheduler.queue_length,
-                         "in_flight": gateway.in_flight, "draining": gateway.draining})
+                         "in_flight": gateway.in_flight, "draining": gateway.draining,
+                         "body_bytes_held": self.bodies.held})
 
 
 class MetricsHandler(BaseHandler):
@@ -319,10 +195,16 @@ class StatusPageHandler(BaseHandler):
     access = "open"  # the page itself holds no data; it asks for the admin key when the data needs one
     route = "status_page"
 
+    def initialize(self, gateway: Gateway, bodies: Bodies, page: bytes = b"") -> None:
+        super().initialize(gateway, bodies)
+        self.page = page  # read once, when the application is built
+
     def get(self) -> None:
         self.set_header("Content-Type", "text/html; charset=utf-8")
         self.set_header("Cache-Control", "no-cache")
-        self.finish(STATUS_PAGE.read_bytes())
+        self.finish(self.page)
+
+    head = get
 
 
 class StatusHandler(BaseHandler):
@@ -334,6 +216,8 @@ class StatusHandler(BaseHandler):
     def get(self) -> None:
         self.write_json({"status": "ok"})
 
+    head = get
+
 
 class HealthHandler(BaseHandler):
     """GET /healthz: the process is alive and its event loop turns."""
@@ -343,6 +227,8 @@ class HealthHandler(BaseHandler):
 
     def get(self) -> None:
         self.write_json({"status": "ok"})
+
+    head = get
 
 
 class ReadyHandler(BaseHandler):
@@ -358,6 +244,8 @@ class ReadyHandler(BaseHandler):
             self.set_header("Retry-After", "1")
             self.write_json({"status": "not ready", "draining": self.gateway.draining}, status=503)
 
+    head = get
+
 
 class NotFoundHandler(BaseHandler):
     """Any unknown path: a JSON 404 for every method."""
@@ -365,6 +253,7 @@ class NotFoundHandler(BaseHandler):
     access = "open"
 
     def prepare(self) -> None:
-        super().prepare()
-        raise HTTPError(404)
+        self.identify()
+        if not self.is_preflight():  # a preflight to any path is answered, so the browser shows the 404
+            raise HTTPError(404)
 

@@ -1,16 +1,18 @@
-"""Slow clients: connections that idle too long, or send their headers or body too slowly, are cut off.
+"""Client connections: slow ones are answered and cut off, oversized heads get 431, a drain closes idle ones.
 
-Tornado can do this itself (`idle_connection_timeout`, `body_timeout`), but it arms a timer and a chain of
-futures on every read: about 25 µs per request at concurrency 1 here (see README, Performance). Instead,
+Tornado can time reads itself (`idle_connection_timeout`, `body_timeout`), but it arms a timer and a chain
+of futures on every read: about 25 µs per request at concurrency 1 here (see README, Performance). Instead,
 the server notes a deadline when a read starts and one sweep, a fraction of the shortest timeout apart,
-closes every connection past its deadline. The timeouts are read from the settings at each request, so a
-reload changes them.
+acts on every connection past its deadline: an idle one (or one still sending its head) is closed; one
+whose body is late gets 408 from its handler, then is closed. The timeouts are read from the settings at
+each request, so a reload changes them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Optional, Union
@@ -18,72 +20,162 @@ from typing import Any, Optional, Union
 from tornado.http1connection import HTTP1ServerConnection
 from tornado.httpserver import HTTPServer
 from tornado.httputil import HTTPConnection, HTTPMessageDelegate, RequestStartLine, ResponseStartLine
+from tornado.iostream import IOStream, UnsatisfiableReadError
+
+from ..errors import error_body
+from .accept import Acceptor
 
 log = logging.getLogger("chatgpt_apiserver.slow_clients")
 
 Timeouts = Callable[[], tuple[float, float]]  # (idle or headers, body) in seconds
-HEADERS, BODY = "headers", "body"
+SlowBody = Callable[[HTTPConnection], bool]  # asks the request's handler to answer 408; False if it could not
+HEADERS, BODY, CLOSING = "headers", "body", "closing"
+CLOSING_GRACE = 5.0  # seconds a client gets to read a 408 before its connection is closed anyway
+
+
+def head_too_large_answer(limit: int) -> bytes:
+    """The raw 431 sent when a request head outgrows `limit` bytes (there is no request to answer it through)."""
+    body = error_body(f"The request head (request line and headers) is over the limit of {limit} bytes.",
+                      "invalid_request_error", None, "request_header_fields_too_large")
+    return (b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
+
+
+class ClientStream(IOStream):
+    """A client connection's stream: a request head over the limit is answered with 431 before it closes.
+
+    Tornado closes the stream itself when a head outgrows `max_header_size`, with no answer; this is the
+    one moment that still has the socket.
+    """
+
+    head_answer: Optional[bytes] = None  # set while the connection waits for a request head
+
+    def close(self, exc_info: Any = False) -> None:
+        if isinstance(exc_info, UnsatisfiableReadError) and self.head_answer and not self.closed():
+            self._answer_before_closing(self.head_answer)
+        super().close(exc_info)
+
+    def _answer_before_closing(self, answer: bytes) -> None:
+        sock = self.socket
+        try:
+            for _ in range(16):  # read what the client already sent, so closing does not reset the answer away
+                if not sock.recv(65536):
+                    break
+        except OSError:
+            pass  # nothing more waiting (or the socket failed: the send below says so)
+        try:
+            sock.send(answer)
+        except OSError:
+            return
 
 
 class SlowClientServer(HTTPServer):
-    """Tornado's HTTPServer, with the idle, header and body read timeouts enforced by a periodic sweep."""
+    """Tornado's HTTPServer with read timeouts by sweep, 431/408 answers, EMFILE back-off and a drain."""
 
-    def initialize(self, *args: Any, timeouts: Timeouts, **kwargs: Any) -> None:  # type: ignore[override]
+    def initialize(self, *args: Any, timeouts: Timeouts, on_slow_body: Optional[SlowBody] = None,  # type: ignore[override]
+                   **kwargs: Any) -> None:
         super().initialize(*args, **kwargs)
         # Tornado puts a one-hour timer on every header read when given no idle timeout; the sweep does it.
         self.conn_params.header_timeout = None
         self.timeouts = timeouts
-        # A connection is here while it waits for a request's headers or body: (deadline, what it waits for).
-        self.reading: dict[HTTP1ServerConnection, tuple[float, str]] = {}
+        self.on_slow_body = on_slow_body
+        self.draining = False
+        # A connection is here while it waits for a request's head or body: (deadline, for what, its request).
+        self.reading: dict[HTTP1ServerConnection, tuple[float, str, HTTPConnection]] = {}
+        self._head_answer = (-1, b"")
+        self._closing = False
         self._sweeper: Optional[asyncio.TimerHandle] = None
         self._schedule()
 
+    def add_sockets(self, sockets: Any) -> None:
+        """Listen on `sockets` through an Acceptor (EMFILE back-off) instead of Tornado's accept loop."""
+        assert self.ssl_options is None, "TLS is terminated in front of the gateway"
+        for sock in sockets:
+            # TCPServer's own tables: its stop() removes the handler and closes the socket.
+            self._sockets[sock.fileno()] = sock
+            self._handlers[sock.fileno()] = Acceptor(sock, self._accepted).remove
+
+    def _accepted(self, connection: socket.socket, address: Any) -> None:
+        stream = ClientStream(connection, max_buffer_size=self.max_buffer_size, read_chunk_size=self.read_chunk_size)
+        self.handle_stream(stream, address)
+
     def start_request(self, server_conn: object, request_conn: HTTPConnection) -> HTTPMessageDelegate:
         delegate = super().start_request(server_conn, request_conn)
-        if isinstance(server_conn, HTTP1ServerConnection):
-            self.reading[server_conn] = (time.monotonic() + self.timeouts()[0], HEADERS)
-            return _Reading(delegate, self, server_conn)
-        return delegate
+        if not isinstance(server_conn, HTTP1ServerConnection):
+            return delegate
+        if self.draining:  # the answer before said Connection: close; a new request is not taken
+            server_conn.stream.close()
+            return delegate
+        self.reading[server_conn] = (time.monotonic() + self.timeouts()[0], HEADERS, request_conn)
+        if isinstance(server_conn.stream, ClientStream):
+            server_conn.stream.head_answer = self._head_too_large()
+        return _Reading(delegate, self, server_conn, request_conn)
+
+    def _head_too_large(self) -> bytes:
+        limit = self.conn_params.max_header_size or 65536
+        if self._head_answer[0] != limit:
+            self._head_answer = (limit, head_too_large_answer(limit))
+        return self._head_answer[1]
 
     def on_close(self, server_conn: object) -> None:
         self.reading.pop(server_conn, None)  # type: ignore[call-overload]
         super().on_close(server_conn)
 
-    def stop(self) -> None:
-        super().stop()
+    def drain(self) -> None:
+        """Stop listening and close idle connections now; the others close after their current answer."""
+        self.draining = True
+        self.stop()
+        for conn, (_deadline, what, _request) in list(self.reading.items()):
+            if what == HEADERS:
+                conn.stream.close()
+
+    async def close_all_connections(self) -> None:
+        """Close every connection, and stop the sweep."""
+        self._closing = True
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
+        await super().close_all_connections()
 
     def _schedule(self) -> None:
+        if self._closing:
+            return
         interval = min(1.0, max(0.05, min(self.timeouts()) / 5))
         self._sweeper = asyncio.get_running_loop().call_later(interval, self.sweep)
 
     def sweep(self) -> None:
-        """Close every connection whose read has outlived its timeout."""
+        """Act on every connection whose read has outlived its timeout."""
         now = time.monotonic()
-        late = [(conn, what) for conn, (deadline, what) in self.reading.items() if deadline <= now]
-        for conn, what in late:
+        late = [(conn, what, request) for conn, (deadline, what, request) in self.reading.items() if deadline <= now]
+        for conn, what, request in late:
             del self.reading[conn]
             if what == BODY:
-                log.info("client %s sent its request body too slowly; connection closed", conn.context)
+                log.info("client %s sent its request body too slowly", conn.context)
+                if self.on_slow_body is not None and self.on_slow_body(request):
+                    self.reading[conn] = (now + CLOSING_GRACE, CLOSING, request)  # 408 is on its way out
+                    continue
             conn.stream.close()
         self._schedule()
 
 
 class _Reading(HTTPMessageDelegate):
-    """Passes one request through, moving its connection's deadline from headers to body to none."""
+    """Passes one request through, moving its connection's deadline from head to body to none."""
 
-    __slots__ = ("_conn", "_delegate", "_server")
+    __slots__ = ("_conn", "_delegate", "_request", "_server")
 
-    def __init__(self, delegate: HTTPMessageDelegate, server: SlowClientServer, conn: HTTP1ServerConnection) -> None:
+    def __init__(self, delegate: HTTPMessageDelegate, server: SlowClientServer, conn: HTTP1ServerConnection,
+                 request: HTTPConnection) -> None:
         self._delegate = delegate
         self._server = server
         self._conn = conn
+        self._request = request
 
     def headers_received(self, start_line: Union[RequestStartLine, ResponseStartLine],
                          headers: Any) -> Optional[Awaitable[None]]:
-        self._server.reading[self._conn] = (time.monotonic() + self._server.timeouts()[1], BODY)
+        stream = self._conn.stream
+        if isinstance(stream, ClientStream):
+            stream.head_answer = None  # the head is in: a read limit hit from here on is not about it
+        self._server.reading[self._conn] = (time.monotonic() + self._server.timeouts()[1], BODY, self._request)
         return self._delegate.headers_received(start_line, headers)
 
     def data_received(self, chunk: bytes) -> Optional[Awaitable[None]]:
