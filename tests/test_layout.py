@@ -8,8 +8,8 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "chatgpt_apiserver"
 # Lowest first; README's code map lists the same order, top down.
 LAYERS = [
-    {"secret", "errors", "call", "auth"},
-    {"config", "ops", "endpoints"},
+    {"secret", "errors", "auth"},
+    {"config", "ops", "endpoints", "call"},
     {"transport"},
     {"controllers"},
     {"state"},

@@ -8,6 +8,7 @@ from typing import Any
 
 from ..call import Call
 from ..config.controllers import ControllerSpec
+from ..endpoints.base import Endpoint
 from ..ops.counters import ControllerStats
 from ..transport.reply import Reply
 
@@ -26,6 +27,10 @@ class Controller(ABC):
     def serves(self, model: str) -> bool:
         """Whether this controller takes requests for `model`."""
         return self.models is None or model in self.models
+
+    def supports(self, endpoint: Endpoint) -> bool:
+        """Whether this controller's upstream serves `endpoint` at all."""
+        return True
 
     def upstream_model(self, model: str) -> str:
         """The name the upstream knows `model` by (aliases map public names)."""
