@@ -14,7 +14,7 @@ from .controllers import Controller, Transport, build_controller
 from .ops.metrics import Metrics
 from .scheduling.balancer import make_balancer
 from .scheduling.scheduler import QueuePolicy, RetryBudget, Scheduler
-from .state import ControllerStore, apply_settings, make_store, policy_of
+from .state import ControllerStore, apply_settings, make_affinity, make_store, policy_of
 from .state.store import OK, WHOLE, ControllerView
 
 log = logging.getLogger("chatgpt_apiserver.gateway")
@@ -59,6 +59,7 @@ class Gateway:
         self.clock = clock
         self.store = store or make_store(settings, clock)
         self.store.configure(controllers, policy_of(settings))
+        self.affinity = make_affinity(settings, self.store)
         self.metrics = Metrics(lambda: self.controllers, lambda: self.in_flight,
                                lambda: self.scheduler.queue_length, self.cached_views)
         self.scheduler = Scheduler(controllers, self.store, make_balancer(settings.pool_type, self.store),
@@ -131,6 +132,7 @@ class Gateway:
         self.controllers[:] = controllers  # the scheduler holds this same list
         self.store.configure(controllers + retired, policy_of(settings))
         apply_settings(self.store, settings)
+        self.affinity.configure(settings.affinity_max_entries, settings.affinity_ttl)
         self.scheduler.balancer = make_balancer(settings.pool_type, self.store)
         self.scheduler.queue = QueuePolicy(settings.max_queue_wait, settings.max_queue_size)
         self.retries.configure(settings.retry_budget_ratio, settings.retry_budget_per_second)

@@ -174,6 +174,13 @@ class Options:
         5.0, parse_seconds, "First ejection in seconds; each further one doubles, up to breaker_max_ejection.",
         "routing")
     breaker_max_ejection: float = option(300.0, parse_seconds, "Longest ejection in seconds.", "routing")
+    affinity_max_entries: int = option(
+        1_000_000, parse_positive_int,
+        "Owners of stored responses and conversations remembered in memory (the least recently used go first).",
+        "routing")
+    affinity_ttl: float = option(
+        30 * 86400.0, parse_seconds,
+        "Seconds an owner is remembered in Redis (OpenAI keeps stored responses 30 days).", "routing")
     retry_on_timeout: bool = option(
         False, parse_bool,
         "Send a request that timed out after it was sent to another controller (the first may still be working "

@@ -90,7 +90,7 @@ def record_failure(lease: Lease, scheduler: Scheduler, whole: bool = False) -> N
     all (refused, DNS, TLS: the controller's breaker)."""
     controller, model = lease.controller, lease.model
     controller.stats.failures += 1
-    scheduler.store.failed(controller, model, whole, scheduler.may_eject(controller, model))
+    scheduler.store.failed(controller, model, whole, scheduler.may_eject(controller, model, lease.candidates))
 
 
 def usage_of(document: Any) -> Optional[dict[str, Any]]:

@@ -72,14 +72,18 @@ class RetryBudget:
 
 
 class Lease(Ticket):
-    """One admitted attempt on one controller: a slot, a request and reserved tokens, until released."""
+    """One admitted attempt on one controller: a slot, a request and reserved tokens, until released.
 
-    __slots__ = ("_scheduler", "rate", "rate_at", "released")
+    `model` is the scope of the controller's breaker: the model, or the route of a call that names none.
+    """
+
+    __slots__ = ("_scheduler", "candidates", "rate", "rate_at", "released")
 
     def __init__(self, scheduler: Scheduler, controller: Controller, model: str, reserved: float, probe: bool,
-                 store: Optional[ControllerStore]) -> None:
+                 store: Optional[ControllerStore], candidates: Sequence[Controller]) -> None:
         super().__init__(controller, model, reserved, probe, store)
         self._scheduler = scheduler
+        self.candidates = candidates  # who else could have served it (for "never eject the last usable")
         self.released = False
         self.rate: Optional[RateHeaders] = None  # the upstream's rate-limit headers, believed at release
         self.rate_at = 0.0
@@ -95,6 +99,7 @@ class Lease(Ticket):
 class _Waiter:
     model: str
     tokens: float
+    candidates: Sequence[Controller]
     exclude: Sequence[Controller]
     future: asyncio.Future[Lease]
 
@@ -133,20 +138,19 @@ class Scheduler:
         """Controllers configured for `model`."""
         return [c for c in self.controllers if c.serves(model)]
 
-    def may_eject(self, controller: Controller, model: str) -> bool:
-        """Rule R9: another controller for `model` is neither disabled nor ejected."""
+    def may_eject(self, controller: Controller, model: str, candidates: Sequence[Controller]) -> bool:
+        """Rule R9: another of the controllers that could serve the call is neither disabled nor ejected."""
         store = self.store
-        return any(c is not controller and c.serves(model) and store.health(c, model).status not in UNAVAILABLE
-                   for c in self.controllers)
+        return any(c is not controller and store.health(c, model).status not in UNAVAILABLE for c in candidates)
 
-    async def _try(self, model: str, tokens: float, exclude: Sequence[Controller],
+    async def _try(self, model: str, tokens: float, candidates: Sequence[Controller], exclude: Sequence[Controller],
                    blocked: set[Controller]) -> Lease | _Tried:
-        """One admission round over the untried controllers for `model`, in the balancer's order."""
+        """One admission round over the untried candidates, in the balancer's order."""
         store = self.store
         tried = _Tried()
         healthy = []
-        for controller in self.controllers:
-            if not controller.serves(model) or controller in exclude:
+        for controller in candidates:
+            if controller in exclude:
                 continue
             health = store.health(controller, model)
             if health.status == OK:
@@ -169,7 +173,7 @@ class Scheduler:
                 raise ApiError(503, "The shared controller state (Redis) is unavailable; retry shortly.",
                                code="shared_state_unavailable", headers={"Retry-After": "1"}) from None
             if admission.ok:
-                return Lease(self, chosen, model, tokens, admission.probe, admission.store)
+                return Lease(self, chosen, model, tokens, admission.probe, admission.store, candidates)
             if admission.reason in UNAVAILABLE:
                 tried.unavailable_wait = min(tried.unavailable_wait, admission.wait)
             else:
@@ -178,10 +182,14 @@ class Scheduler:
                 blocked.add(chosen)
         return tried
 
-    async def acquire(self, model: str, tokens: float, exclude: Sequence[Controller] = ()) -> Lease:
-        """A lease on a controller with room, waiting up to the queue policy's bound for one to free up."""
+    async def acquire(self, model: str, tokens: float, exclude: Sequence[Controller] = (),
+                      candidates: Optional[Sequence[Controller]] = None) -> Lease:
+        """A lease on one of `candidates` (default: the controllers for `model`) with room, waiting up to the
+        queue policy's bound for one to free up. `model` is also the scope of breakers and cooldown waits."""
+        if candidates is None:
+            candidates = self.serving(model)
         if not self._waiters:
-            found = await self._try(model, tokens, exclude, set())
+            found = await self._try(model, tokens, candidates, exclude, set())
             if isinstance(found, Lease):
                 return found
             tried = found
@@ -192,7 +200,7 @@ class Scheduler:
         if len(self._waiters) >= self.queue.max_size:
             raise self._full(model, 1.0, queue_full=True)
         started = self.clock()
-        waiter = _Waiter(model, tokens, exclude, asyncio.get_running_loop().create_future())
+        waiter = _Waiter(model, tokens, candidates, exclude, asyncio.get_running_loop().create_future())
         self._waiters.append(waiter)
         self._kick()
         try:
@@ -201,7 +209,7 @@ class Scheduler:
         except TimeoutError:
             if waiter.future.done() and not waiter.future.cancelled() and waiter.future.exception() is None:
                 return waiter.future.result()  # admitted just as the wait ran out
-            raise self._full(model, self._retry_in(model, exclude)) from None
+            raise self._full(model, self._retry_in(model, candidates, exclude)) from None
         except asyncio.CancelledError:
             if waiter.future.done() and not waiter.future.cancelled() and waiter.future.exception() is None:
                 waiter.future.result().release()  # admitted just as the client went away
@@ -213,8 +221,8 @@ class Scheduler:
             self.on_wait(self.clock() - started)
         return lease
 
-    def _retry_in(self, model: str, exclude: Sequence[Controller]) -> float:
-        waits = [self.store.health(c, model).wait for c in self.serving(model) if c not in exclude]
+    def _retry_in(self, model: str, candidates: Sequence[Controller], exclude: Sequence[Controller]) -> float:
+        waits = [self.store.health(c, model).wait for c in candidates if c not in exclude]
         finite = [w for w in waits if 0 < w < math.inf]
         return min(finite) if finite else 1.0
 
@@ -262,7 +270,7 @@ class Scheduler:
                     continue
                 found: Lease | _Tried | ApiError
                 try:
-                    found = await self._try(waiter.model, waiter.tokens, waiter.exclude, blocked)
+                    found = await self._try(waiter.model, waiter.tokens, waiter.candidates, waiter.exclude, blocked)
                 except ApiError as error:
                     found = error
                 if waiter.future.done():  # the client left or the wait ran out meanwhile

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from .affinity import Affinity
 from .fallback import FallbackStore
 from .local import LocalStore
 from .redis import RedisStore
@@ -19,8 +20,8 @@ from .store import ControllerStore, StoreUnavailable, Ticket
 if TYPE_CHECKING:
     from ..config.settings import Settings
 
-__all__ = ["FOREVER", "ControllerStore", "LocalStore", "Policy", "StoreUnavailable", "Ticket", "apply_settings",
-           "make_store", "policy_of"]
+__all__ = ["FOREVER", "Affinity", "ControllerStore", "LocalStore", "Policy", "StoreUnavailable", "Ticket",
+           "apply_settings", "make_affinity", "make_store", "policy_of"]
 
 
 def policy_of(settings: Settings) -> Policy:
@@ -41,3 +42,9 @@ def apply_settings(store: ControllerStore, settings: Settings) -> None:
     if isinstance(store, FallbackStore):
         store.redis.link.timeout = settings.redis_timeout
         store.mode = settings.redis_fallback
+
+
+def make_affinity(settings: Settings, store: ControllerStore) -> Affinity:
+    """The owner map of stored responses and conversations: in Redis too when the store is."""
+    link = store.redis.link if isinstance(store, FallbackStore) else None
+    return Affinity(settings.affinity_max_entries, settings.affinity_ttl, link)
