@@ -125,6 +125,11 @@ ENTRY = vol.Schema({
     vol.Optional("tpm"): _PerMinute,
     vol.Optional("max_concurrency"): vol.All(int, vol.Range(min=1, msg="must be at least 1")),
     vol.Optional("burst"): _burst,
+    # Controllers of one group (keys of one OpenAI project) see each other's stored responses.
+    vol.Optional("state_group"): vol.All(_NonEmpty, vol.Match(r"^[A-Za-z0-9_.:@/-]+$",
+                                                               msg="use letters, digits and _.:@/- only")),
+    # False: never add stream_options.include_usage to a stream (an upstream that refuses unknown fields).
+    vol.Optional("stream_usage"): bool,
 })
 
 OPENAI_SETTINGS = vol.Schema({
@@ -160,6 +165,8 @@ class ControllerSpec:
     api_key: Optional[Secret] = None
     api_key_source: str = ""
     limits: Limits = field(default_factory=Limits)
+    state_group: Optional[str] = None
+    stream_usage: bool = True
 
 
 def without_comments(document: dict[str, Any]) -> dict[str, Any]:
@@ -282,5 +289,6 @@ def build_specs(entries: Any, base: Path, where: str, env: Mapping[str, str],
         limits = Limits(entry.get("rpm"), entry.get("tpm"), entry.get("max_concurrency"),
                         burst.get("requests"), burst.get("tokens"))
         specs.append(ControllerSpec(name, kind, entry.get("weight", 1), entry.get("models"),
-                                    settings, api_key, key_source, limits))
+                                    settings, api_key, key_source, limits, entry.get("state_group"),
+                                    entry.get("stream_usage", True)))
     return specs
