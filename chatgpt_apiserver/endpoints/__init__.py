@@ -1,0 +1,1 @@
+"""OpenAI endpoints the gateway serves beyond chat completions."""
