@@ -324,3 +324,16 @@ class Node:
             for name, node in other.fields().items():
                 found.setdefault(name, node)
         return found
+
+    @_guarded(None)
+    def item_node(self) -> Optional[Node]:
+        """The schema of list items, for reading repeated form fields."""
+        if self.items is not None:
+            return self.items
+        return next((item for other in [*self.parts, *self.alternatives] if (item := other.item_node())), None)
+
+    @_guarded(False)
+    def is_file(self) -> bool:
+        """Whether a form sends this as a file part (`format: binary`, or a list of them)."""
+        return self.binary or any(other.is_file() for other in [*self.parts, *self.alternatives]) or (
+            self.items is not None and self.items.is_file())

@@ -1,7 +1,7 @@
 """Request validation for OpenAI's endpoints, compiled from OpenAI's published schemas, never stricter.
 
-`validator(key)` checks a JSON body for each JSON key of the schema file's "requests" map, such as
-"POST /v1/embeddings (application/json)". A mistake raises a 400
+`validator(key)` checks a JSON body and `form_validator(key)` a multipart form, for each key of the
+schema file's "requests" map, such as "POST /v1/embeddings (application/json)". A mistake raises a 400
 `ApiError` naming the field: message "Invalid 'input[2]': must be a string." and param "input[2]".
 
 What keeps the gateway from refusing a request OpenAI would take:
@@ -25,7 +25,7 @@ of a long input.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from importlib import resources
 from typing import Any
 
@@ -34,10 +34,12 @@ import voluptuous as vol
 
 from ..errors import ApiError, invalid_request
 from .compiler import Compiler
+from .forms import FormCheck
 from .nodes import Node
 
 SCHEMA_FILE = "openai-endpoint-schemas.json"
 JSON_BODY = "(application/json)"
+FORM_BODY = "(multipart/form-data)"
 _KEY_LIMIT = 64  # longest key of a client's map shown in `param`
 # Requirements of the published schema that OpenAI does not enforce on requests (the schema reuses
 # response shapes there), each with its evidence and a test.
@@ -79,6 +81,21 @@ def validator(key: str) -> Callable[[dict[str, Any]], None]:
             raise api_error(error) from None
         except RecursionError:
             raise invalid_request("The request body is nested too deeply to check.") from None
+    return validate
+
+
+@functools.cache
+def form_validator(key: str) -> Callable[[Mapping[str, list[str]], set[str]], None]:
+    """The check of a multipart form for `key`: its text fields, and the names of its file parts."""
+    check = FormCheck(_root(key, FORM_BODY))
+
+    def validate(fields: Mapping[str, list[str]], files: set[str]) -> None:
+        try:
+            check(fields, files)
+        except vol.Invalid as error:
+            raise api_error(error) from None
+        except RecursionError:
+            raise invalid_request("The form is nested too deeply to check.") from None
     return validate
 
 
