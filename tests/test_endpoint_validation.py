@@ -1,146 +1,32 @@
 """Request validation of every OpenAI endpoint: OpenAI's examples pass, each mistake is a 400 naming the
-field, null and unknown fields pass, and no input raises anything but that 400."""
+field, and null and unknown fields pass."""
 
 from __future__ import annotations
 
-import copy
-from importlib import resources
 from typing import Any
 
 import orjson
 import pytest
-import voluptuous as vol
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
-from chatgpt_apiserver.endpoints import validation
-from chatgpt_apiserver.endpoints.compiler import HANDLED, IGNORED, Compiler
-from chatgpt_apiserver.endpoints.validation import form_validator, request_keys, validator
-from chatgpt_apiserver.errors import ApiError
+from chatgpt_apiserver.endpoints.validation import validator
 
-SPEECH = "POST /v1/audio/speech (application/json)"
-TRANSCRIPTIONS = "POST /v1/audio/transcriptions (multipart/form-data)"
-TRANSLATIONS = "POST /v1/audio/translations (multipart/form-data)"
-COMPLETIONS = "POST /v1/completions (application/json)"
-EMBEDDINGS = "POST /v1/embeddings (application/json)"
-IMAGE_EDITS_FORM = "POST /v1/images/edits (multipart/form-data)"
-IMAGE_EDITS = "POST /v1/images/edits (application/json)"
-IMAGES = "POST /v1/images/generations (application/json)"
-MODERATIONS = "POST /v1/moderations (application/json)"
-RESPONSES = "POST /v1/responses (application/json)"
-CONVERSATIONS = "POST /v1/conversations (application/json)"
-CONVERSATION = "POST /v1/conversations/{conversation_id} (application/json)"
-INPUT_TOKENS = "POST /v1/responses/input_tokens (application/json)"
-COMPACT = "POST /v1/responses/compact (application/json)"
-
-# The smallest request each endpoint takes; a new endpoint in the schema file must be added here.
-MINIMAL: dict[str, Any] = {
-    SPEECH: {"model": "tts-1", "input": "hi", "voice": "alloy"},
-    TRANSCRIPTIONS: ({"model": ["whisper-1"]}, {"file"}),
-    TRANSLATIONS: ({"model": ["whisper-1"]}, {"file"}),
-    COMPLETIONS: {"model": "m", "prompt": "hi"},
-    EMBEDDINGS: {"model": "m", "input": "hi"},
-    IMAGE_EDITS_FORM: ({"prompt": ["a hat"]}, {"image"}),
-    IMAGE_EDITS: {"images": [{"file_id": "file-1"}], "prompt": "a hat"},
-    IMAGES: {"prompt": "an otter"},
-    MODERATIONS: {"input": "hi"},
-    RESPONSES: {"model": "m", "input": "hi"},
-    CONVERSATIONS: {},
-    CONVERSATION: {"metadata": {"topic": "x"}},
-    INPUT_TOKENS: {},
-    COMPACT: {"model": "m"},
-}
-JSON_KEYS = [key for key in MINIMAL if key.endswith("(application/json)")]
-FORM_KEYS = [key for key in MINIMAL if key.endswith("(multipart/form-data)")]
-# Every keyword the packaged schema file uses. A new one fails this list, so it is noticed and decided
-# (enforce it in the compiler or list it as ignored) rather than silently passing or refusing.
-KEYWORDS_IN_FILE = {
-    "$recursiveAnchor", "$recursiveRef", "$ref", "additionalProperties", "allOf", "anyOf", "default",
-    "discriminator", "enum", "format", "items", "maxItems", "maxLength", "maxProperties", "maximum",
-    "minItems", "minLength", "minimum", "not", "nullable", "oneOf", "pattern", "properties", "propertyNames",
-    "required", "type",
-}
-
-
-def document() -> dict[str, Any]:
-    raw = resources.files(validation.__package__).joinpath(validation.SCHEMA_FILE).read_bytes()
-    result: dict[str, Any] = orjson.loads(raw)
-    return result
-
-
-def error_of(key: str, body: Any) -> ApiError:
-    with pytest.raises(ApiError) as caught:
-        validator(key)(body)
-    return caught.value
-
-
-def keywords(schema: Any, found: set[str], refs: set[str]) -> None:
-    if not isinstance(schema, dict):
-        return
-    for key, value in schema.items():
-        found.add(key)
-        if key == "$ref":
-            refs.add(value)
-        elif key == "properties":
-            for sub in value.values():
-                keywords(sub, found, refs)
-        elif key in ("items", "additionalProperties", "not", "propertyNames"):
-            keywords(value, found, refs)
-        elif key in ("anyOf", "oneOf", "allOf"):
-            for sub in value:
-                keywords(sub, found, refs)
-
-
-def test_the_schema_file_uses_only_keywords_the_compiler_decided_on() -> None:
-    found: set[str] = set()
-    refs: set[str] = set()
-    definitions = document()["$defs"]
-    for schema in definitions.values():
-        keywords(schema, found, refs)
-    assert found == KEYWORDS_IN_FILE
-    assert found <= HANDLED | IGNORED
-    assert not HANDLED & IGNORED
-    assert {ref.removeprefix("#/$defs/") for ref in refs} <= set(definitions)  # every $ref resolves
-
-
-def test_every_definition_compiles_and_checks_without_crashing() -> None:
-    definitions = document()["$defs"]
-    compiler = Compiler(definitions)
-    for name in definitions:
-        node = compiler.define(name)
-        for value in (None, {}, [], "x", 1, 1.5, True):
-            try:
-                node.check(value)
-            except vol.Invalid as error:
-                assert error.error_message, name
-        assert node.what(), name
-
-
-def test_every_request_of_the_file_compiles_and_takes_a_minimal_request() -> None:
-    assert set(request_keys()) == set(MINIMAL)
-    for key in JSON_KEYS:
-        validator(key)(MINIMAL[key])
-    for key in FORM_KEYS:
-        form_validator(key)(*MINIMAL[key])
-
-
-def test_a_validator_is_compiled_once_and_leaves_the_body_as_it_was() -> None:
-    assert validator(RESPONSES) is validator(RESPONSES)
-    body = {"model": "m", "input": [{"role": "user", "content": [{"type": "input_text", "text": "hi"}]}],
-            "tools": [{"type": "function", "name": "f", "parameters": {"type": "object"}}], "extra": [1, {}]}
-    before = copy.deepcopy(body)
-    assert validator(RESPONSES)(body) is None
-    assert body == before
-
-
-def test_a_form_key_has_no_json_validator_and_the_other_way_round() -> None:
-    with pytest.raises(KeyError):
-        validator(TRANSCRIPTIONS)
-    with pytest.raises(KeyError):
-        form_validator(EMBEDDINGS)
-    with pytest.raises(KeyError):
-        validator("POST /v1/nothing (application/json)")
-
+from .endpoint_cases import (
+    COMPACT,
+    COMPLETIONS,
+    CONVERSATION,
+    CONVERSATIONS,
+    EMBEDDINGS,
+    IMAGE_EDITS,
+    IMAGES,
+    INPUT_TOKENS,
+    JSON_KEYS,
+    MINIMAL,
+    MODERATIONS,
+    RESPONSES,
+    SPEECH,
+    error_of,
+    root_fields,
+)
 
 IMAGE_URL = "https://upload.wikimedia.org/wikipedia/commons/thumb/d/dd/Gfp-wisconsin-madison-the-nature-boardwalk.jpg"
 WEATHER_TOOL = {"type": "function", "name": "get_current_weather",
@@ -341,12 +227,6 @@ def test_a_clients_long_key_or_value_is_cut_short_in_the_error() -> None:
     assert len(value.message) < 200 and "got 'xxx" in value.message
 
 
-def root_fields(key: str) -> tuple[dict[str, Any], frozenset[str]]:
-    compiler, requests = validation._document()
-    root = compiler.define(requests[key])
-    return root.fields(), root.requires()
-
-
 @pytest.mark.parametrize("key", JSON_KEYS)
 def test_null_for_every_optional_field_passes(key: str) -> None:
     fields, required = root_fields(key)
@@ -424,245 +304,3 @@ def test_a_value_two_alternatives_accept_passes() -> None:
     # oneOf read as anyOf: this item is both an EasyInputMessage and an InputMessage.
     validator(RESPONSES)({"input": [{"type": "message", "role": "user",
                                      "content": [{"type": "input_text", "text": "hi"}]}]})
-
-
-def nested_filters(levels: int, leaf: str) -> dict[str, Any]:
-    """A responses request whose file_search filter nests `levels` compound filters around `leaf`."""
-    raw = '{"type":"and","filters":[' * levels + leaf + "]}" * levels
-    result: dict[str, Any] = orjson.loads('{"tools":[{"type":"file_search","vector_store_ids":["v"],"filters":'
-                                          + raw + "}]}")
-    return result
-
-
-def test_deep_nesting_is_a_400_and_leaves_the_validator_working() -> None:
-    good, bad = '{"type":"eq","key":"a","value":1}', '{"type":"x"}'
-    validator(RESPONSES)(nested_filters(20, good))  # the schema is recursive: any depth is valid
-    error = error_of(RESPONSES, nested_filters(400, good))  # within orjson's limit, beyond the stack's
-    assert error.status == 400 and error.message == "The request body is nested too deeply to check."
-    deep = error_of(RESPONSES, nested_filters(3, bad))
-    assert deep.param == "tools[0].filters.filters[0].filters[0].filters[0].type"
-    assert "must be one of 'eq'" in deep.message
-
-
-def form_error(key: str, fields: dict[str, list[str]], files: set[str]) -> ApiError:
-    with pytest.raises(ApiError) as caught:
-        form_validator(key)(fields, files)
-    return caught.value
-
-
-GOOD_FORMS = [
-    (TRANSCRIPTIONS, {"model": ["gpt-4o-transcribe"]}, {"file"}),
-    (TRANSCRIPTIONS, {"model": ["whisper-1"], "response_format": ["verbose_json"], "temperature": ["0.5"],
-                      "timestamp_granularities[]": ["word", "segment"], "language": ["en"]}, {"file"}),
-    (TRANSCRIPTIONS, {"model": ["gpt-4o-transcribe"], "include[]": ["logprobs"], "stream": ["true"],
-                      "chunking_strategy": ["auto"], "known_speaker_names[]": ["a", "b"]}, {"file"}),
-    (TRANSCRIPTIONS, {"model": ["gpt-4o-transcribe"], "chunking_strategy[type]": ["server_vad"],
-                      "chunking_strategy[threshold]": ["0.4"], "chunking_strategy[prefix_padding_ms]": ["300"]},
-     {"file"}),
-    (TRANSCRIPTIONS, {"model": ["gpt-4o-transcribe"], "chunking_strategy": ['{"type": "server_vad"}'],
-                      "timestamp_granularities": ["word"], "temperature": [""], "x_vendor_option": ["1"]}, {"file"}),
-    (TRANSLATIONS, {"model": ["whisper-1"], "prompt": ["Hello"], "response_format": ["srt"], "temperature": ["0"]},
-     {"file"}),
-    (IMAGE_EDITS_FORM, {"model": ["gpt-image-1"], "prompt": ["Create a lovely gift basket"]},
-     {"image[]", "image[1]"}),
-    (IMAGE_EDITS_FORM, {"model": ["dall-e-2"], "prompt": ["A sunlit indoor lounge area"], "n": ["1"],
-                        "size": ["1024x1024"], "stream": ["false"], "output_compression": ["80"]}, {"image", "mask"}),
-]
-
-
-@pytest.mark.parametrize("key,fields,files", GOOD_FORMS)
-def test_forms_read_text_as_the_upstream_does(key: str, fields: dict[str, list[str]], files: set[str]) -> None:
-    form_validator(key)(fields, files)
-
-
-BAD_FORMS = [
-    (TRANSCRIPTIONS, {"model": ["whisper-1"]}, set(), "file", "Invalid 'file': is required, as a file part."),
-    (TRANSCRIPTIONS, {"model": ["whisper-1"], "file": ["audio.mp3"]}, set(), "file",
-     "Invalid 'file': must be a file, sent as a file part."),
-    (TRANSCRIPTIONS, {}, {"file"}, "model", "Invalid 'model': is required."),
-    (TRANSCRIPTIONS, {"model": ["whisper-1"], "temperature": ["hot"]}, {"file"}, "temperature",
-     "Invalid 'temperature': must be a number."),
-    (TRANSCRIPTIONS, {"model": ["whisper-1"], "timestamp_granularities[]": ["word", "char"]}, {"file"},
-     "timestamp_granularities[1]",
-     "Invalid 'timestamp_granularities[1]': must be one of 'word', 'segment', got 'char'."),
-    (TRANSCRIPTIONS, {"model": ["whisper-1"], "response_format": ["xml"]}, {"file"}, "response_format",
-     "Invalid 'response_format': must be one of 'json', 'text', 'srt', 'verbose_json', 'vtt', 'diarized_json', "
-     "got 'xml'."),
-    (TRANSCRIPTIONS, {"model": ["whisper-1"], "stream": ["maybe"]}, {"file"}, "stream",
-     "Invalid 'stream': must be a boolean or null."),
-    (TRANSCRIPTIONS, {"model": ["whisper-1"], "chunking_strategy[type]": ["server_vad"],
-                      "chunking_strategy[threshold]": ["high"]}, {"file"}, "chunking_strategy.threshold",
-     "Invalid 'chunking_strategy.threshold': must be a number."),
-    (TRANSCRIPTIONS, {"model": ["whisper-1"], "known_speaker_names[]": ["a", "b", "c", "d", "e"]}, {"file"},
-     "known_speaker_names", "Invalid 'known_speaker_names': must have at most 4 items, got 5."),
-    (IMAGE_EDITS_FORM, {"prompt": ["p"]}, set(), "image", "Invalid 'image': is required, as a file part."),
-    (IMAGE_EDITS_FORM, {"prompt": ["p"], "n": ["11"]}, {"image[]"}, "n", "Invalid 'n': must be between 1 and 10, "
-     "got 11."),
-    (IMAGE_EDITS_FORM, {"prompt": ["p"], "n": ["1", "2.5"]}, {"image"}, "n",
-     "Invalid 'n': must be an integer or null."),
-    (TRANSLATIONS, {"model": ["whisper-1"], "temperature": ["1e999"]}, {"file"}, "temperature",
-     "Invalid 'temperature': must be a number."),
-]
-
-
-@pytest.mark.parametrize("key,fields,files,param,message", BAD_FORMS)
-def test_form_mistakes_are_a_400_naming_the_field(key: str, fields: dict[str, list[str]], files: set[str],
-                                                  param: str, message: str) -> None:
-    error = form_error(key, fields, files)
-    assert (error.status, error.param, error.message) == (400, param, message)
-
-
-def compiled(schema: dict[str, Any], definitions: Any = None) -> Any:
-    """The check of an inline schema, raising ApiError as the endpoint validators do."""
-    check = Compiler(definitions or {}).compile(schema).built()
-
-    def run(value: Any) -> None:
-        try:
-            check(value)
-        except vol.Invalid as error:
-            raise validation.api_error(error) from None
-    return run
-
-
-def refused(schema: dict[str, Any], value: Any, definitions: Any = None) -> str:
-    with pytest.raises(ApiError) as caught:
-        compiled(schema, definitions)({"v": value})
-    return caught.value.message
-
-
-def test_keywords_the_file_does_not_use_yet_work_as_json_schema_says() -> None:
-    def holder(schema: dict[str, Any]) -> dict[str, Any]:
-        return {"type": "object", "properties": {"v": schema}, "required": ["v"]}
-    compiled(holder({"const": "x"}))({"v": "x"})
-    assert refused(holder({"const": "x"}), "y") == "Invalid 'v': must be 'x', got 'y'."
-    assert refused(holder({"const": 1}), True) == "Invalid 'v': must be 1, got True."  # true is not 1
-    bounds = holder({"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1})
-    compiled(bounds)({"v": 0.5})
-    assert refused(bounds, 0) == "Invalid 'v': must be greater than 0 and less than 1, got 0."
-    assert refused(bounds, 1) == "Invalid 'v': must be greater than 0 and less than 1, got 1."
-    openapi = holder({"type": "integer", "minimum": 0, "exclusiveMinimum": True})  # OpenAPI 3.0's flag
-    assert refused(openapi, 0) == "Invalid 'v': must be greater than 0, got 0."
-    either = holder({"type": ["string", "integer"]})
-    compiled(either)({"v": 3})
-    assert refused(either, 1.5) == "Invalid 'v': must be a string or an integer."
-    assert refused(holder({"type": "string", "nullable": True}), 5) == "Invalid 'v': must be a string or null."
-    compiled(holder({"type": "string", "nullable": True}))({"v": None})  # required, and null is allowed
-    compiled(holder({"type": "string", "x-unknown-keyword": {"deny": True}}))({"v": "x"})
-    compiled(holder({"type": "string", "not": {"const": "x"}}))({"v": "x"})  # `not` is not enforced
-
-
-def test_all_of_merges_objects_so_required_and_null_come_from_every_branch() -> None:
-    definitions = {
-        "Base": {"type": "object", "properties": {"model": {"type": "string"}, "n": {"type": "integer"}}},
-        "Request": {"allOf": [{"$ref": "#/$defs/Base"}, {"type": "object", "required": ["model"],
-                                                          "properties": {"n": {"minimum": 1}}}]},
-    }
-    check = compiled({"$ref": "#/$defs/Request"}, definitions)
-    check({"model": "m", "n": None})  # optional in both branches: null is "not set"
-    for value, message in (({"model": None}, "Invalid 'model': must be a string."),  # required in one, typed in one
-                           ({"model": "m", "n": 0}, "Invalid 'n': must be at least 1, got 0."),
-                           ({"model": "m", "n": 2.5}, "Invalid 'n': must be an integer.")):
-        with pytest.raises(ApiError) as caught:
-            check(value)
-        assert caught.value.message == message
-
-
-def test_recursive_references_compile_and_check_any_depth() -> None:
-    definitions = {"Tree": {"type": "object", "properties": {"name": {"type": "string"}, "children": {
-        "type": "array", "items": {"$ref": "#/$defs/Tree"}}}, "required": ["name"]},
-                   "Loop": {"anyOf": [{"$ref": "#/$defs/Loop"}, {"type": "string"}]}}
-    tree = compiled({"$ref": "#/$defs/Tree"}, definitions)
-    tree({"name": "a", "children": [{"name": "b", "children": [{"name": "c"}]}]})
-    with pytest.raises(ApiError) as caught:
-        tree({"name": "a", "children": [{"name": "b", "children": [{}]}]})
-    assert caught.value.message == "Invalid 'children[0].children[0].name': is required."
-    compiled({"$ref": "#/$defs/Loop"}, definitions)("x")  # a reference to itself does not recurse forever
-
-
-def all_property_names() -> list[str]:
-    names: set[str] = set()
-
-    def walk(schema: Any) -> None:
-        if isinstance(schema, dict):
-            names.update(schema.get("properties", {}) if isinstance(schema.get("properties"), dict) else ())
-            for value in schema.values():
-                walk(value)
-        elif isinstance(schema, list):
-            for value in schema:
-                walk(value)
-    walk(document()["$defs"])
-    return sorted(names)
-
-
-PROPERTY_NAMES = all_property_names()
-TAGS = ["message", "function_call", "function_call_output", "reasoning", "file_search_call", "web_search_call",
-        "computer_call", "item_reference", "input_text", "input_image", "input_file", "output_text", "function",
-        "file_search", "mcp", "web_search_preview", "and", "eq", "json_schema", "text", "image_url", "server_vad",
-        "summary_text", "auto", "user", "assistant", "x"]
-leaves = (st.none() | st.booleans() | st.integers(min_value=-(2**63), max_value=2**63 - 1)
-          | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=12) | st.sampled_from(TAGS))
-json_values = st.recursive(
-    leaves,
-    lambda children: (st.lists(children, max_size=4)
-                      | st.dictionaries(st.sampled_from(PROPERTY_NAMES) | st.text(max_size=6), children, max_size=4)
-                      | st.builds(lambda tag, rest: {**rest, "type": tag}, st.sampled_from(TAGS),
-                                  st.dictionaries(st.sampled_from(PROPERTY_NAMES), children, max_size=4))),
-    max_leaves=24,
-)
-
-
-def accepted_or_a_400(run: Any) -> None:
-    try:
-        run()
-    except ApiError as error:
-        assert (error.status, error.type, error.code) == (400, "invalid_request_error", "invalid_value")
-        assert error.message.startswith("Invalid ") and error.message.endswith("."), error.message
-        assert error.param is None or f"'{error.param}'" in error.message
-        assert len(error.message) < 2000
-
-
-@settings(max_examples=300, deadline=None)
-@given(key=st.sampled_from(JSON_KEYS), body=st.dictionaries(st.text(max_size=10), json_values, max_size=5))
-def test_any_json_object_is_accepted_or_a_400(key: str, body: dict[str, Any]) -> None:
-    accepted_or_a_400(lambda: validator(key)(body))
-
-
-@st.composite
-def near_valid(draw: st.DrawFn) -> tuple[str, dict[str, Any]]:
-    """A minimal request with a few of its endpoint's own fields set to arbitrary (plausible) JSON."""
-    key = draw(st.sampled_from(JSON_KEYS))
-    body = dict(MINIMAL[key])
-    fields = sorted(root_fields(key)[0])
-    for name in draw(st.lists(st.sampled_from(fields), max_size=3)):
-        body[name] = draw(json_values | st.lists(json_values, max_size=3))
-    return key, body
-
-
-@settings(max_examples=400, deadline=None)
-@given(near_valid())
-def test_near_valid_requests_are_accepted_or_a_400_and_left_unchanged(case: tuple[str, dict[str, Any]]) -> None:
-    key, body = case
-    before = copy.deepcopy(body)
-    accepted_or_a_400(lambda: validator(key)(body))
-    assert body == before
-
-
-@st.composite
-def forms(draw: st.DrawFn) -> tuple[str, dict[str, list[str]], set[str]]:
-    key = draw(st.sampled_from(FORM_KEYS))
-    names = sorted(root_fields(key)[0])
-    spelled = st.sampled_from(names).flatmap(lambda name: st.sampled_from(
-        [name, f"{name}[]", f"{name}[0]", f"{name}[type]", f"{name}[threshold]", f"{name}[a][b]"]))
-    texts = st.text(max_size=8) | st.sampled_from(["true", "0.5", "1e999", "-3", "[\"word\"]", "{\"type\": 1}",
-                                                   "null", "", " 7 ", "9" * 5000])
-    fields = draw(st.dictionaries(spelled | st.text(max_size=6), st.lists(texts, min_size=1, max_size=3),
-                                  max_size=5))
-    files = draw(st.sets(st.sampled_from([*names, "image[]", "x"]), max_size=3))
-    return key, fields, files
-
-
-@settings(max_examples=300, deadline=None)
-@given(forms())
-def test_any_form_is_accepted_or_a_400(case: tuple[str, dict[str, list[str]], set[str]]) -> None:
-    key, fields, files = case
-    accepted_or_a_400(lambda: form_validator(key)(fields, files))
