@@ -10,7 +10,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=find_packages(include=["chatgpt_apiserver", "chatgpt_apiserver.*"]),
-    package_data={"chatgpt_apiserver.web": ["static/*.html"]},
+    package_data={"chatgpt_apiserver.web": ["static/*.html"],
+                  "chatgpt_apiserver.endpoints": ["openai-endpoint-schemas.json"]},
     include_package_data=True,
     install_requires=[
         "tornado>=6.4",

@@ -1,1 +1,1 @@
-"""Every OpenAI endpoint the gateway serves, as data: declarations, validation, usage, forms."""
+"""Every OpenAI endpoint the gateway serves, as data: declarations, request validation, usage, forms."""
