@@ -23,6 +23,7 @@ class Cue:
 
     mode: json | slow_json | stream | status | stall | stall_after | cut | malformed | malformed_event | no_done |
           error_event. slow_json sends the head and half the body, then the rest `interval` seconds later.
+    Every endpoint follows cues: fake_wire.py says how each mode applies to the ones besides chat.
     """
 
     mode: str = "json"
@@ -261,10 +262,17 @@ class FakeUpstream:
     def model_requests(self) -> list[Seen]:
         return [seen for seen in self.requests if seen.path.endswith("/models")]
 
+    def requests_to(self, path_suffix: str) -> list[Seen]:
+        """The requests whose path (without its query) ends with `path_suffix`, e.g. "/embeddings"."""
+        return [seen for seen in self.requests if seen.path.split("?", 1)[0].endswith(path_suffix)]
+
     def start(self, ssl_context: Optional[ssl.SSLContext] = None) -> None:
+        from .fake_endpoints import fallback_routes, routes  # every other endpoint (fake_endpoints.py)
         app = Application([
             (r"/v1/chat/completions", ChatHandler, {"fake": self}),
             (r"/v1/models", ModelsHandler, {"fake": self}),
+            *routes(self),
+            *fallback_routes(self),
         ], log_function=lambda handler: None)
         sock, self.port = bind_unused_port()
         self._server = HTTPServer(app, ssl_options=ssl_context)
