@@ -6,17 +6,38 @@ by event.
 
 from __future__ import annotations
 
+import base64
+import time
+
 import openai
 import orjson
 import pytest
-from openai.types import Completion, CreateEmbeddingResponse, ModerationCreateResponse
+from openai.types import (
+    Completion,
+    CreateEmbeddingResponse,
+    ImageEditStreamEvent,
+    ImageGenStreamEvent,
+    ImagesResponse,
+    ModerationCreateResponse,
+)
+from openai.types.audio import (
+    Transcription,
+    TranscriptionDiarized,
+    TranscriptionStreamEvent,
+    TranscriptionVerbose,
+    Translation,
+    TranslationVerbose,
+)
 
+from .fake_media import png, speech_audio
 from .fake_upstream import Cue
 from .harness import Stack
-from .sdk_checks import raw, sdk, strict
+from .sdk_checks import multipart, raw, sdk, strict, strict_event
 
 EMBEDDING = "text-embedding-3-small"
 INSTRUCT = "gpt-3.5-turbo-instruct"
+AUDIO = bytes(range(256)) * 125  # 32,000 bytes: the fake takes it for 2 s of audio
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def test_embeddings_are_deterministic_in_both_encodings(stack: Stack) -> None:
@@ -102,3 +123,136 @@ def test_moderations_flag_the_category_the_text_names(stack: Stack) -> None:
         {"type": "text", "text": "hi"}, {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA=="}}])
     assert len(mixed.results) == 1 and mixed.results[0].category_applied_input_types.violence == ["text", "image"]
     assert mixed.results[0].category_applied_input_types.harassment == ["text"]
+
+
+def test_transcriptions_in_every_format(stack: Stack) -> None:
+    fake = stack.fake()
+    client = sdk(fake)
+    create = client.audio.transcriptions.with_raw_response.create
+    tokens = strict(Transcription, orjson.loads(create(file=("a.wav", AUDIO), model="gpt-4o-transcribe").content))
+    assert tokens.text == "hello" and tokens.usage is not None and tokens.usage.type == "tokens"
+    seconds = strict(Transcription, orjson.loads(create(file=("a.wav", AUDIO), model="whisper-1").content))
+    assert seconds.usage is not None and seconds.usage.type == "duration" and seconds.usage.seconds == 2
+    assert AUDIO in fake.requests_to("/audio/transcriptions")[0].body
+    transcribe = client.audio.transcriptions.create
+    assert transcribe(file=("a.wav", AUDIO), model="whisper-1", response_format="text") == "hello\n"
+    assert "00:00:00,000 --> 00:00:02,000\nhello" in transcribe(file=("a.wav", AUDIO), model="whisper-1",
+                                                                response_format="srt")
+    assert transcribe(file=("a.wav", AUDIO), model="whisper-1", response_format="vtt").startswith("WEBVTT\n\n")
+    verbose = create(file=("a.wav", AUDIO), model="whisper-1", response_format="verbose_json")
+    assert strict(TranscriptionVerbose, orjson.loads(verbose.content)).duration == 2.0
+    diarized = create(file=("a.wav", AUDIO), model="gpt-4o-transcribe-diarize", response_format="diarized_json")
+    assert strict(TranscriptionDiarized, orjson.loads(diarized.content)).segments[0].speaker == "A"
+    with pytest.raises(openai.BadRequestError) as caught:
+        transcribe(file=("a.wav", AUDIO), model="whisper-1", response_format="mp4")  # type: ignore[call-overload]
+    assert isinstance(caught.value.body, dict) and caught.value.body["param"] == "response_format"
+
+
+def test_a_transcription_stream_sends_deltas_then_done(stack: Stack) -> None:
+    fake = stack.fake()
+    fake.default = Cue(events=3, text="w")
+    client = sdk(fake)
+    events = list(client.audio.transcriptions.create(file=("a.wav", AUDIO), model="gpt-4o-mini-transcribe",
+                                                     stream=True))
+    for event in events:
+        strict_event(TranscriptionStreamEvent, event)
+    assert [event.type for event in events] == ["transcript.text.delta"] * 3 + ["transcript.text.done"]
+    done = events[-1]
+    assert done.type == "transcript.text.done" and done.text == "w0 w1 w2 "
+    assert done.usage is not None and done.usage.total_tokens > done.usage.output_tokens
+    with pytest.raises(openai.BadRequestError):
+        client.audio.transcriptions.create(file=("a.wav", AUDIO), model="whisper-1", stream=True)
+
+
+@pytest.mark.filterwarnings("ignore:deprecated:DeprecationWarning")  # the SDK deprecates it; OpenAI serves it
+def test_translations_answer_json_verbose_json_and_text(stack: Stack) -> None:
+    fake = stack.fake()
+    client = sdk(fake)
+    create = client.audio.translations.with_raw_response.create
+    assert strict(Translation, orjson.loads(create(file=("a.mp3", AUDIO), model="whisper-1").content)).text == "hello"
+    verbose = create(file=("a.mp3", AUDIO), model="whisper-1", response_format="verbose_json")
+    assert strict(TranslationVerbose, orjson.loads(verbose.content)).language == "english"
+    body, content_type = multipart({"model": "whisper-1", "response_format": "text"}, {"file": ("a.mp3", AUDIO)})
+    status, headers, answer = raw(fake, "POST", "/v1/audio/translations", body, {"Content-Type": content_type})
+    assert (status, answer) == (200, b"hello\n") and headers["content-type"].startswith("text/plain")
+    assert fake.requests[-1].body == body  # the exact bytes the client sent
+
+
+def test_speech_is_sent_in_pieces_with_pauses(stack: Stack) -> None:
+    fake = stack.fake()
+    fake.default = Cue(events=3, interval=0.3)
+    client = sdk(fake)
+    arrivals, data = [], b""
+    with client.audio.speech.with_streaming_response.create(model="gpt-4o-mini-tts", voice="alloy",
+                                                            input="hi") as response:
+        assert response.headers["content-type"] == "audio/mpeg"
+        for piece in response.iter_bytes():
+            arrivals.append(time.monotonic())
+            data += piece
+    assert data == b"".join(speech_audio("mp3", 3)) and len(data) == 3 * 4096
+    assert arrivals[-1] - arrivals[0] >= 0.3  # pieces written 0.3 s apart, 0.6 s first to last: not buffered
+    fake.default = Cue()
+    wav = client.audio.speech.create(model="tts-1", voice="alloy", input="hi", response_format="wav")
+    assert wav.response.headers["content-type"] == "audio/wav" and wav.content.startswith(b"RIFF")
+    with pytest.raises(openai.BadRequestError):
+        client.audio.speech.create(model="tts-1", voice="alloy", input="hi", response_format="mp4")  # type: ignore[arg-type]
+
+
+def test_speech_as_server_sent_events(stack: Stack) -> None:
+    fake = stack.fake()
+    client = sdk(fake)
+    answer = client.audio.speech.create(model="gpt-4o-mini-tts", voice="alloy", input="hi", stream_format="sse")
+    assert answer.response.headers["content-type"] == "text/event-stream"
+    events = [orjson.loads(line[6:]) for line in answer.content.split(b"\n") if line.startswith(b"data: ")]
+    assert [event["type"] for event in events] == ["speech.audio.delta"] * 3 + ["speech.audio.done"]
+    audio = b"".join(base64.b64decode(event["audio"]) for event in events[:-1])
+    assert audio == b"".join(speech_audio("mp3", 3)) and events[-1]["usage"]["total_tokens"] > 0
+    with pytest.raises(openai.BadRequestError):
+        client.audio.speech.create(model="tts-1", voice="alloy", input="hi", stream_format="sse")
+
+
+def test_image_generation_answers_tiny_pngs_with_usage(stack: Stack) -> None:
+    client = sdk(stack.fake())
+    answer = client.images.with_raw_response.generate(model="gpt-image-1", prompt="a red fox", n=2)
+    images = strict(ImagesResponse, orjson.loads(answer.http_response.content))
+    assert images.data is not None and len(images.data) == 2
+    assert all(base64.b64decode(image.b64_json or "").startswith(PNG_SIGNATURE) for image in images.data)
+    assert images.usage is not None and images.usage.output_tokens == 2 * 272
+    assert images.usage.input_tokens_details.text_tokens == images.usage.input_tokens == 3
+    assert (images.size, images.quality, images.output_format) == ("1024x1024", "high", "png")
+    classic = client.images.generate(model="dall-e-3", prompt="a red fox")
+    assert classic.data is not None and classic.data[0].url and classic.data[0].revised_prompt == "a red fox"
+
+
+def test_image_streams_send_partial_images_then_completed(stack: Stack) -> None:
+    fake = stack.fake()
+    client = sdk(fake)
+    generated = list(client.images.generate(model="gpt-image-1", prompt="fox", stream=True, partial_images=2))
+    for event in generated:
+        strict_event(ImageGenStreamEvent, event)
+    assert [event.type for event in generated] == ["image_generation.partial_image"] * 2 + [
+        "image_generation.completed"]
+    assert [getattr(event, "partial_image_index", None) for event in generated] == [0, 1, None]
+    edited = list(client.images.edit(model="gpt-image-1", image=("a.png", png(1, 2, 3)), prompt="hat",
+                                     stream=True, partial_images=1))
+    for event in edited:
+        strict_event(ImageEditStreamEvent, event)
+    assert [event.type for event in edited] == ["image_edit.partial_image", "image_edit.completed"]
+    _status, _headers, body = raw(fake, "POST", "/v1/images/generations",
+                                  {"model": "gpt-image-1", "prompt": "fox", "stream": True, "partial_images": 1})
+    assert body.startswith(b"event: image_generation.partial_image\ndata: {")
+
+
+def test_image_edits_take_multipart_or_json(stack: Stack) -> None:
+    fake = stack.fake()
+    client = sdk(fake)
+    edited = client.images.edit(model="gpt-image-1", prompt="hat",
+                                image=[("a.png", png(1, 2, 3)), ("b.png", png(4, 5, 6))])
+    assert edited.usage is not None and edited.usage.input_tokens_details.image_tokens == 2 * 65
+    assert png(4, 5, 6) in fake.requests_to("/images/edits")[0].body
+    image_url = "data:image/png;base64," + base64.b64encode(png(1, 2, 3)).decode()
+    status, _headers, body = raw(fake, "POST", "/v1/images/edits",
+                                 {"model": "gpt-image-1", "prompt": "hat", "images": [{"image_url": image_url}]})
+    assert status == 200 and strict(ImagesResponse, orjson.loads(body)).data is not None
+    status, _headers, body = raw(fake, "POST", "/v1/images/edits", {"model": "gpt-image-1", "prompt": "hat"})
+    assert status == 400 and orjson.loads(body)["error"]["param"] == "image"
