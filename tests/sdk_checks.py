@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import secrets
+from collections.abc import Callable
 from typing import Any, Optional, TypeVar
 
 import orjson
@@ -15,7 +16,10 @@ from .fake_upstream import FakeUpstream
 M = TypeVar("M", bound=BaseModel)
 
 
-def sdk(fake: FakeUpstream, timeout: float = 10.0, api_key: str = "sk-test-fake") -> OpenAI:
+Sdk = Callable[..., OpenAI]  # the `sdk` fixture (conftest.py): sdk(fake, timeout=..., api_key=...)
+
+
+def client_for(fake: FakeUpstream, timeout: float = 10.0, api_key: str = "sk-test-fake") -> OpenAI:
     """The official sync client pointed at `fake`, without retries (each request meets exactly one cue)."""
     return OpenAI(api_key=api_key, base_url=fake.base_url, max_retries=0, timeout=timeout)
 

@@ -14,7 +14,7 @@ import pytest
 
 from .fake_upstream import Cue, FakeUpstream
 from .harness import Stack
-from .sdk_checks import raw, sdk
+from .sdk_checks import Sdk, raw
 
 EMBED = {"model": "text-embedding-3-small", "input": "hello", "encoding_format": "float"}
 
@@ -31,7 +31,7 @@ def open_request(fake: FakeUpstream, path: str, body: dict[str, object], timeout
         connection.close()
 
 
-def test_status_delay_and_headers_cues(stack: Stack) -> None:
+def test_status_delay_and_headers_cues(stack: Stack, sdk: Sdk) -> None:
     fake = stack.fake()
     fake.cue(Cue(mode="status", status=503), Cue(delay=0.3, headers={"x-fake": "yes"}))
     client = sdk(fake)

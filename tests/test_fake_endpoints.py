@@ -32,7 +32,7 @@ from openai.types.audio import (
 from .fake_media import png, speech_audio
 from .fake_upstream import Cue
 from .harness import Stack
-from .sdk_checks import multipart, raw, sdk, strict, strict_event
+from .sdk_checks import Sdk, multipart, raw, strict, strict_event
 
 EMBEDDING = "text-embedding-3-small"
 INSTRUCT = "gpt-3.5-turbo-instruct"
@@ -40,7 +40,7 @@ AUDIO = bytes(range(256)) * 125  # 32,000 bytes: the fake takes it for 2 s of au
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def test_embeddings_are_deterministic_in_both_encodings(stack: Stack) -> None:
+def test_embeddings_are_deterministic_in_both_encodings(stack: Stack, sdk: Sdk) -> None:
     fake = stack.fake()
     client = sdk(fake)
     decoded = client.embeddings.create(model=EMBEDDING, input=["alpha", "beta", "alpha"])
@@ -56,7 +56,7 @@ def test_embeddings_are_deterministic_in_both_encodings(stack: Stack) -> None:
     assert floats.usage.prompt_tokens == floats.usage.total_tokens == 2 + 1 + 2
 
 
-def test_embeddings_take_token_arrays_and_dimensions(stack: Stack) -> None:
+def test_embeddings_take_token_arrays_and_dimensions(stack: Stack, sdk: Sdk) -> None:
     client = sdk(stack.fake())
     many = client.embeddings.create(model=EMBEDDING, input=[[1, 2, 3], [4, 5]], dimensions=256,
                                     encoding_format="float")
@@ -79,7 +79,7 @@ def test_a_two_megabyte_embeddings_answer(stack: Stack) -> None:
     assert len(answer.data) == 100 and len({tuple(item.embedding[:4]) for item in answer.data}) > 90
 
 
-def test_completions_give_n_choices_per_prompt(stack: Stack) -> None:
+def test_completions_give_n_choices_per_prompt(stack: Stack, sdk: Sdk) -> None:
     fake = stack.fake()
     client = sdk(fake)
     answer = client.completions.with_raw_response.create(model=INSTRUCT, prompt=["a", "b"], n=2)
@@ -91,7 +91,7 @@ def test_completions_give_n_choices_per_prompt(stack: Stack) -> None:
     assert echoed.choices[0].text == "Say: hello"
 
 
-def test_a_completion_stream_ends_with_usage_then_done(stack: Stack) -> None:
+def test_a_completion_stream_ends_with_usage_then_done(stack: Stack, sdk: Sdk) -> None:
     fake = stack.fake()
     fake.default = Cue(events=2, text="t")
     client = sdk(fake)
@@ -112,7 +112,7 @@ def test_a_completion_stream_ends_with_usage_then_done(stack: Stack) -> None:
     assert body.startswith(b'data: {"id":"cmpl-') and body.endswith(b"}\n\ndata: [DONE]\n\n")
 
 
-def test_moderations_flag_the_category_the_text_names(stack: Stack) -> None:
+def test_moderations_flag_the_category_the_text_names(stack: Stack, sdk: Sdk) -> None:
     client = sdk(stack.fake())
     answer = client.moderations.with_raw_response.create(input=["a kind word", "graphic violence"])
     results = strict(ModerationCreateResponse, orjson.loads(answer.http_response.content)).results
@@ -125,7 +125,7 @@ def test_moderations_flag_the_category_the_text_names(stack: Stack) -> None:
     assert mixed.results[0].category_applied_input_types.harassment == ["text"]
 
 
-def test_transcriptions_in_every_format(stack: Stack) -> None:
+def test_transcriptions_in_every_format(stack: Stack, sdk: Sdk) -> None:
     fake = stack.fake()
     client = sdk(fake)
     create = client.audio.transcriptions.with_raw_response.create
@@ -148,7 +148,7 @@ def test_transcriptions_in_every_format(stack: Stack) -> None:
     assert isinstance(caught.value.body, dict) and caught.value.body["param"] == "response_format"
 
 
-def test_a_transcription_stream_sends_deltas_then_done(stack: Stack) -> None:
+def test_a_transcription_stream_sends_deltas_then_done(stack: Stack, sdk: Sdk) -> None:
     fake = stack.fake()
     fake.default = Cue(events=3, text="w")
     client = sdk(fake)
@@ -165,7 +165,7 @@ def test_a_transcription_stream_sends_deltas_then_done(stack: Stack) -> None:
 
 
 @pytest.mark.filterwarnings("ignore:deprecated:DeprecationWarning")  # the SDK deprecates it; OpenAI serves it
-def test_translations_answer_json_verbose_json_and_text(stack: Stack) -> None:
+def test_translations_answer_json_verbose_json_and_text(stack: Stack, sdk: Sdk) -> None:
     fake = stack.fake()
     client = sdk(fake)
     create = client.audio.translations.with_raw_response.create
@@ -178,7 +178,7 @@ def test_translations_answer_json_verbose_json_and_text(stack: Stack) -> None:
     assert fake.requests[-1].body == body  # the exact bytes the client sent
 
 
-def test_speech_is_sent_in_pieces_with_pauses(stack: Stack) -> None:
+def test_speech_is_sent_in_pieces_with_pauses(stack: Stack, sdk: Sdk) -> None:
     fake = stack.fake()
     fake.default = Cue(events=3, interval=0.3)
     client = sdk(fake)
@@ -192,18 +192,21 @@ def test_speech_is_sent_in_pieces_with_pauses(stack: Stack) -> None:
     assert data == b"".join(speech_audio("mp3", 3)) and len(data) == 3 * 4096
     assert arrivals[-1] - arrivals[0] >= 0.3  # pieces written 0.3 s apart, 0.6 s first to last: not buffered
     fake.default = Cue()
-    wav = client.audio.speech.create(model="tts-1", voice="alloy", input="hi", response_format="wav")
-    assert wav.response.headers["content-type"] == "audio/wav" and wav.content.startswith(b"RIFF")
+    with client.audio.speech.with_streaming_response.create(model="tts-1", voice="alloy", input="hi",
+                                                            response_format="wav") as wav:
+        assert wav.headers["content-type"] == "audio/wav" and wav.read().startswith(b"RIFF")
     with pytest.raises(openai.BadRequestError):
         client.audio.speech.create(model="tts-1", voice="alloy", input="hi", response_format="mp4")  # type: ignore[arg-type]
 
 
-def test_speech_as_server_sent_events(stack: Stack) -> None:
+def test_speech_as_server_sent_events(stack: Stack, sdk: Sdk) -> None:
     fake = stack.fake()
     client = sdk(fake)
-    answer = client.audio.speech.create(model="gpt-4o-mini-tts", voice="alloy", input="hi", stream_format="sse")
-    assert answer.response.headers["content-type"] == "text/event-stream"
-    events = [orjson.loads(line[6:]) for line in answer.content.split(b"\n") if line.startswith(b"data: ")]
+    with client.audio.speech.with_streaming_response.create(model="gpt-4o-mini-tts", voice="alloy", input="hi",
+                                                            stream_format="sse") as answer:
+        assert answer.headers["content-type"] == "text/event-stream"
+        content = answer.read()
+    events = [orjson.loads(line[6:]) for line in content.split(b"\n") if line.startswith(b"data: ")]
     assert [event["type"] for event in events] == ["speech.audio.delta"] * 3 + ["speech.audio.done"]
     audio = b"".join(base64.b64decode(event["audio"]) for event in events[:-1])
     assert audio == b"".join(speech_audio("mp3", 3)) and events[-1]["usage"]["total_tokens"] > 0
@@ -211,7 +214,7 @@ def test_speech_as_server_sent_events(stack: Stack) -> None:
         client.audio.speech.create(model="tts-1", voice="alloy", input="hi", stream_format="sse")
 
 
-def test_image_generation_answers_tiny_pngs_with_usage(stack: Stack) -> None:
+def test_image_generation_answers_tiny_pngs_with_usage(stack: Stack, sdk: Sdk) -> None:
     client = sdk(stack.fake())
     answer = client.images.with_raw_response.generate(model="gpt-image-1", prompt="a red fox", n=2)
     images = strict(ImagesResponse, orjson.loads(answer.http_response.content))
@@ -224,7 +227,7 @@ def test_image_generation_answers_tiny_pngs_with_usage(stack: Stack) -> None:
     assert classic.data is not None and classic.data[0].url and classic.data[0].revised_prompt == "a red fox"
 
 
-def test_image_streams_send_partial_images_then_completed(stack: Stack) -> None:
+def test_image_streams_send_partial_images_then_completed(stack: Stack, sdk: Sdk) -> None:
     fake = stack.fake()
     client = sdk(fake)
     generated = list(client.images.generate(model="gpt-image-1", prompt="fox", stream=True, partial_images=2))
@@ -243,7 +246,7 @@ def test_image_streams_send_partial_images_then_completed(stack: Stack) -> None:
     assert body.startswith(b"event: image_generation.partial_image\ndata: {")
 
 
-def test_image_edits_take_multipart_or_json(stack: Stack) -> None:
+def test_image_edits_take_multipart_or_json(stack: Stack, sdk: Sdk) -> None:
     fake = stack.fake()
     client = sdk(fake)
     edited = client.images.edit(model="gpt-image-1", prompt="hat",

@@ -24,7 +24,7 @@ from openai.types.responses import (
 
 from .fake_upstream import Cue
 from .harness import Stack
-from .sdk_checks import raw, sdk, strict, strict_event
+from .sdk_checks import Sdk, raw, strict, strict_event
 
 MODEL = "gpt-4.1-mini"
 STREAM_TYPES = ["response.created", "response.in_progress", "response.output_item.added",
@@ -33,7 +33,7 @@ STREAM_TYPES = ["response.created", "response.in_progress", "response.output_ite
                 "response.completed"]
 
 
-def test_a_response_is_stored_and_a_follow_up_builds_on_it(stack: Stack) -> None:
+def test_a_response_is_stored_and_a_follow_up_builds_on_it(stack: Stack, sdk: Sdk) -> None:
     fake = stack.fake("a")
     fake.default = Cue(text="Paris.")
     client = sdk(fake)
@@ -54,7 +54,7 @@ def test_a_response_is_stored_and_a_follow_up_builds_on_it(stack: Stack) -> None
     assert fake.requests_to("/responses")[-1].json["previous_response_id"] == response.id
 
 
-def test_a_follow_up_that_reaches_another_fake_is_not_found(stack: Stack) -> None:
+def test_a_follow_up_that_reaches_another_fake_is_not_found(stack: Stack, sdk: Sdk) -> None:
     first, second = stack.fake("a"), stack.fake("b")
     response = sdk(first).responses.create(model=MODEL, input="hi")
     conversation = sdk(first).conversations.create()
@@ -80,7 +80,7 @@ def test_a_follow_up_that_reaches_another_fake_is_not_found(stack: Stack) -> Non
     assert sdk(first).responses.retrieve(response.id).id == response.id
 
 
-def test_the_stream_is_openais_typed_sse(stack: Stack) -> None:
+def test_the_stream_is_openais_typed_sse(stack: Stack, sdk: Sdk) -> None:
     fake = stack.fake()
     fake.default = Cue(events=2, text="w")
     client = sdk(fake)
@@ -104,7 +104,7 @@ def test_the_stream_is_openais_typed_sse(stack: Stack) -> None:
     assert body.endswith(b"}\n\n") and b"[DONE]" not in body
 
 
-def test_a_stored_response_replays_its_events_after_a_sequence_number(stack: Stack) -> None:
+def test_a_stored_response_replays_its_events_after_a_sequence_number(stack: Stack, sdk: Sdk) -> None:
     fake = stack.fake()
     client = sdk(fake)
     response = client.responses.create(model=MODEL, input="hi")
@@ -113,7 +113,7 @@ def test_a_stored_response_replays_its_events_after_a_sequence_number(stack: Sta
     assert events[-1].type == "response.completed" and events[-1].response.output_text == "hello"
 
 
-def test_store_false_keeps_nothing(stack: Stack) -> None:
+def test_store_false_keeps_nothing(stack: Stack, sdk: Sdk) -> None:
     fake = stack.fake()
     client = sdk(fake)
     response = client.responses.create(model=MODEL, input="hi", store=False)
@@ -124,7 +124,7 @@ def test_store_false_keeps_nothing(stack: Stack) -> None:
         client.responses.create(model=MODEL, input="more", previous_response_id=response.id)
 
 
-def test_a_background_response_is_queued_then_completes(stack: Stack) -> None:
+def test_a_background_response_is_queued_then_completes(stack: Stack, sdk: Sdk) -> None:
     fake = stack.fake()
     fake.store.background_seconds = 0.3
     client = sdk(fake)
@@ -142,7 +142,7 @@ def test_a_background_response_is_queued_then_completes(stack: Stack) -> None:
     assert set(statuses) <= {"queued", "in_progress", "completed"}
 
 
-def test_cancel_stops_a_background_response_only(stack: Stack) -> None:
+def test_cancel_stops_a_background_response_only(stack: Stack, sdk: Sdk) -> None:
     fake = stack.fake()
     fake.store.background_seconds = 0.3
     client = sdk(fake)
@@ -158,7 +158,7 @@ def test_cancel_stops_a_background_response_only(stack: Stack) -> None:
         client.responses.cancel("resp_unknown")
 
 
-def test_delete_removes_a_response(stack: Stack) -> None:
+def test_delete_removes_a_response(stack: Stack, sdk: Sdk) -> None:
     fake = stack.fake()
     client = sdk(fake)
     response = client.responses.create(model=MODEL, input="hi")
@@ -169,7 +169,7 @@ def test_delete_removes_a_response(stack: Stack) -> None:
         client.responses.delete(response.id)
 
 
-def test_input_items_page_with_limit_order_and_after(stack: Stack) -> None:
+def test_input_items_page_with_limit_order_and_after(stack: Stack, sdk: Sdk) -> None:
     fake = stack.fake()
     client = sdk(fake)
     messages = [{"role": "user", "content": f"m{index}"} for index in range(5)]
@@ -185,7 +185,7 @@ def test_input_items_page_with_limit_order_and_after(stack: Stack) -> None:
     assert status == 400 and orjson.loads(body)["error"]["param"] == "limit"
 
 
-def test_input_tokens_and_compact_build_on_stored_context(stack: Stack) -> None:
+def test_input_tokens_and_compact_build_on_stored_context(stack: Stack, sdk: Sdk) -> None:
     fake = stack.fake()
     client = sdk(fake)
     first = client.responses.create(model=MODEL, input="a long first question " * 5)
@@ -204,7 +204,7 @@ def test_input_tokens_and_compact_build_on_stored_context(stack: Stack) -> None:
     strict(CompactedResponse, {**body, "output": body["output"][-1:]})
 
 
-def test_conversations_and_their_items(stack: Stack) -> None:
+def test_conversations_and_their_items(stack: Stack, sdk: Sdk) -> None:
     fake = stack.fake()
     client = sdk(fake)
     created = client.conversations.with_raw_response.create(items=[{"role": "user", "content": "hello"}],
@@ -232,7 +232,7 @@ def test_conversations_and_their_items(stack: Stack) -> None:
         client.conversations.retrieve(conversation.id)
 
 
-def test_a_response_in_a_conversation_appends_its_items(stack: Stack) -> None:
+def test_a_response_in_a_conversation_appends_its_items(stack: Stack, sdk: Sdk) -> None:
     fake = stack.fake()
     fake.default = Cue(text="Hi there.")
     client = sdk(fake)
