@@ -27,7 +27,7 @@ def conversation_id(value: Any) -> Optional[str]:
     if isinstance(value, str) and value:
         return value
     if isinstance(value, dict) and isinstance(value.get("id"), str):
-        return value["id"]
+        return str(value["id"])
     raise invalid("Invalid type for 'conversation': expected a string or an object with an 'id'.", "conversation",
                   "invalid_type")
 
@@ -106,7 +106,8 @@ class ResponsesHandler(Resolver):
             raise invalid("Background mode requires 'store' to be true.", "background", "invalid_value")
         context, conversation = self.context(payload)
         items = self.input_items(payload)
-        instructions = payload.get("instructions") if isinstance(payload.get("instructions"), str) else ""
+        instructions = payload.get("instructions")
+        instructions = instructions if isinstance(instructions, str) else ""
         deltas = [f"{cue.text}{index} " for index in range(cue.events)] if stream else [cue.text]
         text = "".join(deltas)
         message = output_message(text)

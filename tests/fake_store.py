@@ -71,7 +71,7 @@ class FakeStore:
         return self.responses[response_id]
 
     def add_conversation(self, metadata: dict[str, Any], items: list[dict[str, Any]]) -> StoredConversation:
-        body = {"id": new_id("conv_"), "object": "conversation", "created_at": int(time.time()),
+        body: dict[str, Any] = {"id": new_id("conv_"), "object": "conversation", "created_at": int(time.time()),
                 "metadata": metadata}
         conversation = StoredConversation(body, items)
         self.conversations[body["id"]] = conversation

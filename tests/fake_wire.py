@@ -221,7 +221,7 @@ class FakeHandler(RequestHandler):
     async def _serve(self, method: str, args: tuple[str, ...]) -> None:
         fake, request = self.fake, self.request
         fake.requests.append(Seen(request.uri or request.path, dict(request.headers), request.body,
-                                  id(request.connection.stream)))  # type: ignore[attr-defined]
+                                  id(request.connection.stream)))  # type: ignore[union-attr]
         endpoint = getattr(self, f"on_{method}", None)
         if endpoint is None:
             self._error(FakeApiError(405, f"Invalid method for URL ({request.method} {request.path})."))
@@ -291,7 +291,7 @@ class FakeHandler(RequestHandler):
             await self.flush()
 
     def _hang_up(self) -> None:
-        self.request.connection.stream.close()  # type: ignore[attr-defined]
+        self.request.connection.stream.close()  # type: ignore[union-attr]
 
     async def _deliver(self, reply: Reply, cue: Cue) -> None:
         if cue.mode == "malformed":
@@ -373,5 +373,5 @@ class UnknownHandler(FakeHandler):
     async def _serve(self, method: str, args: tuple[str, ...]) -> None:
         request = self.request
         self.fake.requests.append(Seen(request.uri or request.path, dict(request.headers), request.body,
-                                       id(request.connection.stream)))  # type: ignore[attr-defined]
+                                       id(request.connection.stream)))  # type: ignore[union-attr]
         self._error(FakeApiError(404, f"Invalid URL ({request.method} {request.path})"))

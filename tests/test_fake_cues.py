@@ -51,7 +51,7 @@ def test_status_delay_and_headers_cues(stack: Stack, sdk: Sdk) -> None:
     fake.cue(Cue(mode="status", status=503), Cue(delay=0.3, headers={"x-fake": "yes"}))
     client = sdk(fake)
     with pytest.raises(openai.InternalServerError) as caught:
-        client.embeddings.create(**EMBED)  # type: ignore[arg-type]
+        client.embeddings.create(**EMBED)
     assert caught.value.status_code == 503 and isinstance(caught.value.body, dict)
     assert caught.value.body["message"] == "fake error 503"
     started = time.monotonic()
@@ -192,7 +192,7 @@ def test_the_rate_limit_and_keys_apply_to_every_endpoint(stack: Stack, sdk: Sdk)
     fake.limit(60, burst=1)
     assert good.conversations.create().id.startswith("conv_")
     with pytest.raises(openai.RateLimitError) as limited:
-        good.embeddings.create(**EMBED)  # type: ignore[arg-type]
+        good.embeddings.create(**EMBED)
     assert int(limited.value.response.headers["retry-after"]) >= 1 and fake.rejected == 1
 
 

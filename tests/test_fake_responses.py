@@ -173,7 +173,7 @@ def test_input_items_page_with_limit_order_and_after(stack: Stack, sdk: Sdk) -> 
     fake = stack.fake()
     client = sdk(fake)
     messages = [{"role": "user", "content": f"m{index}"} for index in range(5)]
-    response = client.responses.create(model=MODEL, input=messages)  # type: ignore[arg-type]
+    response = client.responses.create(model=MODEL, input=messages)
     texts = [item.content[0].text for item in client.responses.input_items.list(response.id, limit=2, order="asc")]
     assert texts == ["m0", "m1", "m2", "m3", "m4"]  # the SDK followed `after` over three pages
     pages = fake.requests_to("/input_items")
@@ -216,7 +216,7 @@ def test_conversations_and_their_items(stack: Stack, sdk: Sdk) -> None:
 
     added = client.conversations.items.create(conversation.id, items=[
         {"type": "message", "role": "assistant", "content": "hi"}, {"role": "user", "content": "bye"}])
-    assert [item.role for item in added.data] == ["assistant", "user"]  # type: ignore[union-attr]
+    assert [item.role for item in added.data] == ["assistant", "user"]
     listed = [item.id for item in client.conversations.items.list(conversation.id, limit=2, order="asc")]
     assert len(listed) == 3 and listed[1:] == [item.id for item in added.data]
     status, _headers, body = raw(fake, "GET", f"/v1/conversations/{conversation.id}/items")
@@ -241,7 +241,7 @@ def test_a_response_in_a_conversation_appends_its_items(stack: Stack, sdk: Sdk) 
     assert response.conversation is not None and response.conversation.id == conversation.id
     client.responses.create(model=MODEL, input="Again?", conversation={"id": conversation.id})
     items = list(client.conversations.items.list(conversation.id, order="asc"))
-    assert [(item.role, item.content[0].text) for item in items] == [  # type: ignore[union-attr]
+    assert [(item.role, item.content[0].text) for item in items] == [
         ("user", "Hello?"), ("assistant", "Hi there."), ("user", "Again?"), ("assistant", "Hi there.")]
     with pytest.raises(openai.BadRequestError) as caught:
         client.responses.create(model=MODEL, input="x", conversation=conversation.id, previous_response_id=response.id)
