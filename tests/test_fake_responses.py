@@ -140,6 +140,9 @@ def test_a_background_response_is_queued_then_completes(stack: Stack, sdk: Sdk) 
         time.sleep(0.02)
     assert statuses[-1] == "completed" and current.output_text == "hello"
     assert set(statuses) <= {"queued", "in_progress", "completed"}
+    events = list(client.responses.create(model=MODEL, input="hi", background=True, stream=True))
+    assert events[0].response.status == "queued" and events[-1].type == "response.completed"
+    assert events[-1].response.background and events[-1].response.id in fake.response_ids
 
 
 def test_cancel_stops_a_background_response_only(stack: Stack, sdk: Sdk) -> None:
