@@ -90,6 +90,7 @@ class Resolver(FakeHandler):
         return [], None
 
     def input_items(self, payload: dict[str, Any]) -> list[dict[str, Any]]:
+        """The request's `input` as stored items (none when absent)."""
         value = payload.get("input")
         return [] if value is None else normalize_items(value, "input")
 

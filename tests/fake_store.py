@@ -36,6 +36,7 @@ class StoredConversation:
     items: list[dict[str, Any]] = field(default_factory=list)
 
     def item(self, item_id: str) -> dict[str, Any]:
+        """The item with `item_id`, or OpenAI's 404."""
         for item in self.items:
             if item["id"] == item_id:
                 return item
@@ -51,6 +52,7 @@ class FakeStore:
         self.background_seconds = 0.2  # how long a background response stays queued / in progress
 
     def add_response(self, body: dict[str, Any], input_items: list[dict[str, Any]], done: bool) -> StoredResponse:
+        """Store a response (`done` when it has finished, so a replay need not wait)."""
         stored = StoredResponse(body, input_items)
         if done:
             stored.done.set()
@@ -71,6 +73,7 @@ class FakeStore:
         return self.responses[response_id]
 
     def add_conversation(self, metadata: dict[str, Any], items: list[dict[str, Any]]) -> StoredConversation:
+        """Start a conversation with `items`."""
         body: dict[str, Any] = {"id": new_id("conv_"), "object": "conversation", "created_at": int(time.time()),
                 "metadata": metadata}
         conversation = StoredConversation(body, items)

@@ -33,6 +33,7 @@ def embedding(seed: bytes, dimensions: int, encoding: str) -> list[float] | str:
 
 
 def is_tokens(value: Any) -> bool:
+    """Whether `value` is a non-empty array of token ids."""
     return isinstance(value, list) and bool(value) and all(isinstance(t, int) and not isinstance(t, bool)
                                                            for t in value)
 

@@ -62,6 +62,7 @@ class FakeApiError(Exception):
         self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
 
     def body(self) -> bytes:
+        """The error JSON OpenAI's clients parse."""
         return orjson.dumps({"error": {"message": self.message, "type": self.kind, "param": self.param,
                                        "code": self.code}})
 
@@ -84,6 +85,7 @@ class Call:
 
     @property
     def model(self) -> str:
+        """The request's `model`, "" when it names none (the key of `fake.model_cues`)."""
         model = self.payload.get("model")
         return model if isinstance(model, str) else ""
 
@@ -132,10 +134,12 @@ class Body:
 
     @classmethod
     def json(cls, value: Any, status: int = 200) -> Body:
+        """A JSON answer of `value`."""
         return cls(orjson.dumps(value), status=status)
 
     @classmethod
     def text(cls, value: str) -> Body:
+        """A plain-text answer."""
         return cls(value.encode(), "text/plain; charset=utf-8")
 
 
@@ -148,13 +152,16 @@ class Frame:
 
     @classmethod
     def of(cls, value: Any, event: Optional[str] = None) -> Frame:
+        """The event carrying `value` as JSON."""
         return cls(orjson.dumps(value), event)
 
     def encode(self) -> bytes:
+        """The event's bytes on the wire: `event: name` (if named), `data: ...`, a blank line."""
         head = b"event: " + self.event.encode() + b"\n" if self.event else b""
         return head + b"data: " + self.data + b"\n\n"
 
     def malformed(self) -> bytes:
+        """The event with its data cut in half (invalid JSON)."""
         return Frame(self.data[:max(1, len(self.data) // 2)], self.event).encode()
 
 
@@ -171,6 +178,7 @@ class EventStream:
     sequenced: bool = False  # events carry a "sequence_number" (Responses): errors are OpenAI's error event
 
     def error_frame(self, index: int) -> Frame:
+        """The error event this kind of stream carries, standing at position `index`."""
         if self.sequenced:
             return Frame.of({"type": "error", "code": "server_error", "message": ERROR_MESSAGE, "param": None,
                              "sequence_number": index}, "error")
@@ -218,10 +226,14 @@ class FakeHandler(RequestHandler):
     async def patch(self, *args: str) -> None:
         await self._serve("patch", args)
 
+    def _record(self) -> None:
+        request = self.request
+        self.fake.requests.append(Seen(request.uri or request.path, dict(request.headers), request.body,
+                                       id(request.connection.stream)))  # type: ignore[union-attr]
+
     async def _serve(self, method: str, args: tuple[str, ...]) -> None:
         fake, request = self.fake, self.request
-        fake.requests.append(Seen(request.uri or request.path, dict(request.headers), request.body,
-                                  id(request.connection.stream)))  # type: ignore[union-attr]
+        self._record()
         endpoint = getattr(self, f"on_{method}", None)
         if endpoint is None:
             self._error(FakeApiError(405, f"Invalid method for URL ({request.method} {request.path})."))
@@ -371,7 +383,5 @@ class UnknownHandler(FakeHandler):
     """Any other path under /v1: OpenAI's 404 "Invalid URL"."""
 
     async def _serve(self, method: str, args: tuple[str, ...]) -> None:
-        request = self.request
-        self.fake.requests.append(Seen(request.uri or request.path, dict(request.headers), request.body,
-                                       id(request.connection.stream)))  # type: ignore[union-attr]
-        self._error(FakeApiError(404, f"Invalid URL ({request.method} {request.path})"))
+        self._record()
+        self._error(FakeApiError(404, f"Invalid URL ({self.request.method} {self.request.path})"))
