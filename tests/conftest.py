@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,3 +32,22 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path).start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def sdk() -> Iterator[Callable[..., Any]]:
+    """Official SDK clients for fake upstreams (sdk_checks.client_for), closed after the test.
+
+    Closing matters: a test's exception info can keep a client in a reference cycle, and a pooled socket
+    that the garbage collector finalizes before its client is an unclosed-socket warning (an error here).
+    """
+    from .sdk_checks import client_for  # the openai SDK loads only for the tests that use it
+    clients: list[Any] = []
+
+    def make(*args: Any, **options: Any) -> Any:
+        clients.append(client_for(*args, **options))
+        return clients[-1]
+
+    yield make
+    for client in clients:
+        client.close()

@@ -8,13 +8,16 @@ import math
 import ssl
 import time
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import orjson
 from tornado.httpserver import HTTPServer
 from tornado.iostream import StreamClosedError
 from tornado.testing import bind_unused_port
 from tornado.web import Application, RequestHandler
+
+if TYPE_CHECKING:
+    from .fake_store import FakeStore
 
 
 @dataclass
@@ -23,6 +26,7 @@ class Cue:
 
     mode: json | slow_json | stream | status | stall | stall_after | cut | malformed | malformed_event | no_done |
           error_event. slow_json sends the head and half the body, then the rest `interval` seconds later.
+    Every endpoint follows cues: fake_wire.py says how each mode applies to the ones besides chat.
     """
 
     mode: str = "json"
@@ -225,6 +229,8 @@ class FakeUpstream:
         self.rejected = 0
         self.accepted_at: list[float] = []
         self._server: Optional[CountingServer] = None
+        from .fake_store import FakeStore  # the other endpoints' modules import this one
+        self.store: FakeStore = FakeStore()  # this fake's stored responses and conversations (one OpenAI project)
 
     def limit(self, rpm: float, burst: float) -> None:
         """Enforce `rpm` (with `burst`) from now on."""
@@ -280,10 +286,27 @@ class FakeUpstream:
         """Connections from the gateway open now (its pool keeps them alive between requests)."""
         return self._server.open_connections if self._server is not None else 0
 
+    def requests_to(self, path_suffix: str) -> list[Seen]:
+        """The requests whose path (without its query) ends with `path_suffix`, e.g. "/embeddings"."""
+        return [seen for seen in self.requests if seen.path.split("?", 1)[0].endswith(path_suffix)]
+
+    @property
+    def response_ids(self) -> list[str]:
+        """Ids of the responses this fake stores (GET /v1/responses/{id} finds them here only)."""
+        return list(self.store.responses)
+
+    @property
+    def conversation_ids(self) -> list[str]:
+        """Ids of this fake's conversations."""
+        return list(self.store.conversations)
+
     def start(self, ssl_context: Optional[ssl.SSLContext] = None) -> None:
+        from .fake_endpoints import fallback_routes, routes  # every other endpoint (fake_endpoints.py)
         app = Application([
             (r"/v1/chat/completions", ChatHandler, {"fake": self}),
             (r"/v1/models", ModelsHandler, {"fake": self}),
+            *routes(self),
+            *fallback_routes(self),
         ], log_function=lambda handler: None)
         sock, self.port = bind_unused_port()
         self._server = CountingServer(app, ssl_options=ssl_context)
