@@ -28,6 +28,7 @@ def _transport(settings: Settings) -> Transport:
         idle_timeout=settings.stream_idle_timeout,
         max_connections=settings.upstream_max_connections,
         keepalive_timeout=settings.upstream_keepalive_timeout,
+        max_body_size=settings.max_upstream_body_size,
     )
 
 

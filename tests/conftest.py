@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from .harness import LoopThread, Stack
+from .raw_upstream import RawUpstream
 from .redis_server import RedisServer
 
 
@@ -31,3 +32,12 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path).start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def raw(loop_thread: LoopThread) -> Iterator[RawUpstream]:
+    """A raw-socket fake upstream that sends exact bytes on cue."""
+    upstream = RawUpstream()
+    loop_thread.run(upstream.start())
+    yield upstream
+    loop_thread.run(upstream.stop())
