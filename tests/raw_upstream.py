@@ -68,15 +68,23 @@ def answer(body: bytes, *head: str, status: str = "200 OK") -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
+def chunk(data: bytes) -> bytes:
+    """One chunk of a chunked body."""
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
 def chunked(*chunks: bytes, head: tuple[str, ...] = (), trailer: bytes = b"") -> bytes:
     """An HTTP/1.1 chunked answer."""
     lines = ["HTTP/1.1 200 OK", *head, "Transfer-Encoding: chunked"]
-    body = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in chunks)
+    body = b"".join(chunk(c) for c in chunks)
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body + b"0\r\n" + trailer + b"\r\n"
 
 
 COMPLETION = orjson.dumps(completion("fake-model", "raw hello"))
 OK = Script((answer(COMPLETION, "Content-Type: application/json"),))
+
+
+SSE_HEAD = head("HTTP/1.1 200 OK", "Content-Type: text/event-stream", "Transfer-Encoding: chunked")
 
 
 def sse(*events: bytes) -> bytes:
