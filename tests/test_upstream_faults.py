@@ -6,10 +6,15 @@ import time
 
 import orjson
 
-from .harness import Stack, raw_controller
-from .raw_upstream import OK, Script, answer, gzip_bomb
+from .fake_upstream import Cue
+from .fake_upstream import chunk as sse_event
+from .harness import Stack, openai_controller, raw_controller
+from .raw_upstream import OK, SSE_HEAD, Script, answer, chunk, gzip_bomb
 
 BODY = {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}]}
+STREAM = {**BODY, "stream": True}
+ROLE = sse_event("fake-model", {"role": "assistant", "content": ""})
+ENDLESS = (b"data: {\"filler\": \"" + b"x" * 8000,) + (b"y" * 8192,) * 40  # one event that never ends
 
 
 def admin_view(stack: Stack) -> dict[str, object]:
@@ -56,3 +61,39 @@ def test_an_answer_over_max_upstream_body_size_is_a_502(stack: Stack) -> None:
     assert f"is {len(big)} bytes, over max_upstream_body_size (1000000)" in error["message"]
     stack.request("POST", "/v1/chat/completions", BODY)
     assert raw.requests[1].connection != raw.requests[0].connection  # the unread answer's connection is gone
+
+
+def test_an_event_that_never_ends_ends_the_stream_with_the_error_event(stack: Stack) -> None:
+    raw = stack.raw()
+    raw.cue(Script((SSE_HEAD + chunk(ROLE), *(chunk(piece) for piece in ENDLESS)), pause=0.005, hang=True))
+    stack.gateway({"controllers": [raw_controller(raw)]}, "--max-event-size", "100000")
+    status, _, body = stack.request("POST", "/v1/chat/completions", STREAM)
+    events = [event for event in body.split(b"\n\n") if event]
+    assert status == 200 and len(events) == 2 and events[0] + b"\n\n" == ROLE
+    error = orjson.loads(events[1][len(b"data: "):])["error"]
+    assert error["code"] == "upstream_stream_error" and "over max_event_size (100000 bytes)" in error["message"]
+    started = time.monotonic()
+    while raw.closed_by_peer == 0 and time.monotonic() - started < 5:
+        time.sleep(0.02)
+    assert raw.closed_by_peer == 1  # the upstream connection is dropped, not left streaming
+
+
+def test_an_endless_first_event_fails_over(stack: Stack) -> None:
+    raw, good = stack.raw(), stack.fake("good")
+    raw.cue(Script((SSE_HEAD, *(chunk(piece) for piece in ENDLESS)), hang=True))
+    good.default = Cue(mode="stream", events=2)
+    stack.gateway({"controllers": [raw_controller(raw, weight=9), openai_controller(good)]},
+                  "--max-event-size", "100000")
+    status, headers, body = stack.request("POST", "/v1/chat/completions", STREAM)
+    assert status == 200 and headers["x-chatgpt-apiserver-controller"] == "good"
+    assert body.endswith(b"data: [DONE]\n\n") and len(raw.requests) == 1
+
+
+def test_endless_comments_before_the_first_event_fail_over(stack: Stack) -> None:
+    raw, good = stack.raw(), stack.fake("good")
+    raw.cue(Script((SSE_HEAD, *(chunk(b": keep-alive\n\n" * 500) for _ in range(30))), hang=True))
+    good.default = Cue(mode="stream", events=2)
+    stack.gateway({"controllers": [raw_controller(raw, weight=9), openai_controller(good)]},
+                  "--max-event-size", "100000")
+    status, headers, _ = stack.request("POST", "/v1/chat/completions", STREAM)
+    assert status == 200 and headers["x-chatgpt-apiserver-controller"] == "good"
