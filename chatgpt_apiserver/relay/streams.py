@@ -31,28 +31,32 @@ class StreamResult:
 async def relay_stream(answer: Answer, call: Call, send: Send, secrets: tuple[bytes, ...] = ()) -> StreamResult:
     """Send every upstream event as it arrives; on an upstream failure send the error event instead of [DONE].
 
+    The events that one upstream read completes leave together, in one `send`: none waits for a later one.
     The final usage event settles the controller's token reservation; it is relayed only if the client
-    asked for it. `send` writes one event and awaits its flush; it raises if the client has gone.
+    asked for it. `send` writes its bytes and awaits their flush; it raises if the client has gone.
     """
     result = StreamResult()
     reply = answer.reply
     splitter = answer.splitter
     assert splitter is not None
     pending = answer.first_events
+    out: list[bytes] = []  # what this read's events put on the wire
     try:
         while True:
             for event in pending:
                 data = event_data(event)
                 if data is not None:
                     if data == DONE:
-                        await send(event)
+                        out.append(event)
                         result.events += 1
+                        await send(b"".join(out))
                         return result
                     parsed = read_event(data)
                     if "error" in parsed:
                         # Already in OpenAI's error shape: pass it on (scrubbed) and end without [DONE].
-                        await send(scrub(event, secrets))
+                        out.append(scrub(event, secrets))
                         result.events += 1
+                        await send(b"".join(out))
                         log.warning("controller %s sent an error event mid-stream", answer.controller.name)
                         return result
                     usage = usage_of(parsed)
@@ -60,8 +64,11 @@ async def relay_stream(answer: Answer, call: Call, send: Send, secrets: tuple[by
                         result.usage = usage
                         if call.inject_usage and not parsed.get("choices"):
                             continue  # asked for by the gateway, not the client
-                await send(event)
+                out.append(event)
                 result.events += 1
+            if out:
+                await send(out[0] if len(out) == 1 else b"".join(out))
+                out.clear()
             chunk = await reply.read_chunk()
             if not chunk:
                 if splitter.pending.strip():
@@ -74,7 +81,8 @@ async def relay_stream(answer: Answer, call: Call, send: Send, secrets: tuple[by
         code = "upstream_timeout" if kind == "timeout" else "upstream_stream_error"
         log.warning("stream from controller %s failed after %d events: %s", answer.controller.name,
                     result.events, message)
-        await send(stream_error_event(message, "server_error", code))
+        out.append(stream_error_event(message, "server_error", code))  # after the events read before it
+        await send(b"".join(out))
         return result
     finally:
         reply.close()

@@ -247,16 +247,16 @@ class ChatCompletionsHandler(BaseHandler):
         connection = self.request.connection
         if isinstance(connection, HTTP1Connection):
             connection.stream.set_nodelay(True)  # each event leaves at once
-        result = await relay_stream(answer, call, self._send_event, self.gateway.secrets)
+        result = await relay_stream(answer, call, self._send_events, self.gateway.secrets)
         self.tokens = _total_tokens(result.usage)
         if not self._client_gone:
             self.finish()
 
-    async def _send_event(self, event: bytes) -> None:
+    async def _send_events(self, events: bytes) -> None:
         if self.ttfb is None:
             self.ttfb = self.request.request_time()
             self.gateway.metrics.ttft.observe(self.ttfb)
-        self.write(event)
+        self.write(events)
         await self.flush()
 
     def _finish_body(self, status: int, content_type: str, body: bytes, headers: dict[str, str]) -> None:

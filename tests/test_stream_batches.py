@@ -1,0 +1,59 @@
+"""Events that arrive in one upstream read leave in one write: one HTTP chunk to the client, however many."""
+
+from __future__ import annotations
+
+import socket
+
+import orjson
+
+from .fake_upstream import chunk as sse_event
+from .harness import Stack, raw_controller
+from .raw_upstream import SSE_HEAD, Script, chunk
+
+STREAM = {"model": "fake-model", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+ROLE = sse_event("fake-model", {"role": "assistant", "content": ""})
+DELTAS = [sse_event("fake-model", {"content": f"w{i} "}) for i in range(5)]
+USAGE = sse_event("fake-model", {}, 0, usage={"prompt_tokens": 1, "completion_tokens": 5, "total_tokens": 6})
+
+
+def response_chunks(stack: Stack) -> list[bytes]:
+    """The chunks of the gateway's chunked answer to a streaming request, as they were framed."""
+    sock = socket.create_connection(("127.0.0.1", stack.port), timeout=10)
+    data = orjson.dumps(STREAM)
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\n\r\n%s" % (len(data), data))
+    raw = b""
+    while not raw.endswith(b"\r\n0\r\n\r\n"):
+        received = sock.recv(65536)
+        assert received
+        raw += received
+    sock.close()
+    body = raw.split(b"\r\n\r\n", 1)[1]
+    chunks = []
+    while True:
+        size_line, body = body.split(b"\r\n", 1)
+        size = int(size_line, 16)
+        if not size:
+            return chunks
+        chunks.append(body[:size])
+        body = body[size + 2:]
+
+
+def test_the_events_of_one_read_leave_in_one_write(stack: Stack) -> None:
+    raw = stack.raw()
+    rest = b"".join(DELTAS) + USAGE + b"data: [DONE]\n\n"
+    raw.default = Script((SSE_HEAD + chunk(ROLE), chunk(rest) + b"0\r\n\r\n"), pause=0.2)
+    stack.gateway({"controllers": [raw_controller(raw)]})
+    chunks = response_chunks(stack)
+    # The role event alone, then the five deltas and [DONE] together (the usage event was the gateway's to ask).
+    assert chunks == [ROLE, b"".join(DELTAS) + b"data: [DONE]\n\n"]
+
+
+def test_events_read_before_a_bad_one_leave_with_the_error_event(stack: Stack) -> None:
+    raw = stack.raw()
+    rest = DELTAS[0] + DELTAS[1] + b"data: {not json\n\n" + DELTAS[2]
+    raw.default = Script((SSE_HEAD + chunk(ROLE), chunk(rest)), pause=0.2, hang=True)
+    stack.gateway({"controllers": [raw_controller(raw)]})
+    chunks = response_chunks(stack)
+    assert len(chunks) == 2 and chunks[1].startswith(DELTAS[0] + DELTAS[1] + b'data: {"error"')
+    assert b"not valid JSON" in chunks[1] and DELTAS[2] not in chunks[1]
