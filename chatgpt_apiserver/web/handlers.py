@@ -240,8 +240,8 @@ class ChatCompletionsHandler(BaseHandler):
         self._headers[CONTROLLER_HEADER] = answer.controller.name  # names are checked against a safe charset
         if answer.splitter is None:
             self.tokens = _total_tokens(answer.usage)
-            self._finish_body(answer.status, answer.reply.content_type, answer.body,
-                              relayed_headers(answer.reply.headers))
+            await self._finish_body(answer.status, answer.reply.content_type, answer.body,
+                                    relayed_headers(answer.reply.headers))
             return
         self._headers.update(STREAM_HEADERS)
         connection = self.request.connection
@@ -257,9 +257,39 @@ class ChatCompletionsHandler(BaseHandler):
             self.ttfb = self.request.request_time()
             self.gateway.metrics.ttft.observe(self.ttfb)
         self.write(events)
-        await self.flush()
+        await self._sent(self.flush())
 
-    def _finish_body(self, status: int, content_type: str, body: bytes, headers: dict[str, str]) -> None:
+    async def _sent(self, flushed: asyncio.Future[None]) -> None:
+        """Wait for written bytes to reach the socket; cut off a client that accepts none for client_write_timeout.
+
+        Such a client would otherwise hold its controller slot, an upstream connection and the bytes waiting
+        for it for as long as its TCP connection lives.
+        """
+        if flushed.done():
+            flushed.result()  # raises if the client has gone
+            return
+        connection = self.request.connection
+        assert isinstance(connection, HTTP1Connection)
+        stream = connection.stream
+        timeout = self.gateway.settings.client_write_timeout
+        loop = asyncio.get_running_loop()
+        written, since = _written(stream), loop.time()
+        while True:
+            done, _ = await asyncio.wait((flushed,), timeout=timeout / 4)
+            if done:
+                flushed.result()
+                return
+            now = _written(stream)
+            if now != written:
+                written, since = now, loop.time()
+            elif loop.time() - since >= timeout:
+                break
+        log.info("client accepted no bytes for %g s; request %s disconnected", timeout, self.request_id)
+        self._client_gone = True
+        stream.close()  # its close callback cancels this request, as when a client hangs up
+        await flushed
+
+    async def _finish_body(self, status: int, content_type: str, body: bytes, headers: dict[str, str]) -> None:
         self.set_status(status)
         for name, value in headers.items():
             self.set_header(name, value)
@@ -267,7 +297,12 @@ class ChatCompletionsHandler(BaseHandler):
             body = client_error_body(body, status, self.gateway.secrets)
             content_type = "application/json"
         self.set_header("Content-Type", content_type)
-        self.finish(body)
+        await self._sent(self.finish(body))
+
+
+def _written(stream: Any) -> int:
+    """Bytes Tornado has handed to the socket so far: whether a client reads shows in its progress."""
+    return int(getattr(stream, "_total_write_done_index", 0))
 
 
 def _total_tokens(usage: Optional[dict[str, Any]]) -> Optional[int]:
