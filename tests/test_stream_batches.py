@@ -41,8 +41,8 @@ def response_chunks(stack: Stack) -> list[bytes]:
 
 def test_the_events_of_one_read_leave_in_one_write(stack: Stack) -> None:
     raw = stack.raw()
-    rest = b"".join(DELTAS) + USAGE + b"data: [DONE]\n\n"
-    raw.default = Script((SSE_HEAD + chunk(ROLE), chunk(rest) + b"0\r\n\r\n"), pause=0.2)
+    rest = b"".join(chunk(event) for event in [*DELTAS, USAGE, b"data: [DONE]\n\n"])  # a chunk each, one write
+    raw.default = Script((SSE_HEAD + chunk(ROLE), rest + b"0\r\n\r\n"), pause=0.2)
     stack.gateway({"controllers": [raw_controller(raw)]})
     chunks = response_chunks(stack)
     # The role event alone, then the five deltas and [DONE] together (the usage event was the gateway's to ask).

@@ -157,12 +157,18 @@ class Connection(asyncio.Protocol):
         return head
 
     async def next_piece(self) -> bytes:
-        """The next raw body bytes, b"" at the end; waits at most the idle timeout for the upstream."""
+        """All body bytes received so far and not yet read (b"" at the end); waits at most the idle timeout.
+
+        A read holding several chunks hands them out together, so that what arrived together can leave
+        together (SSE events relayed in one write).
+        """
         while True:
-            if self.body:
-                piece = self.body.popleft()
-                self.buffered -= len(piece)
-                if self._paused and self.buffered < PAUSE_ABOVE // 2 and self.transport is not None:
+            body = self.body
+            if body:
+                piece = body.popleft() if len(body) == 1 else b"".join(body)
+                body.clear()
+                self.buffered = 0
+                if self._paused and self.transport is not None:
                     self._paused = False
                     self.transport.resume_reading()
                 return piece
