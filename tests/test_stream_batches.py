@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 
 import orjson
 
@@ -57,3 +58,39 @@ def test_events_read_before_a_bad_one_leave_with_the_error_event(stack: Stack) -
     chunks = response_chunks(stack)
     assert len(chunks) == 2 and chunks[1].startswith(DELTAS[0] + DELTAS[1] + b'data: {"error"')
     assert b"not valid JSON" in chunks[1] and DELTAS[2] not in chunks[1]
+
+
+def test_a_stream_whose_end_comes_after_done_keeps_its_connection(stack: Stack) -> None:
+    # Servers often send [DONE], then the chunked end a moment later: the connection is still worth keeping.
+    raw = stack.raw()
+    raw.default = Script((SSE_HEAD + chunk(ROLE) + chunk(b"data: [DONE]\n\n"), b"0\r\n\r\n"), pause=0.3)
+    stack.gateway({"controllers": [raw_controller(raw)]})
+    for _ in range(3):
+        assert response_chunks(stack)[-1].endswith(b"data: [DONE]\n\n")
+        time.sleep(0.6)  # the end arrives meanwhile
+    assert {request.connection for request in raw.requests} == {1}
+
+
+def test_a_stream_whose_end_never_comes_after_done_loses_its_connection(stack: Stack) -> None:
+    raw = stack.raw()
+    raw.default = Script((SSE_HEAD + chunk(ROLE) + chunk(b"data: [DONE]\n\n"),), hang=True)
+    stack.gateway({"controllers": [raw_controller(raw)]})
+    started = time.monotonic()
+    assert response_chunks(stack)[-1].endswith(b"data: [DONE]\n\n")  # the client does not wait for it
+    assert time.monotonic() - started < 1
+    while raw.closed_by_peer == 0 and time.monotonic() - started < 5:
+        time.sleep(0.02)
+    assert raw.closed_by_peer == 1 and 0.8 < time.monotonic() - started < 4  # given a second, then closed
+    assert response_chunks(stack)[-1].endswith(b"data: [DONE]\n\n")
+    assert [request.connection for request in raw.requests] == [1, 2]
+
+
+def test_a_stream_that_goes_on_after_done_loses_its_connection(stack: Stack) -> None:
+    raw = stack.raw()
+    after = chunk(b": " + b"z" * 100_000 + b"\n\n") + b"0\r\n\r\n"  # more than is worth reading to keep it
+    raw.default = Script((SSE_HEAD + chunk(ROLE) + chunk(b"data: [DONE]\n\n"), after), pause=0.1)
+    stack.gateway({"controllers": [raw_controller(raw)]})
+    assert response_chunks(stack)[-1].endswith(b"data: [DONE]\n\n")
+    time.sleep(0.5)
+    assert response_chunks(stack)[-1].endswith(b"data: [DONE]\n\n")
+    assert [request.connection for request in raw.requests] == [1, 2] and raw.closed_by_peer >= 1

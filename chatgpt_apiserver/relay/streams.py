@@ -41,6 +41,7 @@ async def relay_stream(answer: Answer, call: Call, send: Send, secrets: tuple[by
     assert splitter is not None
     pending = answer.first_events
     out: list[bytes] = []  # what this read's events put on the wire
+    ended = False  # [DONE] came: the upstream's answer is over but for its last bytes
     try:
         while True:
             for event in pending:
@@ -49,6 +50,7 @@ async def relay_stream(answer: Answer, call: Call, send: Send, secrets: tuple[by
                     if data == DONE:
                         out.append(event)
                         result.events += 1
+                        ended = True
                         await send(b"".join(out))
                         return result
                     parsed = read_event(data)
@@ -85,5 +87,8 @@ async def relay_stream(answer: Answer, call: Call, send: Send, secrets: tuple[by
         await send(b"".join(out))
         return result
     finally:
-        reply.close()
+        if ended:
+            reply.end()
+        else:
+            reply.close()
         answer.lease.release(record_usage(answer.controller, result.usage, call.model))

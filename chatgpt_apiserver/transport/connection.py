@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from typing import Optional
 
 import httptools
@@ -12,6 +13,8 @@ from .reply import UpstreamError
 
 HEAD_LIMIT = 64 * 1024  # bytes of an answer's heads (interim ones included) and trailers, together
 PAUSE_ABOVE = 1024 * 1024  # unread body bytes at which reading from the upstream pauses
+DRAIN_LIMIT = 64 * 1024  # body bytes an answer may still send after its reader is done, to keep its connection
+DRAIN_TIMEOUT = 1.0  # seconds it may take them to come
 
 Headers = dict[str, str]  # response headers under lower-case names, as every reader looks them up
 
@@ -54,6 +57,9 @@ class Connection(asyncio.Protocol):
         self._trailers = False
         self._waiter: Optional[asyncio.Future[None]] = None
         self._paused = False
+        self._drained: Optional[Callable[[Connection], None]] = None  # who gets it back once drained
+        self._drain_left = 0
+        self._drain_timer: Optional[asyncio.TimerHandle] = None
 
     # --- asyncio.Protocol ------------------------------------------------------------------------
 
@@ -84,14 +90,15 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Optional[Exception]) -> None:
         self.closed = True
-        if self.head is None or self.complete:
-            return
-        if self.until_close and not self._in_head:
-            self.complete = True  # a close-delimited body ends here
-            self._wake()
-        else:
-            what = "answering" if self._in_head else "sending the body"
-            self._fail(UpstreamError("connection", f"the upstream closed the connection while {what}"))
+        if self.head is not None and not self.complete:
+            if self.until_close and not self._in_head:
+                self.complete = True  # a close-delimited body ends here
+                self._wake()
+            else:
+                what = "answering" if self._in_head else "sending the body"
+                self._fail(UpstreamError("connection", f"the upstream closed the connection while {what}"))
+        if self._drained is not None:
+            self._end_drain()
 
     def eof_received(self) -> Optional[bool]:
         return None  # a half-closed upstream is a closed one
@@ -128,6 +135,11 @@ class Connection(asyncio.Protocol):
             self.head.set_result(None)
 
     def on_body(self, body: bytes) -> None:
+        if self._drained is not None:  # nobody reads it any more
+            self._drain_left -= len(body)
+            if self._drain_left < 0:
+                self._extra = True  # too much: the connection is not worth keeping
+            return
         self.body.append(body)
         self.buffered += len(body)
         if self.buffered > PAUSE_ABOVE and not self._paused and self.transport is not None:
@@ -138,6 +150,8 @@ class Connection(asyncio.Protocol):
         if self._in_head:
             return  # the end of an interim answer
         self.complete = True
+        if self._drained is not None:  # once the parser is done with this read
+            asyncio.get_running_loop().call_soon(self._end_drain)
 
     # --- what the pool and the reply use -----------------------------------------------------------
 
@@ -184,6 +198,31 @@ class Connection(asyncio.Protocol):
             finally:
                 timer.cancel()
                 self._waiter = None
+
+    def drain(self, done: Callable[[Connection], None]) -> bool:
+        """Read the rest of an answer its reader no longer wants, if it is worth keeping the connection for:
+        `done` gets the connection back when the answer ends, fails, or takes too long. False if not worth it.
+        """
+        if (self.complete or self.error is not None or self.closed or self._in_head or not self.keep_alive
+                or self.until_close or self._extra or self.transport is None):
+            return False
+        self._drained = done
+        self._drain_left = DRAIN_LIMIT
+        self.body.clear()
+        self.buffered = 0
+        if self._paused:
+            self._paused = False
+            self.transport.resume_reading()
+        self._drain_timer = asyncio.get_running_loop().call_later(DRAIN_TIMEOUT, self.close)
+        return True
+
+    def _end_drain(self) -> None:
+        done, self._drained = self._drained, None
+        if self._drain_timer is not None:
+            self._drain_timer.cancel()
+            self._drain_timer = None
+        if done is not None:
+            done(self)
 
     def _idle_expired(self) -> None:
         self._fail(UpstreamError("timeout", "timed out waiting for the upstream"))

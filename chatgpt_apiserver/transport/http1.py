@@ -85,6 +85,11 @@ class Http1Reply(Reply):
         if connection is not None:
             self._pool.release(connection)
 
+    def end(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            self._pool.release(connection, drain=True)
+
 
 class Http1Client(Client):
     """Requests to one base URL, with the controller's own headers on each."""

@@ -132,15 +132,19 @@ class Pool:
             connection.connection_made(secured)
         return connection
 
-    def release(self, connection: Connection) -> None:
-        """Take a connection back: pooled if it is clean, closed otherwise."""
+    def release(self, connection: Connection, drain: bool = False) -> None:
+        """Take a connection back: pooled if it is clean, closed otherwise.
+
+        With `drain`, an answer whose reader is done before its last bytes came (the chunked end after an SSE
+        stream's [DONE]) is read to its end in the background, and its connection then pooled.
+        """
         if connection.reusable and not self._closed:
             connection.idle_since = asyncio.get_running_loop().time()
             self.idle.append(connection)
             if self._reaper is None:
                 self._schedule_reaper()
             self._wake_one()
-        else:
+        elif not (drain and not self._closed and connection.drain(self.release)):
             self._discard(connection)
 
     def _schedule_reaper(self) -> None:
