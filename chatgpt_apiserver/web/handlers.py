@@ -25,6 +25,7 @@ from ..relay.attempts import client_error_body, open_answer, relayed_headers
 from ..relay.rewrite import client_wants_usage
 from ..relay.streams import relay_stream
 from .schemas import parse_chat_request
+from .slow_clients import written
 
 log = logging.getLogger("chatgpt_apiserver.handlers")
 
@@ -270,23 +271,12 @@ class ChatCompletionsHandler(BaseHandler):
             return
         connection = self.request.connection
         assert isinstance(connection, HTTP1Connection)
-        stream = connection.stream
         timeout = self.gateway.settings.client_write_timeout
-        loop = asyncio.get_running_loop()
-        written, since = _written(stream), loop.time()
-        while True:
-            done, _ = await asyncio.wait((flushed,), timeout=timeout / 4)
-            if done:
-                flushed.result()
-                return
-            now = _written(stream)
-            if now != written:
-                written, since = now, loop.time()
-            elif loop.time() - since >= timeout:
-                break
+        if await written(connection.stream, flushed, timeout):
+            return
         log.info("client accepted no bytes for %g s; request %s disconnected", timeout, self.request_id)
         self._client_gone = True
-        stream.close()  # its close callback cancels this request, as when a client hangs up
+        connection.stream.close()  # its close callback cancels this request, as when a client hangs up
         await flushed
 
     async def _finish_body(self, status: int, content_type: str, body: bytes, headers: dict[str, str]) -> None:
@@ -298,11 +288,6 @@ class ChatCompletionsHandler(BaseHandler):
             content_type = "application/json"
         self.set_header("Content-Type", content_type)
         await self._sent(self.finish(body))
-
-
-def _written(stream: Any) -> int:
-    """Bytes Tornado has handed to the socket so far: whether a client reads shows in its progress."""
-    return int(getattr(stream, "_total_write_done_index", 0))
 
 
 def _total_tokens(usage: Optional[dict[str, Any]]) -> Optional[int]:
