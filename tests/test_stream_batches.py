@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import time
 
+import openai
 import orjson
 
 from .fake_upstream import chunk as sse_event
@@ -18,18 +20,27 @@ USAGE = sse_event("fake-model", {}, 0, usage={"prompt_tokens": 1, "completion_to
 
 
 def response_chunks(stack: Stack) -> list[bytes]:
-    """The chunks of the gateway's chunked answer to a streaming request, as they were framed."""
+    """The chunks of the gateway's chunked answer to a streaming request, as they were framed (one for an
+    answer sent whole, with a Content-Length)."""
     sock = socket.create_connection(("127.0.0.1", stack.port), timeout=10)
     data = orjson.dumps(STREAM)
     sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                  b"Content-Length: %d\r\n\r\n%s" % (len(data), data))
     raw = b""
-    while not raw.endswith(b"\r\n0\r\n\r\n"):
+    while b"\r\n\r\n" not in raw:
+        raw += sock.recv(65536)
+    head, body = raw.split(b"\r\n\r\n", 1)
+    length = re.search(rb"\r\nContent-Length: (\d+)", head)
+    if length:  # a whole stream in hand at once goes in one write
+        while len(body) < int(length.group(1)):
+            body += sock.recv(65536)
+        sock.close()
+        return [body]
+    while not body.endswith(b"\r\n0\r\n\r\n"):
         received = sock.recv(65536)
         assert received
-        raw += received
+        body += received
     sock.close()
-    body = raw.split(b"\r\n\r\n", 1)[1]
     chunks = []
     while True:
         size_line, body = body.split(b"\r\n", 1)
@@ -94,3 +105,15 @@ def test_a_stream_that_goes_on_after_done_loses_its_connection(stack: Stack) -> 
     time.sleep(0.5)
     assert response_chunks(stack)[-1].endswith(b"data: [DONE]\n\n")
     assert [request.connection for request in raw.requests] == [1, 2] and raw.closed_by_peer >= 1
+
+
+def test_a_stream_that_arrives_whole_leaves_in_one_write(stack: Stack) -> None:
+    raw = stack.raw()
+    raw.default = Script((SSE_HEAD + chunk(ROLE) + b"".join(chunk(e) for e in DELTAS) + chunk(b"data: [DONE]\n\n")
+                          + b"0\r\n\r\n",))
+    stack.gateway({"controllers": [raw_controller(raw)]})
+    assert response_chunks(stack) == [ROLE + b"".join(DELTAS) + b"data: [DONE]\n\n"]  # framed by Content-Length
+    client = openai.OpenAI(base_url=stack.base_url, api_key="unused", max_retries=0)
+    chunks = client.chat.completions.create(model="fake-model", messages=[{"role": "user", "content": "hi"}],
+                                            stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "w0 w1 w2 w3 w4 "

@@ -17,7 +17,7 @@ from .sse import DONE, MalformedEvent, event_data, read_event
 
 log = logging.getLogger("chatgpt_apiserver.streaming")
 
-Send = Callable[[bytes], Awaitable[None]]
+Send = Callable[[bytes, bool], Awaitable[None]]  # (bytes, whether they end the stream)
 
 
 @dataclass
@@ -33,7 +33,8 @@ async def relay_stream(answer: Answer, call: Call, send: Send, secrets: tuple[by
 
     The events that one upstream read completes leave together, in one `send`: none waits for a later one.
     The final usage event settles the controller's token reservation; it is relayed only if the client
-    asked for it. `send` writes its bytes and awaits their flush; it raises if the client has gone.
+    asked for it. `send` writes its bytes and awaits their flush, told whether they end the stream; it raises if
+    the client has gone.
     """
     result = StreamResult()
     reply = answer.reply
@@ -51,14 +52,14 @@ async def relay_stream(answer: Answer, call: Call, send: Send, secrets: tuple[by
                         out.append(event)
                         result.events += 1
                         ended = True
-                        await send(b"".join(out))
+                        await send(b"".join(out), True)
                         return result
                     parsed = read_event(data)
                     if "error" in parsed:
                         # Already in OpenAI's error shape: pass it on (scrubbed) and end without [DONE].
                         out.append(scrub(event, secrets))
                         result.events += 1
-                        await send(b"".join(out))
+                        await send(b"".join(out), True)
                         log.warning("controller %s sent an error event mid-stream", answer.controller.name)
                         return result
                     usage = usage_of(parsed)
@@ -69,7 +70,7 @@ async def relay_stream(answer: Answer, call: Call, send: Send, secrets: tuple[by
                 out.append(event)
                 result.events += 1
             if out:
-                await send(out[0] if len(out) == 1 else b"".join(out))
+                await send(out[0] if len(out) == 1 else b"".join(out), False)
                 out.clear()
             chunk = await reply.read_chunk()
             if not chunk:
@@ -84,7 +85,7 @@ async def relay_stream(answer: Answer, call: Call, send: Send, secrets: tuple[by
         log.warning("stream from controller %s failed after %d events: %s", answer.controller.name,
                     result.events, message)
         out.append(stream_error_event(message, "server_error", code))  # after the events read before it
-        await send(b"".join(out))
+        await send(b"".join(out), True)
         return result
     finally:
         if ended:

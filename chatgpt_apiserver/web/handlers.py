@@ -215,6 +215,8 @@ class ChatCompletionsHandler(BaseHandler):
             gateway.leave(self)
 
     def _finish_aborted(self) -> None:
+        if self._finished:
+            return  # the answer was complete; only its delivery was cut short
         message = f"The request was cut short: {self._abort_reason}."
         if self._headers_written:
             self.write(stream_error_event(message, "server_error", "shutting_down"))
@@ -245,18 +247,23 @@ class ChatCompletionsHandler(BaseHandler):
                                     relayed_headers(answer.reply.headers))
             return
         self._headers.update(STREAM_HEADERS)
-        connection = self.request.connection
-        if isinstance(connection, HTTP1Connection):
-            connection.stream.set_nodelay(True)  # each event leaves at once
         result = await relay_stream(answer, call, self._send_events, self.gateway.secrets)
         self.tokens = _total_tokens(result.usage)
-        if not self._client_gone:
+        if not self._client_gone and not self._finished:
             self.finish()
 
-    async def _send_events(self, events: bytes) -> None:
+    async def _send_events(self, events: bytes, last: bool) -> None:
         if self.ttfb is None:
             self.ttfb = self.request.request_time()
             self.gateway.metrics.ttft.observe(self.ttfb)
+        if last:
+            # A whole stream in hand at once leaves in one write, with a Content-Length; else this is the last chunk.
+            await self._sent(self.finish(events))
+            return
+        if not self._headers_written:
+            connection = self.request.connection
+            if isinstance(connection, HTTP1Connection):
+                connection.stream.set_nodelay(True)  # the stream goes on: each later event leaves at once
         self.write(events)
         await self._sent(self.flush())
 
