@@ -236,6 +236,8 @@ def test_headers_that_would_break_the_framing_are_refused(raw: RawUpstream, head
             client.encode(UpstreamRequest("POST", "/chat/completions", b"{}", headers))
         with pytest.raises(ValueError, match="not a request path"):
             client.encode(UpstreamRequest("GET", "/files x"))
+        with pytest.raises(ValueError, match="does not send HEAD"):
+            client.encode(UpstreamRequest("HEAD", "/files"))
     finally:
         loop_thread.call(client.close)
     assert not raw.requests

@@ -112,6 +112,8 @@ class Http1Client(Client):
         key = (request.method, request.path)
         line = self._targets.get(key)
         if line is None:
+            if request.method in ("HEAD", "CONNECT"):  # answers without the body their head announces
+                raise ValueError(f"the transport does not send {request.method} requests")
             origin = self.origin
             target = origin.absolute(request.path) if self._absolute else origin.target(request.path)
             line = f"{request.method} {target} HTTP/1.1\r\n".encode("latin-1")
