@@ -15,7 +15,7 @@ setup(
     include_package_data=True,
     install_requires=[
         "tornado>=6.4",
-        "aiohttp>=3.9",
+        "httptools>=0.6",
         "uvloop>=0.19",
         "orjson>=3.9",
         "voluptuous>=0.14",

@@ -31,6 +31,7 @@ def transport_of(settings: Settings) -> Transport:
         idle_timeout=settings.stream_idle_timeout,
         max_connections=settings.upstream_max_connections,
         keepalive_timeout=settings.upstream_keepalive_timeout,
+        max_body_size=settings.max_upstream_body_size,
     )
 
 
@@ -144,7 +145,6 @@ class Gateway:
             self._spawn(self._retire(controller))
         log.info("config reloaded: kept %s; new or changed %s; removed %s", kept or "none", added or "none",
                  [c.name for c in retired] or "none")
-        self._spawn(self.models())  # learn the new controllers' models for the metric labels
         self.scheduler.pump()
 
     async def _retire(self, controller: Controller) -> None:
@@ -155,11 +155,10 @@ class Gateway:
         self.store.configure(self.controllers, policy_of(self.settings))
 
     async def start(self) -> None:
-        """Open every controller's connection pool, join the shared state, and learn the upstreams' models."""
+        """Open every controller's connection pool and join the shared state."""
         for controller in self.controllers:
             await controller.start()
         await self.store.start()
-        self._spawn(self.models())
 
     async def close(self) -> None:
         """Close every controller's connection pool."""

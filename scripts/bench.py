@@ -173,6 +173,8 @@ class Bench:
                 self.results["e_open_streams"] = uvloop.run(self.open_streams(port, gateway.pid))
             if self.wants("f"):
                 self.results["f_long_conversation"] = self.long_conversation(port)
+            if self.wants("n"):
+                self.results["n_stream_throughput"] = self.stream_throughput(port)
         finally:
             stop(gateway)
         if self.wants("g"):
@@ -181,17 +183,30 @@ class Bench:
             self.results["h_redis"] = self.with_redis()
         return self.results
 
-    def paired(self, ports: dict[str, int]) -> dict[str, float]:
+    def paired(self, ports: dict[str, int], payload: dict[str, Any] | None = None) -> dict[str, float]:
         """Throughput at c=32 of several gateways running side by side, measured in alternating rounds,
         so that a slow moment of the machine does not land on one of them only; medians per gateway."""
+        payload = payload or body()
         rounds = 3 if self.quick else 5
         seen: dict[str, list[float]] = {label: [] for label in ports}
         for port in ports.values():
-            wrk(port, body(), 32, 2)
+            wrk(port, payload, 32, 2)
         for _ in range(rounds):
             for label, port in ports.items():
-                seen[label].append(wrk(port, body(), 32, self.seconds(4))["rps"])
+                seen[label].append(wrk(port, payload, 32, self.seconds(4))["rps"])
         return {f"{label}_rps": statistics.median(values) for label, values in seen.items()}
+
+    def stream_throughput(self, port: int) -> dict[str, float]:
+        """(n) Streams/s of 7-event streams at c=32 (five deltas, usage, [DONE], sent by the upstream in one
+        go) against the bare Tornado handler writing the same seven events with a flush each."""
+        payload = body(stream=True, events=5)
+        reference, ref_port = self.reference()
+        try:
+            figures = self.paired({"gateway": port, "reference": ref_port}, payload)
+        finally:
+            stop(reference)
+        figures["ratio"] = figures["gateway_rps"] / figures["reference_rps"]
+        return figures
 
     def with_logs(self) -> dict[str, float]:
         """(b) with the access log on against the same gateway with it off."""
@@ -377,6 +392,7 @@ TARGETS = [
     ("(e) resident memory per stream (KB)", ("e_open_streams", "kb_per_stream"), "<=", 64, "{:.1f}"),
     ("(f) 100-message / 2-message cost (c=32)", ("f_long_conversation", "cost_ratio"), "<=", 2.0, "{:.2f}"),
     ("(f) 100-message / 2-message p50 (c=1)", ("f_long_conversation", "latency_ratio"), "<=", 2.0, "{:.2f}"),
+    ("(n) 7-event streams/s: ratio to bare Tornado", ("n_stream_throughput", "ratio"), ">=", 0.8, "{:.2f}"),
     ("(g) with access log: ratio to (b)", ("g_with_logs", "ratio_to_b"), ">=", 0.95, "{:.2f}"),
     ("(h) with Redis: ratio to in-memory buckets", ("h_redis", "ratio"), ">=", 0.8, "{:.2f}"),
     ("fake upstream / gateway speed", ("upstream_check", "ratio"), ">=", 5.0, "{:.1f}"),
@@ -412,8 +428,8 @@ def main() -> int:
     parser.add_argument("--output", default=str(ROOT / "bench-results.json"))
     args = parser.parse_args()
     only = frozenset(args.only.replace(",", ""))
-    if only - set("abcdefgh"):
-        parser.error("--only takes letters from a to h")
+    if only - set("abcdefghn"):
+        parser.error("--only takes letters from a to h, and n")
     with tempfile.TemporaryDirectory() as workdir:
         bench = Bench(args.quick, Path(workdir), only)
         try:

@@ -4,7 +4,7 @@ What it does is read from the request body's "bench" object, which the gateway r
   {"bench": {"delay_ms": 100, "events": 20, "interval_ms": 50, "role_first": 1}}
 With role_first, the stream opens like OpenAI's: a role event leaves with the headers, then the paced events.
 Streams (when "stream": true) are sent with chunked framing, one chunk per event, then a usage event
-and [DONE].
+and [DONE]; a stream with no interval is sent in one write.
 
 Run: python scripts/bench_upstream.py PORT
 """
@@ -108,10 +108,14 @@ class Upstream(asyncio.Protocol):
                 continue
             events = int(param(body, b"events", 20))
             interval = param(body, b"interval_ms", 0) / 1000
-            self.transport.write(STREAM_HEAD + (chunk(ROLE) if param(body, b"role_first", 0) else b""))
+            role = chunk(ROLE) if param(body, b"role_first", 0) else b""
+            if not interval:  # an unpaced stream leaves in one write, as a fast upstream's would
+                self.transport.write(STREAM_HEAD + role + chunk(EVENT) * events + chunk(USAGE) + chunk(DONE)
+                                     + b"0\r\n\r\n")
+                continue
+            self.transport.write(STREAM_HEAD + role)
             for _ in range(events):
-                if interval:
-                    await asyncio.sleep(interval)
+                await asyncio.sleep(interval)
                 if self.transport.is_closing():
                     return
                 self.transport.write(chunk(EVENT))

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from .harness import LoopThread, Stack
+from .raw_upstream import RawUpstream
 from .redis_server import RedisServer
 
 
@@ -51,3 +52,12 @@ def sdk() -> Iterator[Callable[..., Any]]:
     yield make
     for client in clients:
         client.close()
+
+
+@pytest.fixture
+def raw(loop_thread: LoopThread) -> Iterator[RawUpstream]:
+    """A raw-socket fake upstream that sends exact bytes on cue."""
+    upstream = RawUpstream()
+    loop_thread.run(upstream.start())
+    yield upstream
+    loop_thread.run(upstream.stop())

@@ -21,6 +21,7 @@ from chatgpt_apiserver.config.settings import Settings, parse_settings
 from chatgpt_apiserver.server import Running, start_server
 
 from .fake_upstream import FakeUpstream
+from .raw_upstream import RawUpstream
 
 T = TypeVar("T")
 
@@ -56,6 +57,7 @@ class Stack:
         self.loop = loop
         self.tmp_path = tmp_path
         self.fakes: list[FakeUpstream] = []
+        self.raws: list[RawUpstream] = []
         self.running: Optional[Running] = None
 
     def fake(self, name: str = "fake", model_ids: tuple[str, ...] = ("fake-model",)) -> FakeUpstream:
@@ -64,6 +66,13 @@ class Stack:
         self.loop.call(fake.start)
         self.fakes.append(fake)
         return fake
+
+    def raw(self) -> RawUpstream:
+        """Start a raw-socket fake upstream that sends exact bytes on cue."""
+        raw = RawUpstream()
+        self.loop.run(raw.start())
+        self.raws.append(raw)
+        return raw
 
     def settings(self, config: dict[str, Any], *args: str, env: Optional[dict[str, str]] = None) -> Settings:
         """Write `config` to a file and parse it the way the CLI does."""
@@ -103,6 +112,8 @@ class Stack:
             self.loop.run(self.running.stop(grace=1.0))
         for fake in self.fakes:
             self.loop.run(fake.stop())
+        for raw in self.raws:
+            self.loop.run(raw.stop())
 
 
 def raw_exchange(port: int, data: bytes, timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
@@ -124,3 +135,9 @@ def openai_controller(fake: FakeUpstream, **extra: Any) -> dict[str, Any]:
     config = {"api_key": f"sk-test-{fake.name}-0123456789abcdef", "base_url": fake.base_url}
     config.update(extra.pop("config", {}))
     return {"type": "openai", "name": fake.name, "config": config, **extra}
+
+
+def raw_controller(raw: RawUpstream, name: str = "raw", **extra: Any) -> dict[str, Any]:
+    """A config entry for an openai controller pointing at a raw-socket fake."""
+    return {"type": "openai", "name": name, "config": {"api_key": f"sk-test-{name}-0123456789abcdef",
+                                                       "base_url": raw.base_url}, **extra}

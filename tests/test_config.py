@@ -196,6 +196,24 @@ def test_every_error_is_reported_at_once(tmp_path: Path) -> None:
     assert len(found) == len(expected)
 
 
+def test_upstream_settings_the_transport_cannot_honour_are_refused(tmp_path: Path) -> None:
+    config = write(tmp_path / "c.json", {"controllers": [
+        {"type": "openai", "config": {"api_key": "x", "proxy": "https://proxy.example:3128"}},
+        {"type": "openai", "config": {"api_key": "x", "base_url": "http://upstream.example:port/v1"}},
+        {"type": "openai", "config": {"api_key": "x", "headers": {"Content-Length": "5", "Host": "other"}}},
+    ]})
+    found = problems(["--config-file", str(config)], {})
+    where = str(config)
+    assert found == [
+        f"controllers[0].config.proxy in {where}: expected an http:// proxy URL, got https scheme",
+        f"controllers[1].config.base_url in {where}: the port is not a number from 0 to 65535",
+        f"controllers[2].config.headers.Content-Length in {where}: Content-Length is set by the gateway itself "
+        "(from base_url, the body and the connection)",
+        f"controllers[2].config.headers.Host in {where}: Host is set by the gateway itself (from base_url, the body "
+        "and the connection)",
+    ]
+
+
 def test_zero_controllers_fail(tmp_path: Path) -> None:
     config = write(tmp_path / "c.json", {"controllers": []})
     assert problems(["--config-file", str(config)], {}) == [

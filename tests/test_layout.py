@@ -9,8 +9,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "chatgpt_apiserver"
 # Lowest first; README's code map lists the same order, top down.
 LAYERS = [
     {"secret", "errors", "auth"},
-    {"config", "ops", "endpoints", "call"},
     {"transport"},
+    {"config", "ops", "endpoints", "call"},
     {"controllers"},
     {"state"},
     {"scheduling"},

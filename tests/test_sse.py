@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chatgpt_apiserver.relay.sse import EventSplitter, MalformedEvent, event_data, read_event
+from chatgpt_apiserver.relay.sse import EventSplitter, EventTooLarge, MalformedEvent, event_data, read_event
 
 STREAM = (b'data: {"a": 1}\n\n'
           b": keep-alive comment\n\n"
@@ -66,3 +68,32 @@ def test_read_event_rejects_non_objects() -> None:
     for bad in (b"{", b"[1]", b"nope"):
         with pytest.raises(MalformedEvent):
             read_event(bad)
+
+
+def test_an_event_over_the_limit_fails_whether_it_arrives_whole_or_in_pieces() -> None:
+    with pytest.raises(EventTooLarge, match=r"over max_event_size \(100 bytes\)"):
+        EventSplitter(100).feed(b"data: " + b"x" * 100 + b"\n\n")
+    splitter = EventSplitter(100)
+    assert splitter.feed(b"data: 1\n\ndata: ") == [b"data: 1\n\n"]
+    with pytest.raises(EventTooLarge):
+        for _ in range(20):
+            splitter.feed(b"x" * 10)
+    assert EventSplitter(100).feed(b"data: " + b"x" * 90 + b"\n\n")  # at the limit: fine
+
+
+def test_an_event_that_never_ends_costs_linear_time() -> None:
+    # Before, every read re-joined and re-scanned the whole pending event: 16k reads of 512 bytes took minutes.
+    splitter = EventSplitter(16 * 1024 * 1024)
+    piece = b"data: " + b"x" * 506
+    started = time.monotonic()
+    for _ in range(16 * 1024):
+        assert splitter.feed(piece) == []
+    assert splitter.feed(b"\n\n") == [piece * 16 * 1024 + b"\n\n"]
+    assert time.monotonic() - started < 5
+
+
+def test_crlf_split_between_two_reads_still_ends_an_event() -> None:
+    splitter = EventSplitter()
+    assert splitter.feed(b"data: 1\r\n\r") == []
+    assert splitter.feed(b"\ndata: 2\r") == [b"data: 1\n\n"]
+    assert splitter.feed(b"\n\r\n") == [b"data: 2\n\n"]

@@ -66,3 +66,14 @@ def test_an_untrusted_certificate_fails_over(stack: Stack, tls_fake: FakeUpstrea
     status, headers, _ = stack.request("POST", "/v1/chat/completions", BODY)
     assert status == 200 and headers["x-chatgpt-apiserver-controller"] == "plain"
     assert not tls_fake.chat_requests
+
+
+def test_every_tls_upstream_shares_one_context_with_verification_on(stack: Stack, tls_fake: FakeUpstream) -> None:
+    from chatgpt_apiserver.transport.client import Transport
+    from chatgpt_apiserver.transport.http1 import Http1Client
+
+    first, second = (Http1Client(f"https://127.0.0.1:{port}/v1", [], Transport()) for port in (tls_fake.port, 443))
+    context = first.pool.tls
+    assert context is not None and context is second.pool.tls  # the CA store is read once per process
+    assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+    assert Http1Client(f"http://127.0.0.1:{tls_fake.port}/v1", [], Transport()).pool.tls is None

@@ -8,11 +8,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
 from typing import Any, Optional
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import voluptuous as vol
 
 from ..secret import Secret
+from ..transport.request import TRANSPORT_HEADERS
 from .files import ConfigError, load, resolve
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -64,9 +65,17 @@ def _url(value: Any) -> str:
     if not isinstance(value, str):
         raise vol.Invalid("expected a URL")
     parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
+    if parts.scheme not in ("http", "https") or not parts.hostname:
         raise vol.Invalid(f"expected an http:// or https:// URL, got {value!r}")
+    _port(parts)
     return value.rstrip("/")
+
+
+def _port(parts: SplitResult) -> None:
+    try:
+        parts.port  # noqa: B018 - it parses the port
+    except ValueError:
+        raise vol.Invalid("the port is not a number from 0 to 65535") from None
 
 
 def _proxy_url(value: Any) -> Optional[Secret]:
@@ -78,15 +87,16 @@ def _proxy_url(value: Any) -> Optional[Secret]:
     if not value.strip():
         return None
     parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
+    if parts.scheme != "http" or not parts.hostname:
         raise vol.Invalid(f"expected an http:// proxy URL, got {parts.scheme or 'no'} scheme")
+    _port(parts)
     return Secret(value)
 
 
 def _secret_text(value: Any) -> Secret:
     if not isinstance(value, str):
         raise vol.Invalid("expected a string")
-    if "\r" in value or "\n" in value:
+    if "\r" in value or "\n" in value or "\0" in value:
         raise vol.Invalid("must not contain line breaks")
     return Secret(value)
 
@@ -94,6 +104,8 @@ def _secret_text(value: Any) -> Secret:
 def _header_name(value: Any) -> str:
     if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", value):
         raise vol.Invalid("expected an HTTP header name")
+    if value.lower() in TRANSPORT_HEADERS:
+        raise vol.Invalid(f"{value} is set by the gateway itself (from base_url, the body and the connection)")
     return value
 
 

@@ -217,7 +217,15 @@ class Options:
     upstream_max_connections: int = option(
         1000, parse_positive_int, "Keep-alive connection pool size per controller.", "upstream")
     upstream_keepalive_timeout: float = option(
-        30.0, parse_seconds, "Seconds an idle upstream connection stays in the pool.", "upstream")
+        30.0, parse_seconds, "Seconds an idle upstream connection stays in the pool; a reaper closes it after that.",
+        "upstream")
+    max_upstream_body_size: int = option(
+        64 * 1024 * 1024, parse_positive_int,
+        "Largest non-streamed upstream answer, in bytes after decompression; larger is a 502.", "upstream")
+    max_event_size: int = option(
+        16 * 1024 * 1024, parse_positive_int,
+        "Largest server-sent event from an upstream, in bytes; larger ends the stream with the error event.",
+        "upstream")
     max_body_size: int = option(
         32 * 1024 * 1024, parse_positive_int,
         "Largest request body accepted, in bytes; larger gets 413 (a declared length as soon as the headers "
@@ -249,6 +257,9 @@ class Options:
         75.0, parse_seconds, "Seconds an idle client connection (or one still sending its headers) is kept.")
     client_body_timeout: float = option(
         30.0, parse_seconds, "Seconds a client may take to send its request body; slower gets 408.")
+    client_write_timeout: float = option(
+        60.0, parse_seconds,
+        "Seconds a client may accept no bytes of an answer we have for it before it is disconnected.")
     shutdown_timeout: float = option(
         30.0, parse_seconds, "Seconds to let in-flight requests and streams finish after SIGTERM.")
     access_log: bool = option(True, parse_bool, "Log one line per request.", "logging")

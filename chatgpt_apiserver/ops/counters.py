@@ -2,7 +2,8 @@
 
 A model name comes from the client. When a controller declares no `models`, every name a client sends
 would otherwise become a counter and a metric label: only the models configured or discovered upstream
-get their own, the rest count as `other`, and at most MAX_MODELS names are kept per controller.
+(by `GET /v1/models`) get their own, the rest count as `other`, and at most MAX_MODELS names are kept per
+controller. Until a controller's models are known, the first FIRST_COME names get a label of their own.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Optional
 
 OTHER = "other"
 MAX_MODELS = 256
+FIRST_COME = 16
 
 
 class ControllerStats:
@@ -38,7 +40,9 @@ class ControllerStats:
         if model in self.tokens_by_model:
             return model
         known = self.known_models
-        if known is None or model not in known or len(self.tokens_by_model) >= MAX_MODELS:
+        if known is None:
+            return model if len(self.tokens_by_model) < FIRST_COME else OTHER
+        if model not in known or len(self.tokens_by_model) >= MAX_MODELS:
             return OTHER
         return model
 

@@ -91,15 +91,19 @@ def client_error_body(body: bytes, status: int, secrets: tuple[bytes, ...]) -> b
     return ApiError(status, text).body()
 
 
-async def _first_events(reply: Reply) -> tuple[list[bytes], EventSplitter]:
+async def _first_events(reply: Reply, max_event_size: int) -> tuple[list[bytes], EventSplitter]:
     """Read until the first data event; an upstream that fails before it can still be replaced."""
-    splitter = EventSplitter()
+    splitter = EventSplitter(max_event_size)
     events: list[bytes] = []
+    held = 0  # comments held until the first data event: bounded like one event
     while True:
         chunk = await reply.read_chunk()
         if not chunk:
             raise UpstreamError("protocol", "the upstream ended the stream before sending any event")
-        fresh = splitter.feed(chunk)
+        try:
+            fresh = splitter.feed(chunk)
+        except MalformedEvent as exc:
+            raise UpstreamError("protocol", str(exc)) from None
         events.extend(fresh)
         for event in fresh:
             data = event_data(event)
@@ -115,6 +119,10 @@ async def _first_events(reply: Reply) -> tuple[list[bytes], EventSplitter]:
                 raise UpstreamError("upstream_error", "the upstream sent an error event")
             # The rest of this batch is checked as it is relayed.
             return events, splitter
+        held += len(chunk)
+        if held > max_event_size:
+            raise UpstreamError("protocol", f"the upstream sent over max_event_size ({max_event_size} bytes) "
+                                            "before its first event")
 
 
 class Deadline:
@@ -181,7 +189,7 @@ async def _attempt(lease: Lease, call: Call, gateway: Gateway) -> Answer | Failu
         rate = rate_headers(controller, status, reply.headers)
         if status == 200 and call.stream and reply.content_type.startswith("text/event-stream"):
             deadline.clear()  # from here the stream idle timeout applies
-            events, splitter = await _first_events(reply)
+            events, splitter = await _first_events(reply, settings.max_event_size)
             record_status(lease, status, rate, b"", gateway.scheduler, settings, complete=False)
             handed_over = True
             return Answer(controller, reply, status, lease, first_events=events, splitter=splitter,

@@ -17,7 +17,7 @@ from .sse import DONE, MalformedEvent, event_data, read_event
 
 log = logging.getLogger("chatgpt_apiserver.streaming")
 
-Send = Callable[[bytes], Awaitable[None]]
+Send = Callable[[bytes, bool], Awaitable[None]]  # (bytes, whether they end the stream)
 
 
 @dataclass
@@ -31,14 +31,18 @@ class StreamResult:
 async def relay_stream(answer: Answer, call: Call, send: Send, secrets: tuple[bytes, ...] = ()) -> StreamResult:
     """Send every upstream event as it arrives; on an upstream failure send the error event instead of [DONE].
 
+    The events that one upstream read completes leave together, in one `send`: none waits for a later one.
     The final usage event settles the controller's token reservation; it is relayed only if the client
-    asked for it. `send` writes one event and awaits its flush; it raises if the client has gone.
+    asked for it. `send` writes its bytes and awaits their flush, told whether they end the stream; it raises if
+    the client has gone.
     """
     result = StreamResult()
     reply = answer.reply
     splitter = answer.splitter
     assert splitter is not None
     pending = answer.first_events
+    out: list[bytes] = []  # what this read's events put on the wire
+    ended = False  # [DONE] came: the upstream's answer is over but for its last bytes
     try:
         while True:
             for event in pending:
@@ -46,14 +50,17 @@ async def relay_stream(answer: Answer, call: Call, send: Send, secrets: tuple[by
                 if data is not None:
                     if data == DONE:
                         answer.completed()
-                        await send(event)
+                        out.append(event)
                         result.events += 1
+                        ended = True
+                        await send(b"".join(out), True)
                         return result
                     parsed = read_event(data)
                     if "error" in parsed:
                         # Already in OpenAI's error shape: pass it on (scrubbed) and end without [DONE].
-                        await send(scrub(event, secrets))
+                        out.append(scrub(event, secrets))
                         result.events += 1
+                        await send(b"".join(out), True)
                         log.warning("controller %s sent an error event mid-stream", answer.controller.name)
                         answer.failed()
                         return result
@@ -62,8 +69,11 @@ async def relay_stream(answer: Answer, call: Call, send: Send, secrets: tuple[by
                         result.usage = usage
                         if call.inject_usage and not parsed.get("choices"):
                             continue  # asked for by the gateway, not the client
-                await send(event)
+                out.append(event)
                 result.events += 1
+            if out:
+                await send(out[0] if len(out) == 1 else b"".join(out), False)
+                out.clear()
             chunk = await reply.read_chunk()
             if not chunk:
                 if splitter.pending.strip():
@@ -77,8 +87,12 @@ async def relay_stream(answer: Answer, call: Call, send: Send, secrets: tuple[by
         log.warning("stream from controller %s failed after %d events: %s", answer.controller.name,
                     result.events, message)
         answer.failed()
-        await send(stream_error_event(message, "server_error", code))
+        out.append(stream_error_event(message, "server_error", code))  # after the events read before it
+        await send(b"".join(out), True)
         return result
     finally:
-        reply.close()
+        if ended:
+            reply.end()
+        else:
+            reply.close()
         answer.lease.release(record_usage(answer.controller, result.usage, call.model))

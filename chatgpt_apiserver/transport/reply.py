@@ -42,3 +42,8 @@ class Reply(ABC):
     @abstractmethod
     def close(self) -> None:
         """Stop reading; an unfinished upstream connection is closed, not reused."""
+
+    def end(self) -> None:
+        """Stop reading an answer that is over for the reader (an SSE stream's [DONE]) though its last bytes may
+        still be on their way; a transport may wait a moment for them to keep the connection."""
+        self.close()

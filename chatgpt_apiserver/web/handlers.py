@@ -23,6 +23,7 @@ from ..state import StoreUnavailable
 from .base import REQUEST_ID, BaseHandler
 from .bodies import Bodies
 from .schemas import parse_chat_request
+from .slow_clients import written
 
 log = logging.getLogger("chatgpt_apiserver.handlers")
 
@@ -88,6 +89,8 @@ class ChatCompletionsHandler(BaseHandler):
             gateway.leave(self)
 
     def _finish_aborted(self) -> None:
+        if self._finished:
+            return  # the answer was complete; only its delivery was cut short
         message = f"The request was cut short: {self._abort_reason}."
         if self._headers_written:
             self.write(stream_error_event(message, "server_error", "shutting_down"))
@@ -117,26 +120,50 @@ class ChatCompletionsHandler(BaseHandler):
             self._headers[UPSTREAM_ID_HEADER] = self.upstream_request_id  # a safe charset by REQUEST_ID
         if answer.splitter is None:
             self.tokens = _total_tokens(answer.usage)
-            self._finish_body(answer.status, answer.reply.content_type, answer.body,
-                              relayed_headers(answer.reply.headers))
+            await self._finish_body(answer.status, answer.reply.content_type, answer.body,
+                                    relayed_headers(answer.reply.headers))
             return
         self._headers.update(STREAM_HEADERS)
-        connection = self.request.connection
-        if isinstance(connection, HTTP1Connection):
-            connection.stream.set_nodelay(True)  # each event leaves at once
-        result = await relay_stream(answer, call, self._send_event, self.gateway.secrets)
+        result = await relay_stream(answer, call, self._send_events, self.gateway.secrets)
         self.tokens = _total_tokens(result.usage)
-        if not self._client_gone:
+        if not self._client_gone and not self._finished:
             self.finish()
 
-    async def _send_event(self, event: bytes) -> None:
+    async def _send_events(self, events: bytes, last: bool) -> None:
         if self.ttfb is None:
             self.ttfb = self.request.request_time()
             self.gateway.metrics.ttft.observe(self.ttfb)
-        self.write(event)
-        await self.flush()
+        if last:
+            # A whole stream in hand at once leaves in one write, with a Content-Length; else this is the last chunk.
+            await self._sent(self.finish(events))
+            return
+        if not self._headers_written:
+            connection = self.request.connection
+            if isinstance(connection, HTTP1Connection):
+                connection.stream.set_nodelay(True)  # the stream goes on: each later event leaves at once
+        self.write(events)
+        await self._sent(self.flush())
 
-    def _finish_body(self, status: int, content_type: str, body: bytes, headers: dict[str, str]) -> None:
+    async def _sent(self, flushed: asyncio.Future[None]) -> None:
+        """Wait for written bytes to reach the socket; cut off a client that accepts none for client_write_timeout.
+
+        Such a client would otherwise hold its controller slot, an upstream connection and the bytes waiting
+        for it for as long as its TCP connection lives.
+        """
+        if flushed.done():
+            flushed.result()  # raises if the client has gone
+            return
+        connection = self.request.connection
+        assert isinstance(connection, HTTP1Connection)
+        timeout = self.gateway.settings.client_write_timeout
+        if await written(connection.stream, flushed, timeout):
+            return
+        log.info("client accepted no bytes for %g s; request %s disconnected", timeout, self.request_id)
+        self._client_gone = True
+        connection.stream.close()  # its close callback cancels this request, as when a client hangs up
+        await flushed
+
+    async def _finish_body(self, status: int, content_type: str, body: bytes, headers: dict[str, str]) -> None:
         self.set_status(status)
         for name, value in headers.items():
             self.set_header(name, value)
@@ -144,7 +171,7 @@ class ChatCompletionsHandler(BaseHandler):
             body = client_error_body(body, status, self.gateway.secrets)
             content_type = "application/json"
         self.set_header("Content-Type", content_type)
-        self.finish(body)
+        await self._sent(self.finish(body))
 
 
 def _total_tokens(usage: Optional[dict[str, Any]]) -> Optional[int]:

@@ -1,0 +1,257 @@
+"""One upstream connection: a request out, its answer parsed by llhttp (httptools), the body held in bounds."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+from typing import Optional
+
+import httptools
+
+from .reply import UpstreamError
+
+HEAD_LIMIT = 64 * 1024  # bytes of an answer's heads (interim ones included) and trailers, together
+PAUSE_ABOVE = 1024 * 1024  # unread body bytes at which reading from the upstream pauses
+DRAIN_LIMIT = 64 * 1024  # body bytes an answer may still send after its reader is done, to keep its connection
+DRAIN_TIMEOUT = 1.0  # seconds it may take them to come
+
+Headers = dict[str, str]  # response headers under lower-case names, as every reader looks them up
+
+
+def malformed(detail: str) -> UpstreamError:
+    """The error for an answer that breaks HTTP/1.1."""
+    return UpstreamError("protocol", f"the upstream sent a malformed HTTP response ({detail})")
+
+
+class _AfterTheAnswer(Exception):
+    """Raised from a parser callback to stop at bytes that follow a complete answer."""
+
+
+class Connection(asyncio.Protocol):
+    """One upstream connection; it carries one exchange at a time.
+
+    The parser's callbacks only record what they see; `data_received` acts on it once the parser returns.
+    """
+
+    def __init__(self, idle_timeout: float) -> None:
+        self.idle_timeout = idle_timeout
+        self.transport: Optional[asyncio.Transport] = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.closed = False
+        self.reused = False  # it carried an exchange before the current one
+        self.idle_since = 0.0
+        self.head: Optional[asyncio.Future[None]] = None
+        self.status = 0
+        self.headers: Headers = {}
+        self.body: deque[bytes] = deque()
+        self.buffered = 0
+        self.complete = False  # the whole answer is parsed
+        self.error: Optional[UpstreamError] = None
+        self.received = 0  # bytes of the current answer so far
+        self.keep_alive = False
+        self.until_close = False  # the body ends when the connection does
+        self._in_head = True
+        self._head_bytes = 0
+        self._extra = False  # bytes after the answer: never reuse the connection
+        self._trailers = False
+        self._waiter: Optional[asyncio.Future[None]] = None
+        self._paused = False
+        self._drained: Optional[Callable[[Connection], None]] = None  # who gets it back once drained
+        self._drain_left = 0
+        self._drain_timer: Optional[asyncio.TimerHandle] = None
+
+    # --- asyncio.Protocol ------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if self.head is None or self.complete:
+            self._extra = True  # nothing was asked, or the answer is over: the upstream is confused
+            self.close()
+            return
+        self.received += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(malformed("an unrequested protocol switch"))
+        except httptools.HttpParserError as exc:
+            if not self._extra:  # (on_message_begin stops the parser at bytes after the answer)
+                self._fail(malformed(str(exc) or type(exc).__name__))
+        # A head still arriving is all that was received; a complete one is counted header by header.
+        if (self._head_bytes > HEAD_LIMIT or (self._in_head and self.received > HEAD_LIMIT)) and self.error is None:
+            what = "trailers" if self._trailers else "response head"
+            self._fail(UpstreamError("protocol", f"the upstream's {what} ran over {HEAD_LIMIT} bytes"))
+        if self.error is not None or self._extra:
+            self.close()
+        elif self._waiter is not None and (self.body or self.complete):
+            self._wake()
+
+    def connection_lost(self, exc: Optional[Exception]) -> None:
+        self.closed = True
+        if self.head is not None and not self.complete:
+            if self.until_close and not self._in_head:
+                self.complete = True  # a close-delimited body ends here
+                self._wake()
+            else:
+                what = "answering" if self._in_head else "sending the body"
+                self._fail(UpstreamError("connection", f"the upstream closed the connection while {what}"))
+        if self._drained is not None:
+            self._end_drain()
+
+    def eof_received(self) -> Optional[bool]:
+        return None  # a half-closed upstream is a closed one
+
+    # --- parser callbacks ------------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self.complete:
+            self._extra = True
+            raise _AfterTheAnswer
+        self.headers = {}
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_bytes += len(name) + len(value) + 4
+        if not self._in_head:  # a trailer: counted against the limit, then dropped
+            self._trailers = True
+            return
+        key = name.decode("latin-1").lower()
+        text = value.decode("latin-1")
+        previous = self.headers.get(key)
+        self.headers[key] = text if previous is None else f"{previous}, {text}"
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if 100 <= status < 200:
+            return  # an interim answer (100 Continue, 103 Early Hints): the real one follows
+        self.status = status
+        self.keep_alive = self.parser.should_keep_alive()
+        headers = self.headers
+        self.until_close = (status not in (204, 304) and "content-length" not in headers
+                            and not headers.get("transfer-encoding", "").lower().rstrip().endswith("chunked"))
+        self._in_head = False
+        if self.head is not None and not self.head.done():
+            self.head.set_result(None)
+
+    def on_body(self, body: bytes) -> None:
+        if self._drained is not None:  # nobody reads it any more
+            self._drain_left -= len(body)
+            if self._drain_left < 0:
+                self._extra = True  # too much: the connection is not worth keeping
+            return
+        self.body.append(body)
+        self.buffered += len(body)
+        if self.buffered > PAUSE_ABOVE and not self._paused and self.transport is not None:
+            self._paused = True
+            self.transport.pause_reading()
+
+    def on_message_complete(self) -> None:
+        if self._in_head:
+            return  # the end of an interim answer
+        self.complete = True
+        if self._drained is not None:  # once the parser is done with this read
+            asyncio.get_running_loop().call_soon(self._end_drain)
+
+    # --- what the pool and the reply use -----------------------------------------------------------
+
+    def send(self, data: bytes) -> asyncio.Future[None]:
+        """Write one request; the future resolves once the answer's head is in `status` and `headers`."""
+        self.head = head = asyncio.get_running_loop().create_future()
+        self.status, self.headers = 0, {}
+        self.body.clear()
+        self.buffered = self.received = self._head_bytes = 0
+        self.complete = self.until_close = self._extra = self._trailers = False
+        self._in_head = True
+        self.error = None
+        if self.closed or self.transport is None or self.transport.is_closing():
+            self._fail(UpstreamError("connection", "the upstream closed the connection"))
+        else:
+            self.transport.write(data)
+        return head
+
+    async def next_piece(self) -> bytes:
+        """All body bytes received so far and not yet read (b"" at the end); waits at most the idle timeout.
+
+        A read holding several chunks hands them out together, so that what arrived together can leave
+        together (SSE events relayed in one write).
+        """
+        while True:
+            body = self.body
+            if body:
+                piece = body.popleft() if len(body) == 1 else b"".join(body)
+                body.clear()
+                self.buffered = 0
+                if self._paused and self.transport is not None:
+                    self._paused = False
+                    self.transport.resume_reading()
+                return piece
+            if self.error is not None:
+                raise self.error
+            if self.complete:
+                return b""
+            loop = asyncio.get_running_loop()
+            self._waiter = loop.create_future()
+            timer = loop.call_later(self.idle_timeout, self._idle_expired)
+            try:
+                await self._waiter
+            finally:
+                timer.cancel()
+                self._waiter = None
+
+    def drain(self, done: Callable[[Connection], None]) -> bool:
+        """Read the rest of an answer its reader no longer wants, if it is worth keeping the connection for:
+        `done` gets the connection back when the answer ends, fails, or takes too long. False if not worth it.
+        """
+        if (self.complete or self.error is not None or self.closed or self._in_head or not self.keep_alive
+                or self.until_close or self._extra or self.transport is None):
+            return False
+        self._drained = done
+        self._drain_left = DRAIN_LIMIT
+        self.body.clear()
+        self.buffered = 0
+        if self._paused:
+            self._paused = False
+            self.transport.resume_reading()
+        self._drain_timer = asyncio.get_running_loop().call_later(DRAIN_TIMEOUT, self.close)
+        return True
+
+    def _end_drain(self) -> None:
+        done, self._drained = self._drained, None
+        if self._drain_timer is not None:
+            self._drain_timer.cancel()
+            self._drain_timer = None
+        if done is not None:
+            done(self)
+
+    def _idle_expired(self) -> None:
+        self._fail(UpstreamError("timeout", "timed out waiting for the upstream"))
+        self.close()
+
+    def _fail(self, error: UpstreamError) -> None:
+        if self.error is None:
+            self.error = error
+        if self.head is not None and not self.head.done():
+            self.head.set_exception(error)
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    @property
+    def answered(self) -> bool:
+        """Some byte of the current answer arrived (a request that got none may be sent again)."""
+        return self.received > 0
+
+    @property
+    def reusable(self) -> bool:
+        """Finished cleanly, kept alive, and nothing unexpected after the answer."""
+        return (self.complete and self.keep_alive and self.error is None and not self.closed
+                and not self._extra and not self.until_close)
+
+    def close(self) -> None:
+        """Drop the connection."""
+        if self.transport is not None and not self.closed:
+            self.transport.close()
+        self.closed = True
