@@ -64,6 +64,14 @@ def stream_error_event(message: str, type: str = "server_error", code: Optional[
     return b"data: " + error_body(message, type, None, code) + b"\n\n"
 
 
+def typed_error_event(message: str, code: Optional[str] = None) -> bytes:
+    """The final event of a typed stream (responses, audio, images) that broke: OpenAI's `error` event, with
+    the `error` object too, so the SDKs raise it as they do for chat's."""
+    data = {"type": "error", "code": code, "message": message, "param": None,
+            "error": {"message": message, "type": "server_error", "param": None, "code": code}}
+    return b"event: error\ndata: " + orjson.dumps(data) + b"\n\n"
+
+
 def invalid_request(message: str, param: Optional[str] = None, code: Optional[str] = "invalid_value") -> ApiError:
     """A 400 naming the field at fault."""
     return ApiError(400, message, param=param, code=code)

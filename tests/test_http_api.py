@@ -198,7 +198,7 @@ def test_our_clear_resets_what_tornados_does(app: Application) -> None:
         def set_close_callback(self, callback: Any) -> None:
             pass
 
-    deps = app.wildcard_router.rules[0].target_kwargs
+    deps = next(rule.target_kwargs for rule in app.wildcard_router.rules if rule.target is StatusHandler)
     request = HTTPServerRequest(start_line=RequestStartLine("GET", "/status", "HTTP/1.1"),
                                 headers=HTTPHeaders({"Host": "x", "Origin": "https://x"}), connection=Connection())  # type: ignore[arg-type]
     handler = StatusHandler(app, request, **deps)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 from abc import ABC, abstractmethod
 from typing import Any
 
@@ -11,6 +12,8 @@ from ..config.controllers import ControllerSpec
 from ..endpoints.base import Endpoint
 from ..ops.counters import ControllerStats
 from ..transport.reply import Reply
+
+log = logging.getLogger("chatgpt_apiserver.controllers")
 
 
 class Controller(ABC):
@@ -23,6 +26,7 @@ class Controller(ABC):
         self.models = spec.models
         self.stats = ControllerStats(spec.models)
         self.fingerprint = fingerprint(spec)
+        self.takes_stream_usage = spec.stream_usage  # false once the upstream refused stream_options
 
     def serves(self, model: str) -> bool:
         """Whether this controller takes requests for `model`."""
@@ -31,6 +35,13 @@ class Controller(ABC):
     def supports(self, endpoint: Endpoint) -> bool:
         """Whether this controller's upstream serves `endpoint` at all."""
         return True
+
+    def refuse_stream_usage(self) -> None:
+        """The upstream answered 400 to the stream_options the gateway adds: never add it again (until reload)."""
+        if self.takes_stream_usage:
+            self.takes_stream_usage = False
+            log.warning("controller %s refuses stream_options (an upstream that checks for unknown arguments); "
+                        "its streams are settled from the token estimate from now on", self.name)
 
     def upstream_model(self, model: str) -> str:
         """The name the upstream knows `model` by (aliases map public names)."""

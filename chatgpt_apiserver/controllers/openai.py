@@ -19,7 +19,8 @@ log = logging.getLogger("chatgpt_apiserver.upstream")
 
 __all__ = ["Transport", "UpstreamController"]
 
-CHAT_HEADERS = (("Content-Type", "application/json"), ("Accept", "application/json, text/event-stream"))
+JSON_HEADERS = (("Content-Type", "application/json"), ("Accept", "application/json, text/event-stream"))
+ACCEPT_ANY = (("Accept", "*/*"),)
 
 
 class UpstreamController(Controller):
@@ -43,7 +44,8 @@ class UpstreamController(Controller):
         if settings.get("project"):
             headers["openai-project"] = ("OpenAI-Project", settings["project"])
         self._headers = list(headers.values())
-        self._chat_headers = tuple((n, v) for n, v in CHAT_HEADERS if n.lower() not in headers)
+        self._json_headers = tuple((n, v) for n, v in JSON_HEADERS if n.lower() not in headers)
+        self._configured = frozenset(headers)
         self._client: Client = Http1Client(self.base_url, self._headers, transport, self._proxy)
 
     @property
@@ -65,8 +67,16 @@ class UpstreamController(Controller):
         return await self._client.request(request)
 
     async def send(self, call: Call, body: bytes) -> Reply:
+        endpoint = call.endpoint
+        if call.content_type.startswith("application/json") or not body:
+            headers = self._json_headers if body else ACCEPT_ANY
+        else:  # a form, with its boundary: the client's own Content-Type
+            headers = (("Content-Type", call.content_type), *ACCEPT_ANY)
+        if endpoint.binary:
+            headers = tuple(h for h in headers if h[0] != "Accept") + ACCEPT_ANY
+        headers = tuple(h for h in headers if h[0].lower() not in self._configured)
         return await self._client.request(UpstreamRequest(
-            "POST", "/chat/completions", body, self._chat_headers, call.stream, call.request_id))
+            endpoint.method, call.upstream_path, body, headers, call.stream, call.request_id))
 
     async def discover_models(self) -> list[str]:
         import openai

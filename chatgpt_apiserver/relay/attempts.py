@@ -1,11 +1,10 @@
-"""Getting an answer: try controllers until one replies, all before any byte is sent to the client."""
+"""One attempt on one controller, until an answer is in hand or the attempt has failed (routing.py tries the
+next one)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import math
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -13,6 +12,7 @@ import orjson
 
 from ..call import Call
 from ..controllers import Controller
+from ..endpoints.usage import Usage, find_usage
 from ..errors import ApiError
 from ..gateway import Gateway
 from ..scheduling.outcomes import (
@@ -23,16 +23,16 @@ from ..scheduling.outcomes import (
     record_status,
     record_success,
     record_usage,
-    usage_of,
 )
 from ..scheduling.scheduler import Lease, Scheduler
 from ..secret import redacted_snippet, scrub
-from ..state.store import UNAVAILABLE
 from ..transport.reply import Reply, UpstreamError
-from .rewrite import estimate_tokens, upstream_body
+from .rewrite import upstream_body
 from .sse import DONE, EventSplitter, MalformedEvent, event_data, read_event
 
 log = logging.getLogger("chatgpt_apiserver.relay")
+
+ERROR_TYPES = frozenset(("error", "response.failed"))  # typed events that end an answer in failure
 
 
 @dataclass
@@ -48,7 +48,8 @@ class Failure:
 
 @dataclass
 class Answer:
-    """A usable upstream reply: a whole body, or a stream whose first events are in hand."""
+    """A usable upstream reply: a whole body, a stream whose first events are in hand, or the first bytes of a
+    binary answer."""
 
     controller: Controller
     reply: Reply
@@ -58,8 +59,10 @@ class Answer:
     first_events: list[bytes] = field(default_factory=list)
     splitter: Optional[EventSplitter] = None
     attempts: int = 1
-    usage: Optional[dict[str, Any]] = None
+    usage: Optional[Usage] = None
     scheduler: Optional[Scheduler] = None  # to count a failure that comes after the answer began
+    binary: bool = False  # relayed as it arrives, never parsed (audio): `first_events` holds its first bytes
+    created: Optional[str] = None  # the stored response or conversation this answer made (its id)
 
     def close(self) -> None:
         """Abandon the answer: close the upstream reply and end the lease."""
@@ -91,8 +94,9 @@ def client_error_body(body: bytes, status: int, secrets: tuple[bytes, ...]) -> b
     return ApiError(status, text).body()
 
 
-async def _first_events(reply: Reply, max_event_size: int) -> tuple[list[bytes], EventSplitter]:
-    """Read until the first data event; an upstream that fails before it can still be replaced."""
+async def _first_events(reply: Reply, max_event_size: int) -> tuple[list[bytes], EventSplitter, dict[str, Any]]:
+    """Read until the first data event (returned parsed too); an upstream that fails before it can still be
+    replaced."""
     splitter = EventSplitter(max_event_size)
     events: list[bytes] = []
     held = 0  # comments held until the first data event: bounded like one event
@@ -115,14 +119,35 @@ async def _first_events(reply: Reply, max_event_size: int) -> tuple[list[bytes],
                 parsed = read_event(data)
             except MalformedEvent as exc:
                 raise UpstreamError("protocol", str(exc)) from None
-            if "error" in parsed:
+            if is_error_event(parsed):
                 raise UpstreamError("upstream_error", "the upstream sent an error event")
             # The rest of this batch is checked as it is relayed.
-            return events, splitter
+            return events, splitter, parsed
         held += len(chunk)
         if held > max_event_size:
             raise UpstreamError("protocol", f"the upstream sent over max_event_size ({max_event_size} bytes) "
                                             "before its first event")
+
+
+def is_error_event(parsed: dict[str, Any]) -> bool:
+    """An event that says the answer failed: chat's `{"error": ...}`, or a typed `error` / `response.failed`."""
+    kind = parsed.get("type")
+    return kind in ERROR_TYPES if kind is not None else "error" in parsed
+
+
+def created_id(prefix: Optional[str], document: Any) -> Optional[str]:
+    """The id of the stored response or conversation an answer (or a stream's first event) made."""
+    if prefix is None or not isinstance(document, dict):
+        return None
+    inner = document.get("response")
+    ident = inner.get("id") if isinstance(inner, dict) else document.get("id")
+    return ident if isinstance(ident, str) and ident.startswith(prefix) else None
+
+
+def _looks_like_json(body: bytes) -> bool:
+    """A whole JSON object, judged by its ends: parsing a 2 MB answer to check it would cost the hot path."""
+    start, end = body[:64].lstrip()[:1], body[-64:].rstrip()[-1:]
+    return (start, end) in ((b"{", b"}"), (b"[", b"]"))
 
 
 class Deadline:
@@ -172,7 +197,7 @@ class Deadline:
         self.task.cancel()
 
 
-async def _attempt(lease: Lease, call: Call, gateway: Gateway) -> Answer | Failure:
+async def attempt(lease: Lease, call: Call, gateway: Gateway) -> Answer | Failure:
     """One attempt on the leased controller; its state learns from the outcome."""
     controller = lease.controller
     settings = gateway.settings
@@ -183,40 +208,59 @@ async def _attempt(lease: Lease, call: Call, gateway: Gateway) -> Answer | Failu
     deadline.at(started + (settings.first_byte_timeout if call.stream else settings.request_timeout))
     reply: Optional[Reply] = None
     handed_over = False  # an Answer owns its reply; every other way out closes it
+    endpoint = call.endpoint
     try:
-        reply = await controller.send(call, upstream_body(call, controller.upstream_model(call.model)))
-        status = reply.status
-        rate = rate_headers(controller, status, reply.headers)
-        if status == 200 and call.stream and reply.content_type.startswith("text/event-stream"):
-            deadline.clear()  # from here the stream idle timeout applies
-            events, splitter = await _first_events(reply, settings.max_event_size)
-            record_status(lease, status, rate, b"", gateway.scheduler, settings, complete=False)
-            handed_over = True
-            return Answer(controller, reply, status, lease, first_events=events, splitter=splitter,
-                          scheduler=gateway.scheduler)
-        deadline.at(started + settings.request_timeout)
-        body = await reply.read()  # the last wait: nothing below can be cut short, and finally clears it
+        while True:
+            body, injected = upstream_body(call, controller)
+            reply = await controller.send(call, body)
+            status = reply.status
+            rate = rate_headers(controller, status, reply.headers)
+            if 200 <= status < 300 and call.stream and reply.content_type.startswith("text/event-stream"):
+                deadline.clear()  # from here the stream idle timeout applies
+                events, splitter, first = await _first_events(reply, settings.max_event_size)
+                record_status(lease, status, rate, b"", gateway.scheduler, settings, complete=False)
+                handed_over = True
+                return Answer(controller, reply, status, lease, first_events=events, splitter=splitter,
+                              scheduler=gateway.scheduler, created=created_id(endpoint.creates, first))
+            if 200 <= status < 300 and endpoint.binary and not reply.content_type.startswith("application/json"):
+                deadline.clear()  # audio comes as it is made: the stream idle timeout applies between pieces
+                piece = await reply.read_chunk()
+                record_status(lease, status, rate, b"", gateway.scheduler, settings, complete=False)
+                handed_over = True
+                return Answer(controller, reply, status, lease, first_events=[piece] if piece else [],
+                              scheduler=gateway.scheduler, binary=True)
+            deadline.at(started + settings.request_timeout)
+            data = await reply.read()
+            if status == 400 and injected and b"stream_options" in data:
+                reply.close()
+                controller.refuse_stream_usage()  # logged once; this request is sent again without it
+                continue
+            break
         if 200 <= status < 300:
-            try:
-                document = orjson.loads(body)
-            except orjson.JSONDecodeError:
+            created = None
+            if endpoint.creates is not None:
+                try:
+                    created = created_id(endpoint.creates, orjson.loads(data))
+                except orjson.JSONDecodeError:
+                    created = None
+            elif reply.content_type.startswith("application/json") and not _looks_like_json(data):
                 record_failure(lease, gateway.scheduler)
                 return Failure(controller.name, "protocol", "the upstream answered with malformed JSON")
-            record_status(lease, status, rate, body, gateway.scheduler, settings)
-            usage = usage_of(document)
-            lease.release(record_usage(controller, usage, call.model))
+            record_status(lease, status, rate, data, gateway.scheduler, settings)
+            usage = find_usage(data) if reply.content_type.startswith("application/json") else None
+            lease.release(record_usage(controller, usage, call.label))
             handed_over = True
-            return Answer(controller, reply, status, lease, body=body, usage=usage)
-        record_status(lease, status, rate, body, gateway.scheduler, settings)
+            return Answer(controller, reply, status, lease, body=data, usage=usage, created=created)
+        record_status(lease, status, rate, data, gateway.scheduler, settings)
         if controller_fault(status):
-            kind = fault_kind(status, body)
+            kind = fault_kind(status, data)
             retry_after = rate.cooldown() if status == 429 and rate is not None else None
-            snippet = redacted_snippet(body, gateway.secrets, 300)
+            snippet = redacted_snippet(data, gateway.secrets, 300)
             log.info("controller %s answered %d: %s", controller.name, status, snippet)
             return Failure(controller.name, kind, f"upstream answered {status}", retry_after)
         lease.release(0)
         handed_over = True
-        return Answer(controller, reply, status, lease, body=body)
+        return Answer(controller, reply, status, lease, body=data)
     except UpstreamError as exc:
         record_failure(lease, gateway.scheduler, whole=exc.connecting)
         return Failure(controller.name, exc.kind, exc.message, sent=exc.kind == "timeout" and not exc.connecting)
@@ -231,106 +275,3 @@ async def _attempt(lease: Lease, call: Call, gateway: Gateway) -> Answer | Failu
         deadline.clear()
         if reply is not None and not handed_over:
             reply.close()
-
-
-def _give_up(failures: list[Failure], call: Call, gateway: Gateway, final: bool) -> ApiError:
-    """The client's error once no attempt produced an answer.
-
-    `final`: the gateway tried every candidate, or must not resend: the SDKs are told not to retry
-    (`x-should-retry: false`). `Retry-After` says when a cooldown or an ejection ends.
-    """
-    summary = "; ".join(f"{f.controller}: {f.message}" for f in failures) or "no attempt was possible"
-    kinds = {f.kind for f in failures}
-    headers = {"x-should-retry": "false"} if final else {}
-    wait = _earliest_return(gateway, call.model, failures)
-    if wait is not None:
-        headers["Retry-After"] = str(max(1, math.ceil(wait)))
-    model = call.model
-    if kinds and kinds <= {"429", "quota"}:
-        headers.setdefault("Retry-After", "1")
-        return ApiError(429, f"Every controller for model {model!r} is rate limited upstream ({summary}).",
-                        code="rate_limit_exceeded", headers=headers)
-    if kinds == {"timeout"}:
-        return ApiError(504, f"The upstream did not answer in time ({summary}).", code="upstream_timeout",
-                        headers=headers)
-    if kinds == {"protocol"}:
-        return ApiError(502, f"The upstream sent an invalid response ({summary}).", code="bad_upstream_response",
-                        headers=headers)
-    return ApiError(500, f"No controller could answer the request ({summary}).", code="upstream_unavailable",
-                    headers=headers)
-
-
-def _tried_all(gateway: Gateway, model: str, serving: list[Controller], failures: list[Failure]) -> bool:
-    """Every controller for `model` was tried, or cannot be (ejected or disabled): a retry would not help."""
-    tried = {failure.controller for failure in failures}
-    store = gateway.store
-    return all(c.name in tried or store.health(c, model).status in UNAVAILABLE for c in serving)
-
-
-def _earliest_return(gateway: Gateway, model: str, failures: list[Failure]) -> Optional[float]:
-    """Seconds until a controller for `model` that is cooling down or ejected may serve again, if one is."""
-    waits = [f.retry_after for f in failures if f.retry_after is not None]
-    store = gateway.store
-    for controller in gateway.scheduler.serving(model):
-        health = store.health(controller, model)
-        if health.status in ("cooling", "ejected") and math.isfinite(health.wait):
-            waits.append(health.wait)
-    return min(waits) if waits else None
-
-
-async def open_answer(gateway: Gateway, call: Call) -> Answer:
-    """Try controllers until one gives a usable reply; raise `ApiError` when none can."""
-    scheduler = gateway.scheduler
-    serving = scheduler.serving(call.model)
-    if not serving:
-        raise ApiError(404, f"The model {call.model!r} is not served by this gateway.",
-                       param="model", code="model_not_found")
-    tokens = estimate_tokens(call, gateway.settings.default_completion_tokens)
-    gateway.retries.deposit()
-    excluded: list[Controller] = []  # failed for reasons a cooldown does not cover
-    failures: list[Failure] = []
-    for attempt in range(gateway.settings.max_attempts):
-        if len(excluded) == len(serving):
-            break
-        if attempt and not gateway.retries.withdraw():
-            log.warning("retry budget exhausted; request %s gives up after %d attempt(s)", call.request_id, attempt)
-            break
-        try:
-            lease = await scheduler.acquire(call.model, tokens, excluded)
-        except ApiError:
-            if failures:
-                break  # report what the attempts met, not the queue
-            raise
-        try:
-            outcome = await _attempt(lease, call, gateway)
-        except BaseException:
-            lease.release(None)  # the client went away: keep the reservation, the upstream may count it
-            raise
-        stats = lease.controller.stats
-        if attempt:
-            stats.retries += 1
-        if isinstance(outcome, Answer):
-            stats.outcome("ok" if outcome.status < 400 else "client_error")
-            outcome.attempts = attempt + 1
-            return outcome
-        stats.outcome(outcome.kind)
-        lease.release(0)
-        failures.append(outcome)
-        if outcome.kind != "429":
-            excluded.append(lease.controller)  # a 429 cools the controller; it may serve again after
-        log.warning("attempt %d on controller %s failed (%s): %s; request %s",
-                    attempt + 1, outcome.controller, outcome.kind, outcome.message, call.request_id)
-        if outcome.sent and not gateway.settings.retry_on_timeout:
-            # The upstream may still be working on it, and billing it: do not send it again, here or by the SDK.
-            raise _give_up(failures, call, gateway, final=True)
-    raise _give_up(failures, call, gateway, final=_tried_all(gateway, call.model, serving, failures))
-
-
-def relayed_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    """Upstream headers worth passing on: none that are hop-by-hop, cookies or rate-limit internals."""
-    keep = {}
-    for name in ("openai-processing-ms", "openai-version"):
-        value = headers.get(name)
-        if value is not None:
-            keep[name] = value
-    return keep

@@ -7,6 +7,8 @@ from typing import Any
 import orjson
 
 from ..call import Call
+from ..controllers import Controller
+from ..endpoints.multipart import replace_field
 
 _ASK_USAGE = b',"stream_options":{"include_usage":true}}'
 
@@ -17,27 +19,28 @@ def client_wants_usage(payload: dict[str, Any]) -> bool:
     return isinstance(options, dict) and options.get("include_usage") is True
 
 
-def upstream_body(call: Call, upstream_model: str) -> bytes:
-    """The bytes for an upstream that knows the model as `upstream_model`."""
+def upstream_body(call: Call, controller: Controller) -> tuple[bytes, bool]:
+    """The bytes for `controller`, and whether the gateway added the usage request to them.
+
+    The client's bytes go as they came, except that a model alias renames the model (in the JSON body, or
+    in the one `model` field of a form) and a stream is asked for its final usage event when the
+    controller takes that (`stream_usage`).
+    """
+    upstream_model = controller.upstream_model(call.model) if call.model else call.model
     renamed = upstream_model != call.model
-    if not renamed and not call.inject_usage:
-        return call.body
+    inject = call.inject_usage and controller.takes_stream_usage
+    if call.content_type.startswith("multipart/"):
+        return (replace_field(call.content_type, call.body, "model", upstream_model) if renamed else call.body), False
+    if not renamed and not inject:
+        return call.body, False
     if not renamed and "stream_options" not in call.payload:
         # Add the usage request without re-encoding anything else: the body is a JSON object.
         end = call.body.rstrip()
         if end.endswith(b"}"):
-            return end[:-1] + _ASK_USAGE
+            return end[:-1] + _ASK_USAGE, True
     payload = dict(call.payload)
-    payload["model"] = upstream_model
-    if call.inject_usage:
+    payload[call.endpoint.model_field or "model"] = upstream_model
+    if inject:
         options = payload.get("stream_options")
         payload["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
-    return orjson.dumps(payload)
-
-
-def estimate_tokens(call: Call, default_completion: int) -> float:
-    """A cheap, conservative reservation: a quarter of the body's bytes plus the answer's allowance."""
-    payload = call.payload
-    allowance = payload.get("max_completion_tokens") or payload.get("max_tokens") or default_completion
-    choices = payload.get("n") or 1
-    return len(call.body) / 4 + max(1, allowance) * choices
+    return orjson.dumps(payload), inject

@@ -1,23 +1,35 @@
-"""Relaying a stream: one upstream event at a time, ending in [DONE] or in one error event."""
+"""Relaying a stream: the upstream's events as they arrive, ending well or in one error event; and binary
+answers (audio) as their bytes arrive.
+
+A stream of `data:` events (chat, completions) ends well with `data: [DONE]`; a typed stream (responses,
+audio, images) with one of its endpoint's final events, then the end of the body. A stream that breaks
+before that ends with one error event in the stream's own style, so a client can always tell.
+"""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Optional
 
 from ..call import Call
-from ..errors import stream_error_event
-from ..scheduling.outcomes import record_usage, usage_of
+from ..endpoints.base import Streams
+from ..endpoints.usage import Usage, usage_of
+from ..errors import stream_error_event, typed_error_event
+from ..scheduling.outcomes import record_usage
 from ..secret import scrub
 from ..transport.reply import UpstreamError
-from .attempts import Answer
+from .attempts import Answer, is_error_event
 from .sse import DONE, MalformedEvent, event_data, read_event
 
 log = logging.getLogger("chatgpt_apiserver.streaming")
 
-Send = Callable[[bytes, bool], Awaitable[None]]  # (bytes, whether they end the stream)
+Send = Callable[[bytes, bool], Awaitable[None]]  # (bytes, whether they end the answer)
+
+
+class BrokenAnswer(Exception):
+    """A binary answer broke midway: the client's connection must close without the answer's end."""
 
 
 @dataclass
@@ -25,24 +37,27 @@ class StreamResult:
     """How a relayed stream ended."""
 
     events: int = 0
-    usage: Optional[dict[str, Any]] = None
+    usage: Optional[Usage] = None
 
 
 async def relay_stream(answer: Answer, call: Call, send: Send, secrets: tuple[bytes, ...] = ()) -> StreamResult:
-    """Send every upstream event as it arrives; on an upstream failure send the error event instead of [DONE].
+    """Send every upstream event as it arrives; on an upstream failure send the error event instead of the end.
 
     The events that one upstream read completes leave together, in one `send`: none waits for a later one.
-    The final usage event settles the controller's token reservation; it is relayed only if the client
-    asked for it. `send` writes its bytes and awaits their flush, told whether they end the stream; it raises if
-    the client has gone.
+    The final usage event settles the controller's token reservation; the gateway's own usage request is
+    not relayed. `send` writes its bytes and awaits their flush, told whether they end the stream; it raises
+    if the client has gone.
     """
     result = StreamResult()
     reply = answer.reply
     splitter = answer.splitter
     assert splitter is not None
+    typed = call.endpoint.streams is Streams.TYPED
+    ends = call.endpoint.stream_ends
     pending = answer.first_events
     out: list[bytes] = []  # what this read's events put on the wire
     ended = False  # [DONE] came: the upstream's answer is over but for its last bytes
+    finished = False  # a typed stream's final event came: the body's end is all that should follow
     try:
         while True:
             for event in pending:
@@ -56,8 +71,8 @@ async def relay_stream(answer: Answer, call: Call, send: Send, secrets: tuple[by
                         await send(b"".join(out), True)
                         return result
                     parsed = read_event(data)
-                    if "error" in parsed:
-                        # Already in OpenAI's error shape: pass it on (scrubbed) and end without [DONE].
+                    if is_error_event(parsed):
+                        # Already in the upstream's error shape: pass it on (scrubbed) and end there.
                         out.append(scrub(event, secrets))
                         result.events += 1
                         await send(b"".join(out), True)
@@ -67,8 +82,10 @@ async def relay_stream(answer: Answer, call: Call, send: Send, secrets: tuple[by
                     usage = usage_of(parsed)
                     if usage is not None:
                         result.usage = usage
-                        if call.inject_usage and not parsed.get("choices"):
+                        if call.inject_usage and not typed and not parsed.get("choices"):
                             continue  # asked for by the gateway, not the client
+                    if typed and parsed.get("type") in ends:
+                        finished = True
                 out.append(event)
                 result.events += 1
             if out:
@@ -78,7 +95,12 @@ async def relay_stream(answer: Answer, call: Call, send: Send, secrets: tuple[by
             if not chunk:
                 if splitter.pending.strip():
                     raise MalformedEvent("the upstream stream ended inside an event")
-                raise UpstreamError("protocol", "the upstream stream ended without [DONE]")
+                if finished:
+                    answer.completed()
+                    await send(b"", True)
+                    return result
+                end = "its final event" if typed else "[DONE]"
+                raise UpstreamError("protocol", f"the upstream stream ended without {end}")
             pending = splitter.feed(chunk)
     except (UpstreamError, MalformedEvent) as exc:
         kind = exc.kind if isinstance(exc, UpstreamError) else "protocol"
@@ -87,7 +109,9 @@ async def relay_stream(answer: Answer, call: Call, send: Send, secrets: tuple[by
         log.warning("stream from controller %s failed after %d events: %s", answer.controller.name,
                     result.events, message)
         answer.failed()
-        out.append(stream_error_event(message, "server_error", code))  # after the events read before it
+        error = typed_error_event(message, code) if call.endpoint.stream_error == "typed" else \
+            stream_error_event(message, "server_error", code)
+        out.append(error)  # after the events read before it
         await send(b"".join(out), True)
         return result
     finally:
@@ -95,4 +119,30 @@ async def relay_stream(answer: Answer, call: Call, send: Send, secrets: tuple[by
             reply.end()
         else:
             reply.close()
-        answer.lease.release(record_usage(answer.controller, result.usage, call.model))
+        answer.lease.release(record_usage(answer.controller, result.usage, call.label))
+
+
+async def relay_bytes(answer: Answer, send: Send) -> int:
+    """Send a binary answer's bytes as they arrive; return how many. Raises `BrokenAnswer` if it breaks."""
+    reply = answer.reply
+    sent = 0
+    try:
+        for piece in answer.first_events:
+            sent += len(piece)
+            await send(piece, False)
+        while True:
+            piece = await reply.read_chunk()
+            if not piece:
+                answer.completed()
+                await send(b"", True)
+                return sent
+            sent += len(piece)
+            await send(piece, False)
+    except UpstreamError as exc:
+        log.warning("binary answer from controller %s broke after %d bytes: %s", answer.controller.name, sent,
+                    exc.message)
+        answer.failed()
+        raise BrokenAnswer(exc.message) from None
+    finally:
+        reply.close()
+        answer.lease.release(None)

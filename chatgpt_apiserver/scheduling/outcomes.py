@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any, Optional
+from typing import Optional
 
 from ..config.settings import Settings
 from ..controllers import Controller
 from ..controllers.rate_headers import RateHeaders
+from ..endpoints.usage import Usage
 from ..state import FOREVER
 from ..state.store import WHOLE
 from .scheduler import Lease, Scheduler
@@ -93,26 +94,9 @@ def record_failure(lease: Lease, scheduler: Scheduler, whole: bool = False) -> N
     scheduler.store.failed(controller, model, whole, scheduler.may_eject(controller, model, lease.candidates))
 
 
-def usage_of(document: Any) -> Optional[dict[str, Any]]:
-    """The `usage` object of a completion or a stream's final event, if it has one."""
-    if isinstance(document, dict):
-        usage = document.get("usage")
-        if isinstance(usage, dict):
-            return usage
-    return None
-
-
-def record_usage(controller: Controller, usage: Optional[dict[str, Any]], model: str) -> Optional[float]:
-    """Count the tokens an answer used; return the total for settling the reservation."""
+def record_usage(controller: Controller, usage: Optional[Usage], label: str) -> Optional[float]:
+    """Count the tokens an answer used; return them for settling the reservation (None: not reported)."""
     if usage is None:
         return None
-    prompt = usage.get("prompt_tokens")
-    completion = usage.get("completion_tokens")
-    controller.stats.tokens(model, prompt if isinstance(prompt, int) else 0,
-                            completion if isinstance(completion, int) else 0)
-    total = usage.get("total_tokens")
-    if isinstance(total, (int, float)):
-        return float(total)
-    if isinstance(prompt, int) and isinstance(completion, int):
-        return float(prompt + completion)
-    return None
+    controller.stats.tokens(label, usage.prompt, usage.completion)
+    return float(usage.tokens)

@@ -1,0 +1,220 @@
+"""The one handler of every OpenAI endpoint the gateway relays: read the call its endpoint declares, get an
+answer from a controller, relay it (a whole body, a stream of events, or binary bytes as they come)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import Any, Optional
+
+from tornado.http1connection import HTTP1Connection
+from tornado.iostream import StreamClosedError
+
+from ..call import Call
+from ..endpoints.base import Endpoint
+from ..endpoints.usage import Usage
+from ..errors import ApiError, stream_error_event, typed_error_event
+from ..gateway import Gateway
+from ..relay.attempts import Answer, client_error_body
+from ..relay.routing import open_answer, relayed_headers
+from ..relay.streams import BrokenAnswer, relay_bytes, relay_stream
+from .base import REQUEST_ID, BaseHandler
+from .bodies import Bodies
+from .calls import read_call
+from .slow_clients import written
+
+log = logging.getLogger("chatgpt_apiserver.handlers")
+
+CONTROLLER_HEADER = "X-Chatgpt-Apiserver-Controller"
+UPSTREAM_ID_HEADER = "X-Upstream-Request-Id"
+UPSTREAM_ID_NAMES = ("x-request-id", "apim-request-id")  # OpenAI's, then Azure's
+STREAM_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache",
+                  "X-Accel-Buffering": "no"}  # no proxy buffering (nginx)
+
+
+def upstream_request_id(headers: Mapping[str, str]) -> str:
+    """The upstream's own id for the request (users quote it to their provider), if it is safe to pass on."""
+    for name in UPSTREAM_ID_NAMES:
+        value = headers.get(name)
+        if value and REQUEST_ID.fullmatch(value):
+            return value
+    return ""
+
+
+def _tokens(usage: Optional[Usage]) -> Optional[int]:
+    return usage.tokens if usage is not None else None
+
+
+class EndpointHandler(BaseHandler):
+    """Every relayed route; which endpoint a request is comes from its method (the route table's data)."""
+
+    endpoint: Optional[Endpoint] = None
+    _task: Optional[asyncio.Task[Any]] = None
+    _client_gone = False
+    _abort_reason = ""
+    _call: Optional[Call] = None
+
+    def initialize(self, gateway: Gateway, bodies: Bodies, endpoints: Mapping[str, Endpoint]) -> None:  # type: ignore[override]
+        super().initialize(gateway, bodies)
+        self.methods = (*endpoints, "OPTIONS")
+        endpoint = endpoints.get(self.request.method or "")
+        if endpoint is not None:
+            self.endpoint = endpoint
+            self.route = endpoint.route
+
+    def on_connection_close(self) -> None:
+        self._client_gone = True
+        if self._task is not None:
+            self._task.cancel()  # stops the upstream call or stream at once
+        super().on_connection_close()
+
+    def abort(self, reason: str) -> None:
+        """End this request now (shutdown timeout): a stream gets the error event, a waiting request 503."""
+        self._abort_reason = reason
+        if self._task is not None:
+            self._task.cancel()
+
+    async def get(self, **ids: str) -> None:
+        await self._serve(ids)
+
+    async def post(self, **ids: str) -> None:
+        await self._serve(ids)
+
+    async def delete(self, **ids: str) -> None:
+        await self._serve(ids)
+
+    async def _serve(self, ids: dict[str, str]) -> None:
+        gateway = self.gateway
+        if gateway.in_flight >= gateway.settings.max_concurrent_requests:
+            raise ApiError(503, "The gateway is at its concurrent request limit; retry shortly.",
+                           code="overloaded", headers={"Retry-After": "1"})
+        self._task = asyncio.current_task()
+        gateway.enter(self)
+        try:
+            await self._handle(ids)
+        except ApiError as error:
+            self.send_api_error(error)
+        except StreamClosedError:  # a write found the client gone, perhaps before on_connection_close ran
+            log.info("client went away; request %s ended", self.request_id)
+        except BrokenAnswer:
+            self._client_gone = True
+            connection = self.request.connection
+            if isinstance(connection, HTTP1Connection):
+                connection.stream.close()  # no final chunk: the client sees the answer is incomplete
+        except asyncio.CancelledError:
+            if self._client_gone:
+                log.info("client went away; request %s cancelled", self.request_id)
+            elif self._abort_reason:
+                self._finish_aborted()
+            else:
+                raise
+        finally:
+            self._task = None
+            gateway.leave(self)
+
+    def _finish_aborted(self) -> None:
+        if self._finished:
+            return  # the answer was complete; only its delivery was cut short
+        message = f"The request was cut short: {self._abort_reason}."
+        if self._headers_written:
+            typed = self.endpoint is not None and self.endpoint.stream_error == "typed"
+            self.write(typed_error_event(message, "shutting_down") if typed
+                       else stream_error_event(message, "server_error", "shutting_down"))
+            self.finish()
+        else:
+            self.send_api_error(ApiError(503, message, code="shutting_down", headers={"Retry-After": "1"}))
+
+    async def _handle(self, ids: dict[str, str]) -> None:
+        endpoint = self.endpoint
+        assert endpoint is not None  # prepare() refused the other methods
+        call = read_call(endpoint, self.take_body(), self.request.headers.get("Content-Type", ""), ids,
+                         self.request.query, self.request_id)
+        self._call = call
+        self.model, self.stream = call.model, call.stream
+        answer = await open_answer(self.gateway, call)
+        if self._client_gone:
+            answer.close()
+            return
+        self.controller, self.attempts = answer.controller.name, answer.attempts
+        self._headers[CONTROLLER_HEADER] = answer.controller.name  # names are checked against a safe charset
+        self.upstream_request_id = upstream_request_id(answer.reply.headers)
+        if self.upstream_request_id:
+            self._headers[UPSTREAM_ID_HEADER] = self.upstream_request_id  # a safe charset by REQUEST_ID
+        if answer.splitter is not None:
+            self._headers.update(STREAM_HEADERS)
+            result = await relay_stream(answer, call, self._send, self.gateway.secrets)
+            self.tokens = _tokens(result.usage)
+        elif answer.binary:
+            self._start_binary(answer)
+            await relay_bytes(answer, self._send)
+        else:
+            self.tokens = _tokens(answer.usage)
+            await self._finish_body(answer)
+            return
+        if not self._client_gone and not self._finished:
+            self.finish()
+
+    def _start_binary(self, answer: Answer) -> None:
+        self.set_status(answer.status)
+        self.set_header("Content-Type", answer.reply.content_type)
+        for name, value in relayed_headers(answer.reply.headers).items():
+            self.set_header(name, value)
+
+    async def _send(self, data: bytes, last: bool) -> None:
+        if self.ttfb is None:
+            self.ttfb = self.request.request_time()
+            self.gateway.metrics.ttft.observe(self.ttfb)
+        if last:
+            # A whole stream in hand at once leaves in one write, with a Content-Length; else this is the last chunk.
+            await self._sent(self.finish(data))
+            return
+        if not self._headers_written:
+            connection = self.request.connection
+            if isinstance(connection, HTTP1Connection):
+                connection.stream.set_nodelay(True)  # the stream goes on: each later event leaves at once
+        self.write(data)
+        await self._sent(self.flush())
+
+    async def _sent(self, flushed: asyncio.Future[None]) -> None:
+        """Wait for written bytes to reach the socket; cut off a client that accepts none for client_write_timeout.
+
+        Such a client would otherwise hold its controller slot, an upstream connection and the bytes waiting
+        for it for as long as its TCP connection lives.
+        """
+        if flushed.done():
+            flushed.result()  # raises if the client has gone
+            return
+        connection = self.request.connection
+        assert isinstance(connection, HTTP1Connection)
+        timeout = self.gateway.settings.client_write_timeout
+        if await written(connection.stream, flushed, timeout):
+            return
+        log.info("client accepted no bytes for %g s; request %s disconnected", timeout, self.request_id)
+        self._client_gone = True
+        connection.stream.close()  # its close callback cancels this request, as when a client hangs up
+        await flushed
+
+    async def _finish_body(self, answer: Answer) -> None:
+        status, body = answer.status, answer.body
+        content_type = answer.reply.content_type
+        self.set_status(status)
+        for name, value in relayed_headers(answer.reply.headers).items():
+            self.set_header(name, value)
+        if status >= 400:
+            body = client_error_body(body, status, self.gateway.secrets)
+            content_type = "application/json"
+        self.set_header("Content-Type", content_type)
+        await self._sent(self.finish(body))
+
+
+class ModelHandler(BaseHandler):
+    """GET /v1/models/{model}: one model of the catalogue `GET /v1/models` serves."""
+
+    route = "models"
+
+    async def get(self, model: str) -> None:
+        if model not in await self.gateway.models():
+            raise ApiError(404, f"The model {model!r} does not exist or is not served by this gateway.",
+                           param="model", code="model_not_found")
+        self.write_json({"id": model, "object": "model", "created": 0, "owned_by": "chatgpt-apiserver"})
