@@ -13,6 +13,25 @@ from .raw_upstream import RawUpstream
 from .redis_server import RedisServer
 
 
+@pytest.fixture(autouse=True)
+def _close_openai_clients(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every official client a test makes is closed after it: a pooled socket the garbage collector finds
+    later would be an unclosed-socket warning (an error here) in whichever test runs then."""
+    import openai
+
+    made: list[Any] = []
+    original = openai.OpenAI.__init__
+
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        made.append(self)
+
+    monkeypatch.setattr(openai.OpenAI, "__init__", init)
+    yield
+    for client in made:
+        client.close()
+
+
 @pytest.fixture(scope="session")
 def loop_thread() -> Iterator[LoopThread]:
     loop = LoopThread()
