@@ -34,6 +34,9 @@ JSON_CALLS = [
     ("/v1/responses", {"model": "gpt-4o-mini", "input": "hi", "store": False, "top_k": None}),
     ("/v1/images/generations", {"model": "gpt-image-1", "prompt": "a cat", "size": "1024x1024"}),
     ("/v1/responses/input_tokens", {"model": "gpt-4o-mini", "input": "count these"}),
+    ("/v1/responses/compact", {"model": "gpt-4o-mini", "input": "compact these"}),
+    ("/v1/audio/speech", {"model": "gpt-4o-mini-tts", "voice": "alloy", "input": "hello"}),
+    ("/v1/conversations", {"metadata": {"topic": "bytes"}}),
 ]
 
 
@@ -206,6 +209,26 @@ def test_images(stack: Stack, stream: bool) -> None:
         return
     events = list(sdk.images.generate(model="gpt-image-1", prompt="a cat", stream=True, partial_images=1))
     assert events[-1].type == "image_generation.completed"
+
+
+@pytest.mark.filterwarnings("ignore:deprecated:DeprecationWarning")  # the SDK deprecates it; OpenAI serves it
+def test_translations_input_tokens_and_compact_with_the_sdk(stack: Stack) -> None:
+    fake = stack.fake("up")
+    stack.gateway({"controllers": [openai_controller(fake)]})
+    sdk = client(stack)
+    assert sdk.audio.translations.create(model="whisper-1", file=("a.wav", b"RIFF audio")).text
+    assert sdk.responses.input_tokens.count(model="gpt-4o-mini", input="count these words").input_tokens > 0
+    made = sdk.responses.create(model="gpt-4o-mini", input="a long talk")
+    assert sdk.responses.compact(model="gpt-4o-mini", previous_response_id=made.id).output
+
+
+def test_a_stored_response_replays_as_a_stream(stack: Stack) -> None:
+    fake = stack.fake("up")
+    stack.gateway({"controllers": [openai_controller(fake)]})
+    sdk = client(stack)
+    made = sdk.responses.create(model="gpt-4o-mini", input="hi")
+    events = list(sdk.responses.retrieve(made.id, stream=True))
+    assert events[-1].type == "response.completed"
 
 
 def test_models_retrieve(stack: Stack) -> None:
