@@ -249,7 +249,9 @@ async def attempt(lease: Lease, call: Call, gateway: Gateway) -> Answer | Failur
                 try:
                     created = created_id(endpoint.creates, orjson.loads(data))
                 except orjson.JSONDecodeError:
-                    created = None
+                    if json:
+                        record_failure(lease, gateway.scheduler)
+                        return Failure(controller.name, "protocol", "the upstream answered with malformed JSON")
                 pieces = [data]
             elif json and not _looks_like_json(pieces):
                 record_failure(lease, gateway.scheduler)

@@ -95,6 +95,8 @@ class EndpointHandler(BaseHandler):
         try:
             await self._handle(ids)
         except ApiError as error:
+            if error.attempts:
+                self.attempts, self.controller = error.attempts, error.controller
             self.send_api_error(error)
         except StreamClosedError:  # a write found the client gone, perhaps before on_connection_close ran
             log.info("client went away; request %s ended", self.request_id)

@@ -34,8 +34,8 @@ def _json(body: bytes) -> dict[str, Any]:
 
 
 def _model(endpoint: Endpoint, value: Any) -> str:
-    if endpoint.model_field is None:
-        return ""
+    if endpoint.model_field is None or (value is None and not endpoint.model_required):
+        return ""  # routed by the id it names, or by the controllers that serve any model
     if not isinstance(value, str) or not value.strip():
         field = endpoint.model_field
         raise ApiError(400, f"Invalid '{field}': must be a non-empty string naming the model.", param=field,
