@@ -5,11 +5,12 @@ from __future__ import annotations
 from ..call import Call
 from ..config.controllers import ControllerSpec
 from ..transport.reply import Reply, UpstreamError
-from .base import Controller
+from .base import Controller, Verdict
 from .mock import MockController
 from .openai import Transport, UpstreamController
 
-__all__ = ["Call", "Controller", "ControllerSpec", "Reply", "Transport", "UpstreamError", "build_controller"]
+__all__ = ["Call", "Controller", "ControllerSpec", "Reply", "Transport", "UpstreamError", "Verdict",
+           "build_controller"]
 
 
 def build_controller(spec: ControllerSpec, transport: Transport) -> Controller:
