@@ -103,6 +103,8 @@ def fingerprint(spec: ControllerSpec) -> str:
     digest = hashlib.sha256(spec.type.encode())
     for key in ("base_url", "endpoint", "organization", "project"):
         digest.update(b"\0" + str(spec.settings.get(key, "")).encode())
+    if spec.settings.get("bearer_token_file"):  # its token is renewed: the file names the credential
+        digest.update(b"\0token-file=" + str(spec.settings["bearer_token_file"]).encode())
     if spec.api_key is not None:
         digest.update(b"\0" + spec.api_key.reveal().encode())
     for name, value in sorted((spec.settings.get("headers") or {}).items()):
