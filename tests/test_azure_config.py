@@ -81,7 +81,7 @@ def test_the_issues_example_with_its_defaults(tmp_path: Path) -> None:
     ({"api_key": None}, "controllers[0].config.api_key: the API key is missing; set exactly one of api_key, "
                         "api_key_env, api_key_file or bearer_token_file"),
     ({"api_key": ""}, "controllers[0].config.api_key: the API key is empty; put the key there, or name it with "
-                      "api_key_env or api_key_file or bearer_token_file"),
+                      "api_key_env, api_key_file or bearer_token_file"),
     ({"bearer_token_file": "/nonexistent/token"},
      "controllers[0].config.api_key: the API key is given 2 ways (api_key, bearer_token_file); set exactly one "
      "of api_key, api_key_env, api_key_file or bearer_token_file"),

@@ -132,19 +132,21 @@ def read_key_file(setting: str, text: str, place: Place) -> Optional[tuple[Secre
     return Secret(value), path
 
 
+def _either(names: tuple[str, ...]) -> str:
+    return f"{', '.join(names[:-1])} or {names[-1]}"
+
+
 def api_key_of(settings: dict[str, Any], place: Place, others: tuple[str, ...] = ()) -> tuple[Optional[Secret], str]:
     """The key given by exactly one of api_key, api_key_env or api_key_file (or one of `others`, which the
     caller reads), and where it came from; (None, "") after reporting a problem, or when an `other` is given."""
     given = [key for key in (*KEY_SETTINGS, *others) if str(settings.get(key) or "").strip()]
-    names = (*KEY_SETTINGS, *others)
-    ways = f"{', '.join(names[:-1])} or {names[-1]}"
     if not given and "api_key" in settings:
         place.problem("api_key", f"the API key is empty; put the key there, or name it with "
-                                 f"{' or '.join((*KEY_SETTINGS[1:], *others))}")
+                                 f"{_either((*KEY_SETTINGS[1:], *others))}")
         return None, ""
     if len(given) != 1:
         what = "is missing" if not given else f"is given {len(given)} ways ({', '.join(given)})"
-        place.problem("api_key", f"the API key {what}; set exactly one of {ways}")
+        place.problem("api_key", f"the API key {what}; set exactly one of {_either((*KEY_SETTINGS, *others))}")
         return None, ""
     how = given[0]
     if how in others:
