@@ -19,6 +19,7 @@ from openai.types.chat import ChatCompletionMessageParam
 from .fake_azure import API_VERSION, FakeAzure, azure_controller, start_azure
 from .fake_upstream import Cue
 from .harness import Stack, openai_controller
+from .sdk_checks import multipart
 from .test_scheduling import wait_for
 
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
@@ -87,6 +88,26 @@ def test_embeddings_and_transcriptions(stack: Stack, gateway_client: Client, api
     assert orjson.loads(embeddings)["model"] == sent_model(api, "text-embedding-3-small")
     assert b'name="model"\r\n\r\n' + sent_model(api, "whisper").encode() + b"\r\n" in form
     assert AUDIO in form  # the upload went as the client sent it
+    assert_key_only(fake)
+
+
+def test_the_other_endpoints_of_classic_urls(stack: Stack, gateway_client: Client) -> None:
+    deployments = {"gpt-35-turbo-instruct": "instruct-east", "whisper": "whisper-east", "tts": "tts-east",
+                   "dall-e-3": "dalle-east"}
+    fake = start_azure(stack, "east", tuple(deployments.values()))
+    stack.gateway({"controllers": [azure_controller(fake, deployments)]})
+    sdk = gateway_client()
+    assert sdk.completions.create(model="gpt-35-turbo-instruct", prompt="Say hi").choices[0].text
+    form, content_type = multipart({"model": "whisper"}, {"file": ("a.wav", AUDIO)})  # the SDK's call is deprecated
+    status, _, body = stack.request("POST", "/v1/audio/translations", form, {"Content-Type": content_type})
+    assert status == 200 and orjson.loads(body)["text"] == "hello"
+    with sdk.audio.speech.with_streaming_response.create(model="tts", voice="alloy", input="Hello there") as speech:
+        assert speech.read().startswith(b"ID3")  # the audio's bytes, as they came
+    assert sdk.images.generate(model="dall-e-3", prompt="a lighthouse").data[0].revised_prompt == "a lighthouse"
+    assert [seen.path.split("?")[0] for seen in fake.calls] == [
+        "/openai/deployments/instruct-east/completions", "/openai/deployments/whisper-east/audio/translations",
+        "/openai/deployments/tts-east/audio/speech", "/openai/deployments/dalle-east/images/generations"]
+    assert all(seen.path.endswith(f"?api-version={API_VERSION}") for seen in fake.calls)
     assert_key_only(fake)
 
 
