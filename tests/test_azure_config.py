@@ -58,6 +58,9 @@ def test_the_issues_example_with_its_defaults(tmp_path: Path) -> None:
     ({"endpoint": "http://my-east.openai.azure.com"},
      "controllers[0].config.endpoint: must be an https:// URL (plain http:// only to a loopback address), "
      "got 'http://my-east.openai.azure.com'"),
+    ({"endpoint": "https://my-east.openai.azure.com/OpenAI/"},
+     "controllers[0].config.endpoint: give the resource's address without /openai/...: the gateway adds "
+     "/openai/deployments/<deployment> (or /openai/v1 with \"api\": \"v1\")"),
     ({"endpoint": "https://my-east.openai.azure.com/openai/v1/"},
      "controllers[0].config.endpoint: give the resource's address without /openai/...: the gateway adds "
      "/openai/deployments/<deployment> (or /openai/v1 with \"api\": \"v1\")"),
@@ -105,8 +108,9 @@ def test_models_are_the_deployments_and_an_empty_token_file_is_named(tmp_path: P
         f"controllers[0].config.bearer_token_file: {tmp_path / 'token'} is empty"]
 
 
-@pytest.mark.parametrize("endpoint", ["http://127.0.0.1:8081", "http://localhost:9000/apim", "http://[::1]:80"])
-def test_plain_http_is_allowed_to_loopback_only(tmp_path: Path, endpoint: str) -> None:
+@pytest.mark.parametrize("endpoint", ["http://127.0.0.1:8081", "http://localhost:9000/apim", "http://[::1]:80",
+                                      "https://gateway.azure-api.net/openai-proxy"])
+def test_plain_http_is_allowed_to_loopback_only_and_a_front_may_have_a_path(tmp_path: Path, endpoint: str) -> None:
     assert settings_of(tmp_path, azure(endpoint=endpoint)).controllers[0].settings["endpoint"] == endpoint
 
 

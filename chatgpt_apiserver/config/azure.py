@@ -50,7 +50,7 @@ def endpoint(value: Any) -> str:
         raise vol.Invalid(f"must be an https:// URL (plain http:// only to a loopback address), got {text!r}")
     if parts.query or parts.fragment:
         raise vol.Invalid("give the resource's address without a query; api_version is a setting of its own")
-    if "/openai" in parts.path.lower():
+    if "openai" in parts.path.lower().split("/"):
         raise vol.Invalid("give the resource's address without /openai/...: the gateway adds "
                           "/openai/deployments/<deployment> (or /openai/v1 with \"api\": \"v1\")")
     return text
