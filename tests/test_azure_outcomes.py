@@ -117,6 +117,8 @@ def test_a_missing_deployment_disables_that_model_on_that_controller_only(stack:
     served = [chat(stack) for _ in range(4)]
     assert [(status, headers["x-chatgpt-apiserver-controller"]) for status, headers, _ in served] == [(200, "west")] * 4
     assert east.refused == ["deployment gpt4o-east"]  # asked once, then never again
+    metrics = stack.request("GET", "/metrics")[2].decode()
+    assert 'chatgpt_apiserver_upstream_attempts_total{controller="east",outcome="no_model"} 1.0' in metrics
     view = admin(stack)["east"]
     assert view["state"] == "ok" and list(view["disabled_models"]) == ["gpt-4o"]
     assert "DeploymentNotFound" in view["disabled_models"]["gpt-4o"]
