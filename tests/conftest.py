@@ -80,3 +80,20 @@ def raw(loop_thread: LoopThread) -> Iterator[RawUpstream]:
     loop_thread.run(upstream.start())
     yield upstream
     loop_thread.run(upstream.stop())
+
+
+@pytest.fixture
+def gateway_client(stack: Stack) -> Iterator[Callable[[], Any]]:
+    """The official SDK's plain `OpenAI` client for the stack's gateway (once it runs), closed after the test."""
+    import openai
+
+    made: list[openai.OpenAI] = []
+
+    def get() -> openai.OpenAI:
+        if not made:
+            made.append(openai.OpenAI(base_url=stack.base_url, api_key="client-key", max_retries=0, timeout=30))
+        return made[0]
+
+    yield get
+    for client in made:
+        client.close()

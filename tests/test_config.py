@@ -231,7 +231,8 @@ def test_bad_documents_fail_clearly(tmp_path: Path) -> None:
 
 def test_example_and_demo_configs_load(tmp_path: Path) -> None:
     example = ROOT / "etc" / "chatgpt-apiserver" / "chatgpt-apiserver.example.json"
-    write(tmp_path / "vllm-key", "local-key")
+    for name in ("vllm-key", "azure-eastus", "azure-swedencentral"):
+        write(tmp_path / name, "local-key")
     env = {"OPENAI_API_KEY_2": "sk-example-0123456789abcdef", "CREDENTIALS_DIRECTORY": str(tmp_path)}
     settings, _ = parse_settings(["--config-file", str(example)], env)
     assert len(settings.controllers) >= 3
@@ -239,6 +240,7 @@ def test_example_and_demo_configs_load(tmp_path: Path) -> None:
     shown = {key for key in document if not key.startswith("_")} | {f"pool.{key}" for key in document["pool"]}
     assert {option.key for option in OPTIONS} - shown == set()  # the example documents every option
     assert {"state_group", "stream_usage"} <= {key for entry in document["controllers"] for key in entry}
+    assert {"openai", "azure", "mock"} <= {spec.type for spec in settings.controllers}
     demo = ROOT / "etc" / "chatgpt-apiserver" / "demo.json"
     settings, _ = parse_settings(["--demo-config", str(demo), "--config-path", "/nonexistent"], {})
     assert settings.demo and all(spec.type == "mock" for spec in settings.controllers)

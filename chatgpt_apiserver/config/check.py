@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from ..secret import Secret
 from .options import OPTIONS
 from .settings import Settings
 
@@ -60,5 +61,20 @@ def render(settings: Settings) -> str:
         else:
             for key, value in sorted(spec.settings.items()):
                 if key != "reply":
-                    lines.append(f"      {key}={value}")
+                    lines.append(f"      {key}={_setting(value)}")
+            if spec.api_key is not None:
+                lines.append(f"      api_key={spec.api_key} (from {spec.api_key_source})")
+            elif spec.api_key_source:
+                lines.append(f"      credential from {spec.api_key_source}")
     return "\n".join(lines)
+
+
+def _setting(value: Any) -> str:
+    """A controller setting for the report: secrets (a proxy, header values) are never shown."""
+    if isinstance(value, Secret):
+        return "(set, redacted)"
+    if isinstance(value, dict):
+        if any(isinstance(item, Secret) for item in value.values()):
+            return f"{', '.join(sorted(value))} (values redacted)"
+        return ", ".join(f"{key}: {item}" for key, item in sorted(value.items()))
+    return str(value)

@@ -11,12 +11,11 @@ from typing import Any, Optional
 import orjson
 
 from ..call import Call
-from ..controllers import Controller
+from ..controllers import Controller, Verdict
 from ..endpoints.usage import Usage, find_usage_in
 from ..errors import ApiError
 from ..gateway import Gateway
 from ..scheduling.outcomes import (
-    controller_fault,
     fault_kind,
     rate_headers,
     record_failure,
@@ -261,9 +260,9 @@ async def attempt(lease: Lease, call: Call, gateway: Gateway) -> Answer | Failur
             lease.release(record_usage(controller, usage, call.label))
             handed_over = True
             return Answer(controller, reply, status, lease, pieces=pieces, usage=usage, created=created)
-        record_status(lease, status, rate, data, gateway.scheduler, settings)
-        if controller_fault(status):
-            kind = fault_kind(status, data)
+        verdict = record_status(lease, status, rate, data, gateway.scheduler, settings)
+        if verdict is not Verdict.ANSWER:
+            kind = fault_kind(status, data, verdict)
             retry_after = rate.cooldown() if status == 429 and rate is not None else None
             snippet = redacted_snippet(data, gateway.secrets, 300)
             log.info("controller %s answered %d: %s", controller.name, status, snippet)
