@@ -12,11 +12,14 @@ from typing import Any
 
 import pytest
 
+from chatgpt_apiserver.clients.prices import SHIPPED, PriceTable
 from chatgpt_apiserver.config.check import render
 from chatgpt_apiserver.config.clients import Budget, Price, RateLimit
 from chatgpt_apiserver.config.files import ConfigError
 from chatgpt_apiserver.config.settings import parse_settings
+from chatgpt_apiserver.endpoints.usage import Usage
 
+ROOT = Path(__file__).resolve().parent.parent
 MOCK = {"type": "mock"}
 KEY = "sk-" + "client-canary-0123456789abcdef"  # split so it does not look like a committed key
 
@@ -122,3 +125,22 @@ def test_check_config_shows_clients_but_never_a_key_or_digest(tmp_path: Path) ->
     for secret in (KEY, digest, KEY[:12], hashlib.sha256(KEY.encode()).hexdigest(),
                    hashlib.sha256((KEY + "-plain").encode()).hexdigest()):
         assert secret not in shown
+
+
+def test_the_shipped_price_table_loads_and_config_prices_override_it() -> None:
+    document = json.loads(SHIPPED.read_text())
+    assert document["_as_of"] >= "2026-11" and "openai.com" in document["_source"]
+    assert (ROOT / "etc" / "chatgpt-apiserver" / "prices.json").read_bytes() == SHIPPED.read_bytes()
+    table = PriceTable.load({"gpt-4o": Price(1.0, None, 2.0)})
+    for model in ("gpt-4o-mini", "gpt-4.1", "gpt-4.1-mini", "gpt-4.1-nano", "o3", "o4-mini", "o1",
+                  "text-embedding-3-small", "text-embedding-3-large"):
+        assert table.find(model) is not None, model
+    assert table.find("gpt-4o") == Price(1.0, None, 2.0)
+    assert table.find("gpt-4o-mini-2024-07-18") == table.find("gpt-4o-mini")  # a snapshot is priced as its model
+    assert table.find("house-model") is None and table.find("house-model", "gpt-4.1") == table.find("gpt-4.1")
+    mini = table.find("gpt-4o-mini")
+    assert mini is not None
+    # 1M uncached prompt tokens, 1M cached, 1M completion: 0.15 + 0.075 + 0.60 dollars.
+    assert PriceTable.nano(mini, Usage(2_000_000, 1_000_000, 1_000_000)) == 825_000_000
+    embedding = table.find("text-embedding-3-small")
+    assert embedding is not None and PriceTable.nano(embedding, Usage(0, 0, 0, 1_000_000)) == 20_000_000
