@@ -45,6 +45,8 @@ class ApiError(Exception):
         self.headers = headers or {}
         # Private: goes to the log only.
         self.detail = detail
+        self.attempts = 0  # upstream attempts made before this answer, and the last controller tried
+        self.controller = ""
 
     def __str__(self) -> str:
         return f"{self.status} {self.type}: {self.message}"

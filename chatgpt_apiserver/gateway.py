@@ -125,7 +125,6 @@ class Gateway:
             previous = old.pop(spec.name, None)
             if previous is not None and previous.spec == spec:
                 previous.configure_transport(transport)
-                self.store.clear_disables(previous)  # a rejected key or missing deployment: the reload is the fix
                 controllers.append(previous)
                 kept.append(spec.name)
                 continue
@@ -139,6 +138,8 @@ class Gateway:
         self.settings = settings
         self.controllers[:] = controllers  # the scheduler holds this same list
         self.store.configure(controllers + retired, policy_of(settings))
+        for controller in controllers:  # a rejected key or a missing deployment: the reload is the fix
+            self.store.clear_disables(controller)
         apply_settings(self.store, settings)
         self.affinity.configure(settings.affinity_max_entries, settings.affinity_ttl)
         self.scheduler.balancer = make_balancer(settings.pool_type, self.store)
@@ -151,8 +152,9 @@ class Gateway:
         self._views_at = -VIEW_MAX_AGE
         for controller in retired:
             self._spawn(self._retire(controller))
+        removed = [c.name for c in retired if c.name not in added]
         log.info("config reloaded: kept %s; new or changed %s; removed %s", kept or "none", added or "none",
-                 [c.name for c in retired] or "none")
+                 removed or "none")
         self.scheduler.pump()
 
     async def _retire(self, controller: Controller) -> None:

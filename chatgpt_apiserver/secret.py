@@ -6,6 +6,9 @@ import re
 
 # Things that look like OpenAI-style keys (sk-..., sk-proj-...) or bearer tokens in free text.
 _KEY_LIKE = re.compile(rb"(sk|rk|pk)-[A-Za-z0-9_\-]{8,}")
+# JSON Web Tokens (Entra ID access tokens, renewed behind the gateway's back): base64url header, payload and
+# signature; the header always starts with `{"` (eyJ). Even the newest token of a token file is caught.
+_JWT = re.compile(rb"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*")
 
 
 class Secret:
@@ -52,6 +55,8 @@ def scrub(data: bytes, secrets: tuple[bytes, ...] = ()) -> bytes:
             data = data.replace(value, b"[redacted]")
     if b"k-" in data:
         data = _KEY_LIKE.sub(rb"\1-[redacted]", data)
+    if b"eyJ" in data:
+        data = _JWT.sub(b"[redacted-token]", data)
     return data
 
 

@@ -93,7 +93,9 @@ async def reload(running: Running, argv: Sequence[str]) -> bool:
         try:
             settings, _check = parse_settings(argv, listening=running.addresses)
         except ConfigError as error:
-            log.error("reload failed; still serving the previous config. %s", error)
+            for problem in error.problems:  # one line each: a log line never spans lines
+                log.error("reload failed: %s", problem)
+            log.error("reload failed; still serving the previous config")
             return False
         except SystemExit:
             log.error("reload failed: the command line no longer parses; still serving the previous config")

@@ -28,6 +28,7 @@ import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_client import Connection, StreamStats, percentile, request_bytes
+from bench_upstream import EMBEDDINGS as EMBEDDINGS_ANSWER
 
 ROOT = Path(__file__).resolve().parent.parent
 ROUND = 20  # streams per round when direct and gateway streams alternate
@@ -91,14 +92,15 @@ def body(messages: list[dict[str, str]] = MESSAGES_2, **bench: Any) -> dict[str,
     return payload
 
 
-def wrk(port: int, payload: dict[str, Any], connections: int, seconds: float) -> dict[str, float]:
+def wrk(port: int, payload: dict[str, Any], connections: int, seconds: float,
+        path: str = "/v1/chat/completions") -> dict[str, float]:
     """Run wrk on core 1; return req/s and latency percentiles in ms."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
                      f"wrk.body = {json.dumps(json.dumps(payload))}\n")
     duration = f"-d{max(1, round(seconds))}s"
     done = subprocess.run(["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", duration, "--latency",
-                           "-s", script.name, f"http://127.0.0.1:{port}/v1/chat/completions"],
+                           "-s", script.name, f"http://127.0.0.1:{port}{path}"],
                           capture_output=True, text=True, check=True)
     os.unlink(script.name)
     out = done.stdout
@@ -175,8 +177,16 @@ class Bench:
                 self.results["f_long_conversation"] = self.long_conversation(port)
             if self.wants("n"):
                 self.results["n_stream_throughput"] = self.stream_throughput(port)
+            if self.wants("i"):
+                self.results["i_embeddings"] = self.embeddings_throughput(port)
+            if self.wants("j"):
+                self.results["j_responses_stream"] = uvloop.run(self._streaming(
+                    port, {"model": "gpt-4o-mini", "input": "hi", "stream": True,
+                           "bench": {"events": 20, "interval_ms": 5}}, "/v1/responses"))
         finally:
             stop(gateway)
+        if self.wants("k"):
+            self.results["k_affinity_memory"] = self.affinity_memory()
         if self.wants("g"):
             self.results["g_with_logs"] = self.with_logs()
         if self.wants("h"):
@@ -206,6 +216,28 @@ class Bench:
         finally:
             stop(reference)
         figures["ratio"] = figures["gateway_rps"] / figures["reference_rps"]
+        return figures
+
+    def embeddings_throughput(self, port: int) -> dict[str, float]:
+        """(i) A ~2 MB embeddings answer (100 inputs x 1,536 floats) at c=8: MB/s through the gateway against
+        the fake upstream direct, in alternating rounds."""
+        payload = {"model": "text-embedding-3-small", "input": [f"chunk number {i} of a document" for i in range(100)]}
+        size = len(EMBEDDINGS_ANSWER)
+        rounds = 3 if self.quick else 5
+        seen: dict[str, list[float]] = {"direct": [], "gateway": []}
+        for target in (self.upstream_port, port):
+            wrk(target, payload, 8, 1, "/v1/embeddings")
+        for _ in range(rounds):
+            for label, target in (("direct", self.upstream_port), ("gateway", port)):
+                seen[label].append(wrk(target, payload, 8, self.seconds(4), "/v1/embeddings")["rps"] * size / 1e6)
+        direct, gateway = statistics.median(seen["direct"]), statistics.median(seen["gateway"])
+        return {"direct_mb_s": direct, "gateway_mb_s": gateway, "ratio": gateway / direct, "answer_bytes": size}
+
+    def affinity_memory(self) -> dict[str, float]:
+        """(k) Resident bytes per entry with 1,000,000 affinity entries in memory (a fresh process)."""
+        done = subprocess.run([PYTHON, str(SCRIPTS / "bench_affinity.py"), "1000000"], capture_output=True,
+                              text=True, check=True)
+        figures: dict[str, float] = json.loads(done.stdout)
         return figures
 
     def with_logs(self) -> dict[str, float]:
@@ -288,12 +320,13 @@ class Bench:
         figures.update({f"late_first_event_{key}": value for key, value in late.items()})
         return figures
 
-    async def _streaming(self, port: int, payload: dict[str, Any]) -> dict[str, float]:
+    async def _streaming(self, port: int, payload: dict[str, Any],
+                         path: str = "/v1/chat/completions") -> dict[str, float]:
         count = 60 if self.quick else 200
         direct, via = Connection(self.upstream_port), Connection(port)
         results: dict[str, list[StreamStats]] = {"direct": [], "gateway": []}
-        to_direct = request_bytes(self.upstream_port, "/v1/chat/completions", payload)
-        to_gateway = request_bytes(port, "/v1/chat/completions", payload)
+        to_direct = request_bytes(self.upstream_port, path, payload)
+        to_gateway = request_bytes(port, path, payload)
         try:
             for _ in range(count // ROUND):  # interleaved rounds, as for (a)
                 for _ in range(ROUND):
@@ -393,6 +426,11 @@ TARGETS = [
     ("(f) 100-message / 2-message cost (c=32)", ("f_long_conversation", "cost_ratio"), "<=", 2.0, "{:.2f}"),
     ("(f) 100-message / 2-message p50 (c=1)", ("f_long_conversation", "latency_ratio"), "<=", 2.0, "{:.2f}"),
     ("(n) 7-event streams/s: ratio to bare Tornado", ("n_stream_throughput", "ratio"), ">=", 0.8, "{:.2f}"),
+    ("(i) 2 MB embeddings at c=8: MB/s ratio to direct", ("i_embeddings", "ratio"), ">=", 0.5, "{:.2f}"),
+    ("(i) gateway MB/s", ("i_embeddings", "gateway_mb_s"), None, None, "{:.0f}"),
+    ("(j) responses stream: added TTFT p50 (ms)", ("j_responses_stream", "added_ttft_p50_ms"), "<=", 1.0, "{:.3f}"),
+    ("(j) responses stream: added TTFT p99 (ms)", ("j_responses_stream", "added_ttft_p99_ms"), None, None, "{:.3f}"),
+    ("(k) affinity: bytes per entry (1M in memory)", ("k_affinity_memory", "bytes_per_entry"), "<=", 200, "{:.1f}"),
     ("(g) with access log: ratio to (b)", ("g_with_logs", "ratio_to_b"), ">=", 0.95, "{:.2f}"),
     ("(h) with Redis: ratio to in-memory buckets", ("h_redis", "ratio"), ">=", 0.8, "{:.2f}"),
     ("fake upstream / gateway speed", ("upstream_check", "ratio"), ">=", 5.0, "{:.1f}"),
@@ -428,8 +466,8 @@ def main() -> int:
     parser.add_argument("--output", default=str(ROOT / "bench-results.json"))
     args = parser.parse_args()
     only = frozenset(args.only.replace(",", ""))
-    if only - set("abcdefghn"):
-        parser.error("--only takes letters from a to h, and n")
+    if only - set("abcdefghijkn"):
+        parser.error("--only takes letters from a to k, and n")
     with tempfile.TemporaryDirectory() as workdir:
         bench = Bench(args.quick, Path(workdir), only)
         try:

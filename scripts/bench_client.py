@@ -68,7 +68,7 @@ class Connection:
                     stats.gaps.append(now - last)
                 last = now
                 stats.events += count
-            if b"data: [DONE]" in data:
+            if b"data: [DONE]" in data or b"event: response.completed" in data:
                 stats.done = True
             tail = (tail + data)[-16:]
             if stats.done and tail.endswith(b"\r\n0\r\n\r\n"):

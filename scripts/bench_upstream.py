@@ -3,6 +3,7 @@
 What it does is read from the request body's "bench" object, which the gateway relays untouched:
   {"bench": {"delay_ms": 100, "events": 20, "interval_ms": 50, "role_first": 1}}
 With role_first, the stream opens like OpenAI's: a role event leaves with the headers, then the paced events.
+POST /v1/embeddings answers a canned ~2 MB batch (figure i); POST /v1/responses streams typed events (j).
 Streams (when "stream": true) are sent with chunked framing, one chunk per event, then a usage event
 and [DONE]; a stream with no interval is sent in one write.
 
@@ -32,6 +33,24 @@ USAGE = (b'data: {"id":"chatcmpl-bench","object":"chat.completion.chunk","create
 ROLE = (b'data: {"id":"chatcmpl-bench","object":"chat.completion.chunk","created":1,"model":"bench",'
         b'"choices":[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]}\n\n')
 DONE = b"data: [DONE]\n\n"
+# Figure (i): 100 inputs x 1,536 floats, about 2 MB, as OpenAI answers an embeddings batch.
+EMBEDDINGS = b"".join((
+    b'{"object":"list","data":[',
+    b",".join(b'{"object":"embedding","index":%d,"embedding":[' % i
+              + b",".join(b"%.9f" % (((i * 1536 + j) % 997) / 997 - 0.5) for j in range(1536)) + b"]}"
+              for i in range(100)),
+    b'],"model":"text-embedding-3-small","usage":{"prompt_tokens":812,"total_tokens":812}}'))
+EMBEDDINGS_HEAD = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: keep-alive\r\n"
+                   b"Content-Length: " + str(len(EMBEDDINGS)).encode() + b"\r\n\r\n")
+# Figure (j): a Responses stream: typed events, the first with the headers, no [DONE].
+RESPONSE = (b'{"id":"resp_bench","object":"response","created_at":1,"status":"%s","model":"bench","output":[],'
+            b'"usage":%s}')
+CREATED = (b'event: response.created\ndata: {"type":"response.created","sequence_number":0,"response":'
+           + RESPONSE % (b"in_progress", b"null") + b"}\n\n")
+DELTA = (b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta","sequence_number":1,'
+         b'"item_id":"msg_bench","output_index":0,"content_index":0,"delta":"tok "}\n\n')
+COMPLETED = (b'event: response.completed\ndata: {"type":"response.completed","sequence_number":2,"response":'
+             + RESPONSE % (b"completed", b'{"input_tokens":9,"output_tokens":20,"total_tokens":29}') + b"}\n\n")
 MODELS = b'{"object":"list","data":[{"id":"bench","object":"model","created":0,"owned_by":"bench"}]}'
 
 NUMBER = {name: re.compile(rb'"' + name + rb'"\s*:\s*([0-9.]+)') for name in (b"delay_ms", b"events", b"interval_ms",
@@ -88,6 +107,9 @@ class Upstream(asyncio.Protocol):
             self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
                                  + str(len(MODELS)).encode() + b"\r\n\r\n" + MODELS)
             return
+        if head.startswith(b"POST /v1/embeddings"):
+            self.transport.write(EMBEDDINGS_HEAD + EMBEDDINGS)
+            return
         if not streaming and not delay and not self.busy:
             self.transport.write(JSON_HEAD + COMPLETION)
             return
@@ -108,6 +130,9 @@ class Upstream(asyncio.Protocol):
                 continue
             events = int(param(body, b"events", 20))
             interval = param(body, b"interval_ms", 0) / 1000
+            if _head.startswith(b"POST /v1/responses"):
+                await self.respond(events, interval)
+                continue
             role = chunk(ROLE) if param(body, b"role_first", 0) else b""
             if not interval:  # an unpaced stream leaves in one write, as a fast upstream's would
                 self.transport.write(STREAM_HEAD + role + chunk(EVENT) * events + chunk(USAGE) + chunk(DONE)
@@ -121,6 +146,18 @@ class Upstream(asyncio.Protocol):
                 self.transport.write(chunk(EVENT))
             self.transport.write(chunk(USAGE) + chunk(DONE) + b"0\r\n\r\n")
         self.busy = False
+
+
+    async def respond(self, events: int, interval: float) -> None:
+        """A Responses stream: response.created with the headers, deltas `interval` apart, then completed."""
+        assert self.transport is not None
+        self.transport.write(STREAM_HEAD + chunk(CREATED))
+        for _ in range(events):
+            await asyncio.sleep(interval)
+            if self.transport.is_closing():
+                return
+            self.transport.write(chunk(DELTA))
+        self.transport.write(chunk(COMPLETED) + b"0\r\n\r\n")
 
 
 async def main(port: int) -> None:

@@ -13,6 +13,25 @@ from .raw_upstream import RawUpstream
 from .redis_server import RedisServer
 
 
+@pytest.fixture(autouse=True)
+def _close_openai_clients(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every official client a test makes is closed after it: a pooled socket the garbage collector finds
+    later would be an unclosed-socket warning (an error here) in whichever test runs then."""
+    import openai
+
+    made: list[Any] = []
+    original = openai.OpenAI.__init__
+
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        made.append(self)
+
+    monkeypatch.setattr(openai.OpenAI, "__init__", init)
+    yield
+    for client in made:
+        client.close()
+
+
 @pytest.fixture(scope="session")
 def loop_thread() -> Iterator[LoopThread]:
     loop = LoopThread()
@@ -77,3 +96,20 @@ def raw(loop_thread: LoopThread) -> Iterator[RawUpstream]:
     loop_thread.run(upstream.start())
     yield upstream
     loop_thread.run(upstream.stop())
+
+
+@pytest.fixture
+def gateway_client(stack: Stack) -> Iterator[Callable[[], Any]]:
+    """The official SDK's plain `OpenAI` client for the stack's gateway (once it runs), closed after the test."""
+    import openai
+
+    made: list[openai.OpenAI] = []
+
+    def get() -> openai.OpenAI:
+        if not made:
+            made.append(openai.OpenAI(base_url=stack.base_url, api_key="client-key", max_retries=0, timeout=30))
+        return made[0]
+
+    yield get
+    for client in made:
+        client.close()

@@ -231,10 +231,16 @@ def test_bad_documents_fail_clearly(tmp_path: Path) -> None:
 
 def test_example_and_demo_configs_load(tmp_path: Path) -> None:
     example = ROOT / "etc" / "chatgpt-apiserver" / "chatgpt-apiserver.example.json"
-    write(tmp_path / "vllm-key", "local-key")
+    for name in ("vllm-key", "azure-eastus", "azure-swedencentral"):
+        write(tmp_path / name, "local-key")
     env = {"OPENAI_API_KEY_2": "sk-example-0123456789abcdef", "CREDENTIALS_DIRECTORY": str(tmp_path)}
     settings, _ = parse_settings(["--config-file", str(example)], env)
     assert len(settings.controllers) >= 3
+    document = json.loads(example.read_text())
+    shown = {key for key in document if not key.startswith("_")} | {f"pool.{key}" for key in document["pool"]}
+    assert {option.key for option in OPTIONS} - shown == set()  # the example documents every option
+    assert {"state_group", "stream_usage"} <= {key for entry in document["controllers"] for key in entry}
+    assert {"openai", "azure", "mock"} <= {spec.type for spec in settings.controllers}
     demo = ROOT / "etc" / "chatgpt-apiserver" / "demo.json"
     settings, _ = parse_settings(["--demo-config", str(demo), "--config-path", "/nonexistent"], {})
     assert settings.demo and all(spec.type == "mock" for spec in settings.controllers)
@@ -311,3 +317,14 @@ def test_settings_are_typed_attributes_and_their_repr_shows_no_key(tmp_path: Pat
         assert value == option.default or option.dest in ("admin_key", "client_keys"), option.dest
         if option.default is not None:
             assert isinstance(value, type(option.default)), option.dest
+
+
+def test_check_config_hides_the_values_of_a_base_url_query(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"controllers": [{"type": "openai", "config": {
+        "api_key": "sk-check-0123456789abcdef",
+        "base_url": "https://user:PASSWORD99@func.example.net/api/v1?code=SECRETFUNCKEY123456"}}]}))
+    assert main(["--config-file", str(config), "--check-config"]) == 0
+    out = capsys.readouterr().out
+    assert "SECRETFUNCKEY123456" not in out and "PASSWORD99" not in out
+    assert "base_url=https://(redacted)@func.example.net/api/v1?code=(redacted)" in out

@@ -181,3 +181,25 @@ def test_an_upstream_refusing_stream_options_is_asked_again_without_it(stack: St
     first, again, later = fake.chat_requests
     assert b"stream_options" in first.body and b"stream_options" not in again.body
     assert b"stream_options" not in later.body  # remembered for the controller
+
+
+MALFORMED_FORMS = [
+    b"--zz\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nwhisper-1\r\n",  # no final boundary
+    b"--zz\r\nContent-Disposition: form-data; name=\"model\"\r\nwhisper-1--zz--\r\n",  # part headers never end
+    b"--zz\r\nContent-Disposition: form-data\r\n\r\nwhisper-1\r\n--zz--\r\n",  # a part without a name
+    b"--zz\r\nContent-Type: text/plain\r\n\r\nwhisper-1\r\n--zz--\r\n",  # no Content-Disposition
+    b"--zz\r\nContent-Disposition: form-data; name=\"\xff\xfe\"\r\n\r\nx\r\n--zz--\r\n",  # not UTF-8
+    b'{"model": "whisper-1"}',  # JSON sent as a form
+]
+
+
+@pytest.mark.parametrize("body", MALFORMED_FORMS)
+def test_a_malformed_form_is_a_400_never_a_500(stack: Stack, body: bytes) -> None:
+    fake = stack.fake("up")
+    stack.gateway({"controllers": [openai_controller(fake)]})
+    for path in ("/v1/audio/transcriptions", "/v1/images/edits"):
+        status, _, answer = stack.request("POST", path, body,
+                                          headers={"Content-Type": "multipart/form-data; boundary=zz"})
+        error = orjson.loads(answer)["error"]
+        assert status == 400 and error["code"] == "invalid_multipart", error
+    assert not fake.requests

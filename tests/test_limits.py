@@ -4,10 +4,23 @@ Cooldowns, disables and the breaker are in the rules table, tests/test_store_rul
 
 from __future__ import annotations
 
+import asyncio
+import json
+from pathlib import Path
+
 import pytest
 
+from chatgpt_apiserver.config.controllers import ControllerSpec
+from chatgpt_apiserver.config.settings import parse_settings
+from chatgpt_apiserver.controllers import Verdict
+from chatgpt_apiserver.controllers.mock import MockController
 from chatgpt_apiserver.controllers.rate_headers import RateHeaders, parse_duration, parse_retry_after
+from chatgpt_apiserver.scheduling.balancer import SmoothWeighted
+from chatgpt_apiserver.scheduling.outcomes import record_status
+from chatgpt_apiserver.scheduling.scheduler import QueuePolicy, Scheduler
+from chatgpt_apiserver.state import LocalStore, Policy
 from chatgpt_apiserver.state.buckets import TokenBucket
+from chatgpt_apiserver.state.store import COOLING, OK, Health
 
 
 def test_bucket_starts_full_and_refills_continuously() -> None:
@@ -71,3 +84,53 @@ def test_rate_headers_cooldown() -> None:
                                  "x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": "2s"})
     assert headers.cooldown() == 2.0
     assert RateHeaders.parse({}).cooldown() is None
+
+
+def test_azure_millisecond_retry_headers_win_over_retry_after() -> None:
+    # Azure's 429 says both; the milliseconds are the finer figure.
+    assert RateHeaders.parse({"retry-after": "2", "retry-after-ms": "1500"}).cooldown() == 1.5
+    assert RateHeaders.parse({"retry-after": "1", "x-ms-retry-after-ms": "250.5"}).cooldown() == 0.2505
+    assert RateHeaders.parse({"retry-after-ms": "40", "x-ms-retry-after-ms": "900"}).cooldown() == 0.04
+    assert RateHeaders.parse({"retry-after-ms": "0"}).cooldown() == 0.0
+
+
+@pytest.mark.parametrize("value", ["soon", "-5", "nan", "inf", ""])
+def test_an_unusable_millisecond_header_falls_back_to_retry_after(value: str) -> None:
+    assert RateHeaders.parse({"retry-after-ms": value, "retry-after": "3"}).cooldown() == 3.0
+    assert RateHeaders.parse({"x-ms-retry-after-ms": value}).cooldown() is None
+
+
+@pytest.mark.parametrize("text", ["inf", "nan", "-inf"])
+def test_a_retry_after_that_is_not_finite_is_ignored(text: str) -> None:
+    assert parse_retry_after(text) is None
+    assert RateHeaders.parse({"retry-after": text}).cooldown() is None
+
+
+def test_a_429_with_retry_after_ms_cools_the_controller_for_exactly_that_long(tmp_path: Path) -> None:
+    now = [100.0]
+
+    def clock() -> float:
+        return now[0]
+
+    controller = MockController(ControllerSpec("east", "mock", 1, None))
+    store = LocalStore(clock)
+    store.configure([controller], Policy())
+    scheduler = Scheduler([controller], store, SmoothWeighted(), QueuePolicy(1.0, 10), clock)
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"controllers": [{"type": "mock"}], "cooldown_default": 9}))
+    settings, _ = parse_settings(["--config-file", str(config)], {})
+    headers = RateHeaders.parse({"retry-after": "2", "retry-after-ms": "1500", "x-ratelimit-remaining-requests": "0"})
+
+    async def answer_429() -> Verdict:
+        lease = await scheduler.acquire("gpt-4o", 1)
+        verdict = record_status(lease, 429, headers, b'{"error": {"code": "429", "message": "retry"}}',
+                                scheduler, settings)
+        lease.release(0)
+        return verdict
+
+    assert asyncio.run(answer_429()) is Verdict.FAULT
+    assert store.health(controller, "gpt-4o") == Health(COOLING, 1.5)
+    now[0] = 101.499
+    assert store.health(controller, "gpt-4o").status == COOLING
+    now[0] = 101.5
+    assert store.health(controller, "gpt-4o") == Health(OK)

@@ -138,3 +138,24 @@ def test_made_up_model_names_do_not_grow_the_metrics(stack: Stack) -> None:
     m = scrape(stack)
     assert m['chatgpt_apiserver_tokens_total{controller="up",kind="prompt",model="other"}'] == 5 * 2500
     assert m['chatgpt_apiserver_tokens_total{controller="up",kind="prompt",model="gpt-4o"}'] == 5
+
+
+def test_a_failed_request_logs_its_attempts_and_last_controller(stack: Stack) -> None:
+    first, second = stack.fake("first"), stack.fake("second")
+    first.default = second.default = Cue(mode="status", status=503)
+    stack.gateway({"controllers": [openai_controller(first, weight=9), openai_controller(second)]},
+                  "--breaker-failures", "100")
+    out = io.StringIO()
+    handler = configure_logging("info", "json", stream=out)
+    try:
+        status = stack.request("POST", "/v1/chat/completions", BODY)[0]
+        deadline = time.monotonic() + 5
+        while "chatgpt_apiserver.access" not in out.getvalue() and time.monotonic() < deadline:
+            time.sleep(0.01)
+            handler.flush()
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+    entry = orjson.loads(next(line for line in out.getvalue().splitlines() if "chatgpt_apiserver.access" in line))
+    assert status == 500 and entry["status"] == 500
+    assert entry["attempts"] == 2 and entry["controller"] == "second"

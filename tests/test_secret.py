@@ -31,3 +31,12 @@ def test_scrub_removes_key_like_strings_and_known_values() -> None:
     assert b"abcdefghijkl" not in cleaned and b"0123456789" not in cleaned and b"custom-token-value" not in cleaned
     assert cleaned.startswith(b"bad key sk-[redacted]")
     assert scrub_text("task-manager is fine") == "task-manager is fine"
+
+
+def test_scrub_removes_json_web_tokens_it_was_never_told_about() -> None:
+    # An Entra ID token renewed in a token file after the scrubber learnt the secrets.
+    token = "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.eyJhdWQiOiJodHRwczovL2NvZ25pdGl2ZXNlcnZpY2VzIn0.c2lnbmF0dXJlLWJ5dGVz"
+    cleaned = scrub_text(f"upstream said: bad token {token} (expired)")
+    assert token not in cleaned and "c2lnbmF0dXJl" not in cleaned
+    assert cleaned == "upstream said: bad token [redacted-token] (expired)"
+    assert scrub_text("eyJ alone, or eyJabc.def is not a token") == "eyJ alone, or eyJabc.def is not a token"

@@ -238,10 +238,21 @@ def test_every_candidate_ejected_or_disabled_answers_503_with_retry_after(stack:
     status, headers, body = post(stack.port)
     error = orjson.loads(body)["error"]
     assert status == 503 and error["code"] == "upstream_unavailable", body
-    assert 25 <= int(headers["retry-after"]) <= 30
+    assert 25 <= int(headers["retry-after"]) <= 30 and headers["x-should-retry"] == "false"
     assert "rate limit" not in error["message"].lower()
 
 
 def admin_port_ejected(port: int, name: str) -> Optional[float]:
     ejected = admin(port)[name].get("ejected_models", {})
     return ejected.get("gpt-4o")
+
+
+def test_made_up_model_names_do_not_grow_the_shared_breakers(stack: Stack, redis_server: RedisServer) -> None:
+    fake = stack.fake("broken")
+    fake.default = Cue(mode="status", status=500)
+    stack.gateway(shared_config(redis_server, [openai_controller(fake)]), "--breaker-failures", "1000")
+    for index in range(120):
+        assert post(stack.port, {**BODY, "model": f"made-up-{index}"})[0] == 500
+    time.sleep(0.2)
+    fields = int(redis_server.command("HLEN", "chatgpt-apiserver:{broken}:brk")[1:].split(b"\r\n")[0])
+    assert 0 < fields <= 4 * 17  # the first 16 names keep scopes of their own, the rest share "other"

@@ -60,10 +60,15 @@ CASES = [
         (2.0, "view", {"in_flight": 0, "tokens": 1000 / 60 * 2 - 400}),
         (100.0, "view", {"requests": 2.0, "tokens": 1000.0}),  # never above the capacity
     ]),
-    Case("R1 a request larger than the capacity empties a full bucket", Limits(tpm=100), [
-        (0.0, "admit", "m", 500, (True, "ok", 0)),
-        (0.0, "view", {"tokens": -400.0}),
-        (0.0, "admit", "m", 1, (False, "tokens", 401 * 0.6)),
+    Case("R1 a request larger than the capacity reserves a full bucket, no more", Limits(tpm=100), [
+        (0.0, "admit", "m", 10**15, (True, "ok", 0)),  # a client's max_tokens cannot sink the bucket
+        (0.0, "view", {"tokens": 0.0}),
+        (0.0, "admit", "m", 1, (False, "tokens", 0.6)),
+        (0.0, "release", "m", 10**15, None, False, None, 0.0),  # usage unknown: the full bucket stays taken
+        (0.0, "view", {"tokens": 0.0}),
+        (60.0, "admit", "m", 500, (True, "ok", 0)),
+        (60.0, "release", "m", 500, 300, False, None, 0.0),  # used 300 of the 100 taken: 200 below zero
+        (60.0, "view", {"tokens": -200.0}),
     ]),
     Case("R2 the upstream's headers lower the limit and the level", Limits(rpm=600, tpm=60000), [
         (0.0, "admit", "m", 10, (True, "ok", 0)),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import time
 
 import openai
@@ -110,3 +111,20 @@ def test_a_failed_model_discovery_is_cached_briefly(stack: Stack) -> None:
     fake.models_status = 200
     time.sleep(0.1)
     assert len(fake.model_requests) == 1
+
+
+def test_a_huge_max_tokens_cannot_put_a_controller_out_of_service(stack: Stack) -> None:
+    fake = stack.fake("up")
+    fake.default = Cue(mode="stream", events=50, interval=0.05)
+    stack.gateway({"controllers": [openai_controller(fake, tpm=100_000)]}, "--max-queue-wait", "5")
+    connection = http.client.HTTPConnection("127.0.0.1", stack.port, timeout=10)
+    connection.request("POST", "/v1/chat/completions", body=orjson.dumps({**STREAM, "max_tokens": 10**15}),
+                       headers={"Content-Type": "application/json"})
+    response = connection.getresponse()
+    assert response.status == 200
+    response.read(64)  # the stream began; the client hangs up, its usage never known
+    connection.close()
+    fake.default = Cue()
+    started = time.monotonic()
+    status, _, _ = stack.request("POST", "/v1/chat/completions", BODY)
+    assert status == 200 and time.monotonic() - started < 3  # the reservation was at most a full bucket

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
+from ..secret import Secret
 from .options import OPTIONS
 from .settings import Settings
 
@@ -16,6 +18,17 @@ def _show(value: Any, secret: bool) -> str:
     if isinstance(value, tuple):
         return ",".join(str(item) for item in value) or "(none)"
     return "(none)" if value is None else str(value)
+
+
+def shown_url(url: str) -> str:
+    """A URL with its credentials and the values of its query redacted (some gateways carry a key there)."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:  # credentials in the URL
+        netloc = "(redacted)@" + netloc.rsplit("@", 1)[1]
+    names = [pair.split("=", 1)[0] for pair in parts.query.split("&") if pair]
+    query = "&".join(f"{name}=(redacted)" for name in names)
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
 
 
 def render(settings: Settings) -> str:
@@ -36,7 +49,7 @@ def render(settings: Settings) -> str:
         models = ", ".join(sorted(spec.models)) if spec.models is not None else "all"
         lines.append(f"  - {spec.name}: type={spec.type} weight={spec.weight} models={models}")
         if spec.type == "openai":
-            lines.append(f"      base_url={spec.settings['base_url']}")
+            lines.append(f"      base_url={shown_url(spec.settings['base_url'])}")
             if spec.settings.get("proxy"):
                 lines.append("      proxy=(set, redacted)")
             for key in ("organization", "project"):
@@ -48,9 +61,24 @@ def render(settings: Settings) -> str:
         else:
             for key, value in sorted(spec.settings.items()):
                 if key != "reply":
-                    lines.append(f"      {key}={value}")
+                    lines.append(f"      {key}={_setting(value)}")
+            if spec.api_key is not None:
+                lines.append(f"      api_key={spec.api_key} (from {spec.api_key_source})")
+            elif spec.api_key_source:
+                lines.append(f"      credential from {spec.api_key_source}")
     lines += _clients(settings)
     return "\n".join(lines)
+
+
+def _setting(value: Any) -> str:
+    """A controller setting for the report: secrets (a proxy, header values) are never shown."""
+    if isinstance(value, Secret):
+        return "(set, redacted)"
+    if isinstance(value, dict):
+        if any(isinstance(item, Secret) for item in value.values()):
+            return f"{', '.join(sorted(value))} (values redacted)"
+        return ", ".join(f"{key}: {item}" for key, item in sorted(value.items()))
+    return str(value)
 
 
 def _clients(settings: Settings) -> list[str]:

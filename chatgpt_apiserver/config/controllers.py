@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
-import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from string import Template
 from typing import Any, Optional
-from urllib.parse import SplitResult, urlsplit
 
 import voluptuous as vol
 
 from ..secret import Secret
-from ..transport.request import TRANSPORT_HEADERS
+from .azure import AZURE_SETTINGS, finish_azure
 from .files import ConfigError, load, resolve
+from .values import (
+    KEY_SETTINGS,
+    Finished,
+    NonEmpty,
+    Place,
+    api_key_of,
+    header_name,
+    join_key,
+    proxy_url,
+    secret_text,
+    url,
+)
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
@@ -61,55 +70,6 @@ def _models(value: Any) -> dict[str, str]:
     raise vol.Invalid("expected a list of model names or a map of aliases")
 
 
-def _url(value: Any) -> str:
-    if not isinstance(value, str):
-        raise vol.Invalid("expected a URL")
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise vol.Invalid(f"expected an http:// or https:// URL, got {value!r}")
-    _port(parts)
-    return value.rstrip("/")
-
-
-def _port(parts: SplitResult) -> None:
-    try:
-        parts.port  # noqa: B018 - it parses the port
-    except ValueError:
-        raise vol.Invalid("the port is not a number from 0 to 65535") from None
-
-
-def _proxy_url(value: Any) -> Optional[Secret]:
-    """A proxy URL, kept as a Secret because it may carry credentials; empty means no proxy (as in the original)."""
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise vol.Invalid("expected a proxy URL")
-    if not value.strip():
-        return None
-    parts = urlsplit(value)
-    if parts.scheme != "http" or not parts.hostname:
-        raise vol.Invalid(f"expected an http:// proxy URL, got {parts.scheme or 'no'} scheme")
-    _port(parts)
-    return Secret(value)
-
-
-def _secret_text(value: Any) -> Secret:
-    if not isinstance(value, str):
-        raise vol.Invalid("expected a string")
-    if "\r" in value or "\n" in value or "\0" in value:
-        raise vol.Invalid("must not contain line breaks")
-    return Secret(value)
-
-
-def _header_name(value: Any) -> str:
-    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", value):
-        raise vol.Invalid("expected an HTTP header name")
-    if value.lower() in TRANSPORT_HEADERS:
-        raise vol.Invalid(f"{value} is set by the gateway itself (from base_url, the body and the connection)")
-    return value
-
-
-_NonEmpty = vol.All(str, vol.Length(min=1))
 _Seconds = vol.All(vol.Coerce(float), vol.Range(min=0))
 
 _PerMinute = vol.All(vol.Coerce(float), vol.Range(min=0.001, msg="must be a positive number"))
@@ -126,33 +86,33 @@ def _burst(value: Any) -> dict[str, float]:
 
 
 ENTRY = vol.Schema({
-    vol.Required("type"): _NonEmpty,
-    vol.Optional("name"): vol.All(_NonEmpty, vol.Match(r"^[A-Za-z0-9_.:@/-]+$",
+    vol.Required("type"): NonEmpty,
+    vol.Optional("name"): vol.All(NonEmpty, vol.Match(r"^[A-Za-z0-9_.:@/-]+$",
                                                         msg="use letters, digits and _.:@/- only")),
     vol.Optional("weight"): _weight,
     vol.Optional("models"): _models,
     vol.Optional("config"): dict,
-    vol.Optional("config_file"): _NonEmpty,
+    vol.Optional("config_file"): NonEmpty,
     vol.Optional("rpm"): _PerMinute,
     vol.Optional("tpm"): _PerMinute,
     vol.Optional("max_concurrency"): vol.All(int, vol.Range(min=1, msg="must be at least 1")),
     vol.Optional("burst"): _burst,
     # Controllers of one group (keys of one OpenAI project) see each other's stored responses.
-    vol.Optional("state_group"): vol.All(_NonEmpty, vol.Match(r"^[A-Za-z0-9_.:@/-]+$",
+    vol.Optional("state_group"): vol.All(NonEmpty, vol.Match(r"^[A-Za-z0-9_.:@/-]+$",
                                                                msg="use letters, digits and _.:@/- only")),
     # False: never add stream_options.include_usage to a stream (an upstream that refuses unknown fields).
     vol.Optional("stream_usage"): bool,
 })
 
 OPENAI_SETTINGS = vol.Schema({
-    vol.Optional("api_key"): str,  # empty is reported by _api_key, in words
-    vol.Optional("api_key_env"): _NonEmpty,
-    vol.Optional("api_key_file"): _NonEmpty,
-    vol.Optional("base_url"): _url,
+    vol.Optional("api_key"): str,  # empty is reported by api_key_of, in words
+    vol.Optional("api_key_env"): NonEmpty,
+    vol.Optional("api_key_file"): NonEmpty,
+    vol.Optional("base_url"): url,
     vol.Optional("organization"): vol.Any(None, str),
     vol.Optional("project"): vol.Any(None, str),
-    vol.Optional("proxy"): _proxy_url,
-    vol.Optional("headers"): {_header_name: _secret_text},  # values may be keys (Azure's api-key)
+    vol.Optional("proxy"): proxy_url,
+    vol.Optional("headers"): {header_name: secret_text},  # values may be keys (Azure's api-key)
 })
 
 MOCK_SETTINGS = vol.Schema({
@@ -162,7 +122,24 @@ MOCK_SETTINGS = vol.Schema({
     vol.Optional("max_tokens"): vol.All(int, vol.Range(min=1)),
 })
 
-SETTINGS_SCHEMAS = {"openai": OPENAI_SETTINGS, "mock": MOCK_SETTINGS}
+
+def _finish_openai(settings: dict[str, Any], models: Optional[dict[str, str]], place: Place) -> Finished:
+    api_key, key_source = api_key_of(settings, place)
+    settings.setdefault("base_url", DEFAULT_BASE_URL)
+    for secret_field in KEY_SETTINGS:
+        settings.pop(secret_field, None)
+    return Finished(api_key, key_source, models)
+
+
+def _finish_mock(settings: dict[str, Any], models: Optional[dict[str, str]], place: Place) -> Finished:
+    return Finished(models=models)
+
+
+# The controller types: each one's settings schema, and what turns its validated settings into a spec's key
+# and models. A new type is one entry in each (and its controller class in controllers/__init__.py).
+SETTINGS_SCHEMAS = {"openai": OPENAI_SETTINGS, "azure": AZURE_SETTINGS, "mock": MOCK_SETTINGS}
+FINISHERS: dict[str, Callable[[dict[str, Any], Optional[dict[str, str]], Place], Finished]] = {
+    "openai": _finish_openai, "azure": finish_azure, "mock": _finish_mock}
 
 
 @dataclass(frozen=True)
@@ -193,52 +170,14 @@ def _path_of(error: vol.Invalid) -> str:
     return out
 
 
-def _join(prefix: str, key: str) -> str:
-    return f"{prefix}.{key}" if prefix else key
-
-
 def _report(errors: vol.MultipleInvalid, prefix: str, where: str, problems: list[str]) -> None:
     for error in errors.errors:
         path = _path_of(error)
-        key = _join(prefix, path) if path else prefix
+        key = join_key(prefix, path) if path else prefix
         message = "unknown setting" if error.error_message == "extra keys not allowed" else error.error_message
         if error.error_message == "required key not provided":
             message = "required"
         problems.append(f"{key} in {where}: {message}")
-
-
-def _api_key(settings: dict[str, Any], prefix: str, where: str, base: Path,
-             env: Mapping[str, str], problems: list[str]) -> tuple[Optional[Secret], str]:
-    given = [key for key in ("api_key", "api_key_env", "api_key_file") if str(settings.get(key) or "").strip()]
-    if not given and "api_key" in settings:
-        problems.append(f"{_join(prefix, 'api_key')} in {where}: the API key is empty; put the key there, "
-                        "or name it with api_key_env or api_key_file")
-        return None, ""
-    if len(given) != 1:
-        what = "is missing" if not given else f"is given {len(given)} ways ({', '.join(given)})"
-        problems.append(f"{_join(prefix, 'api_key')} in {where}: the API key {what}; "
-                        "set exactly one of api_key, api_key_env or api_key_file")
-        return None, ""
-    how = given[0]
-    if how == "api_key":
-        return Secret(settings["api_key"].strip()), f"{_join(prefix, 'api_key')} in {where}"
-    if how == "api_key_env":
-        name = settings["api_key_env"]
-        value = env.get(name, "").strip()
-        if not value:
-            problems.append(f"{_join(prefix, 'api_key_env')} in {where}: env var {name} is not set or empty")
-            return None, ""
-        return Secret(value), f"env {name}"
-    path = resolve(base, Template(settings["api_key_file"]).safe_substitute(env))
-    try:
-        value = path.read_text().strip()
-    except OSError as exc:
-        problems.append(f"{_join(prefix, 'api_key_file')} in {where}: cannot read {path}: {exc.strerror}")
-        return None, ""
-    if not value:
-        problems.append(f"{_join(prefix, 'api_key_file')} in {where}: {path} is empty")
-        return None, ""
-    return Secret(value), f"file {path}"
 
 
 def build_specs(entries: Any, base: Path, where: str, env: Mapping[str, str],
@@ -286,12 +225,8 @@ def build_specs(entries: Any, base: Path, where: str, env: Mapping[str, str],
         except vol.MultipleInvalid as errors:
             _report(errors, settings_prefix, settings_where, problems)
             continue
-        api_key, key_source = None, ""
-        if kind == "openai":
-            api_key, key_source = _api_key(settings, settings_prefix, settings_where, settings_base, env, problems)
-            settings.setdefault("base_url", DEFAULT_BASE_URL)
-            for secret_field in ("api_key", "api_key_env", "api_key_file"):
-                settings.pop(secret_field, None)
+        place = Place(settings_prefix, settings_where, settings_base, env, problems, prefix, where)
+        finished = FINISHERS[kind](settings, entry.get("models"), place)
         name = entry.get("name") or f"{kind}-{index + 1}"
         if name in names:
             problems.append(f"{prefix}.name in {where}: {name!r} is already used by {names[name]}")
@@ -300,7 +235,7 @@ def build_specs(entries: Any, base: Path, where: str, env: Mapping[str, str],
         burst = entry.get("burst", {})
         limits = Limits(entry.get("rpm"), entry.get("tpm"), entry.get("max_concurrency"),
                         burst.get("requests"), burst.get("tokens"))
-        specs.append(ControllerSpec(name, kind, entry.get("weight", 1), entry.get("models"),
-                                    settings, api_key, key_source, limits, entry.get("state_group"),
-                                    entry.get("stream_usage", True)))
+        specs.append(ControllerSpec(name, kind, entry.get("weight", 1), finished.models,
+                                    settings, finished.api_key, finished.key_source, limits,
+                                    entry.get("state_group"), entry.get("stream_usage", True)))
     return specs

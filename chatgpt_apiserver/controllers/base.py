@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from abc import ABC, abstractmethod
+from enum import Enum
 from typing import Any
 
 from ..call import Call
@@ -14,6 +15,17 @@ from ..ops.counters import ControllerStats
 from ..transport.reply import Reply
 
 log = logging.getLogger("chatgpt_apiserver.controllers")
+
+# Statuses that say "this controller cannot answer now" (not "this request is wrong"): try another one.
+CONTROLLER_FAULTS = frozenset((401, 403, 408, 429))
+
+
+class Verdict(Enum):
+    """What an upstream's error answer says about the controller that gave it."""
+
+    ANSWER = "answer"  # the request's own answer (the client's mistake): relay it, nothing against the controller
+    FAULT = "fault"  # the controller cannot answer now (429, a rejected key, 408, 5xx): count it, try another
+    NO_MODEL = "no_model"  # the controller lacks the model (Azure's missing deployment): off for that model
 
 
 class Controller(ABC):
@@ -27,6 +39,7 @@ class Controller(ABC):
         self.stats = ControllerStats(spec.models)
         self.fingerprint = fingerprint(spec)
         self.takes_stream_usage = spec.stream_usage  # false once the upstream refused stream_options
+        self.key_renews = False  # its credential is renewed from outside (a token file), so a rejection may pass
 
     def serves(self, model: str) -> bool:
         """Whether this controller takes requests for `model`."""
@@ -35,6 +48,13 @@ class Controller(ABC):
     def supports(self, endpoint: Endpoint) -> bool:
         """Whether this controller's upstream serves `endpoint` at all."""
         return True
+
+    def classify(self, status: int, body: bytes) -> Verdict:
+        """What an error answer (`status` >= 400, with its `body`) says about this controller.
+
+        The one place a status is judged; a type whose upstream says more in its bodies overrides it.
+        """
+        return Verdict.FAULT if status >= 500 or status in CONTROLLER_FAULTS else Verdict.ANSWER
 
     def refuse_stream_usage(self) -> None:
         """The upstream answered 400 to the stream_options the gateway adds: never add it again (until reload)."""
@@ -83,6 +103,8 @@ def fingerprint(spec: ControllerSpec) -> str:
     digest = hashlib.sha256(spec.type.encode())
     for key in ("base_url", "endpoint", "organization", "project"):
         digest.update(b"\0" + str(spec.settings.get(key, "")).encode())
+    if spec.settings.get("bearer_token_file"):  # its token is renewed: the file names the credential
+        digest.update(b"\0token-file=" + str(spec.settings["bearer_token_file"]).encode())
     if spec.api_key is not None:
         digest.update(b"\0" + spec.api_key.reveal().encode())
     for name, value in sorted((spec.settings.get("headers") or {}).items()):

@@ -73,6 +73,9 @@ def _json(document: Any, status: int = 200) -> MockReply:
     return MockReply(orjson.dumps(document), None, stream=False, status=status)
 
 
+# What a mock without declared models says it serves (it answers any name).
+MOCK_MODELS = ("gpt-4.1", "gpt-4.1-mini", "gpt-4o", "gpt-4o-mini", "mock-gpt", "omni-moderation-latest",
+               "text-embedding-3-large", "text-embedding-3-small")
 SERVED = frozenset((
     "chat_completions", "completions", "embeddings", "moderations", "responses", "responses_get", "responses_delete",
     "responses_cancel", "responses_input_items", "responses_input_tokens", "responses_compact", "conversations",
@@ -250,6 +253,7 @@ class MockController(Controller):
         if route == "conversation_items_create":
             added = [answers.item_of(item) for item in call.payload.get("items") or []]
             items.extend(added)
+            del items[:-answers.ITEMS]  # the newest are kept
             return _json({"object": "list", "data": added, "has_more": False})
         item = next((i for i in items if i["id"] == groups.get("item")), None)
         if item is None:
@@ -281,4 +285,4 @@ class MockController(Controller):
         yield b"data: [DONE]\n\n"
 
     async def discover_models(self) -> list[str]:
-        return sorted(self.models) if self.models else ["mock-gpt"]
+        return sorted(self.models) if self.models else list(MOCK_MODELS)

@@ -15,16 +15,17 @@ from typing import Any, Optional
 import orjson
 
 STORED = 1000  # responses and conversations a mock remembers
+ITEMS = 1000  # items a mock keeps per conversation, and per stored response's input
 
 
 def _id(prefix: str) -> str:
     return f"{prefix}_mock{os.urandom(12).hex()}"
 
 
-def not_found(what: str, ident: str, param: Optional[str] = None, code: Optional[str] = None) -> bytes:
+def not_found(what: str, ident: str, param: Optional[str] = None, code: Optional[str] = None) -> dict[str, Any]:
     """OpenAI's 404 for an id this project does not hold."""
-    return orjson.dumps({"error": {"message": f"{what} with id '{ident}' not found.", "type": "invalid_request_error",
-                                   "param": param, "code": code}})
+    return {"error": {"message": f"{what} with id '{ident}' not found.", "type": "invalid_request_error",
+                      "param": param, "code": code}}
 
 
 def embedding(text: str, dimensions: int) -> list[float]:
@@ -96,7 +97,7 @@ class Project:
     def keep_response(self, response: dict[str, Any], input_items: list[dict[str, Any]]) -> None:
         """Store a response (and its input) for follow-ups."""
         self.responses[response["id"]] = response
-        self.inputs[response["id"]] = input_items
+        self.inputs[response["id"]] = input_items[-ITEMS:]
         while len(self.responses) > STORED:
             old, _ = self.responses.popitem(last=False)
             self.inputs.pop(old, None)

@@ -1,8 +1,9 @@
-"""The upstream's own rate-limit headers: x-ratelimit-*, and Retry-After."""
+"""The upstream's own rate-limit headers: x-ratelimit-*, Retry-After, and Azure's millisecond retry headers."""
 
 from __future__ import annotations
 
 import email.utils
+import math
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -10,6 +11,9 @@ from dataclasses import dataclass
 from typing import Optional
 
 Clock = Callable[[], float]
+
+# Azure's 429s say how long to wait in milliseconds too: finer than Retry-After's whole seconds, so they win.
+RETRY_AFTER_MS = ("retry-after-ms", "x-ms-retry-after-ms")
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 _UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
@@ -21,9 +25,11 @@ def parse_duration(text: Optional[str]) -> Optional[float]:
         return None
     text = text.strip()
     try:
-        return max(0.0, float(text))
+        seconds = float(text)
     except ValueError:
         pass
+    else:
+        return max(0.0, seconds) if math.isfinite(seconds) else None  # "inf" would cool a controller forever
     total = 0.0
     position = 0
     for match in _DURATION_PART.finditer(text):
@@ -48,6 +54,21 @@ def parse_retry_after(text: Optional[str], wall_clock: Clock = time.time) -> Opt
     return max(0.0, when.timestamp() - wall_clock())
 
 
+def parse_retry_after_ms(headers: Mapping[str, str]) -> Optional[float]:
+    """Seconds from `retry-after-ms` or `x-ms-retry-after-ms` (a number of milliseconds), if either is valid."""
+    for name in RETRY_AFTER_MS:
+        value = headers.get(name)
+        if value is None:
+            continue
+        try:
+            millis = float(value.strip())
+        except ValueError:
+            continue
+        if math.isfinite(millis) and millis >= 0:
+            return millis / 1000
+    return None
+
+
 def _number(headers: Mapping[str, str], name: str) -> Optional[float]:
     value = headers.get(name)
     if value is None:
@@ -58,9 +79,14 @@ def _number(headers: Mapping[str, str], name: str) -> Optional[float]:
         return None
 
 
+def _retry_after(headers: Mapping[str, str]) -> Optional[float]:
+    millis = parse_retry_after_ms(headers)
+    return millis if millis is not None else parse_retry_after(headers.get("retry-after"))
+
+
 @dataclass(frozen=True)
 class RateHeaders:
-    """What an upstream said about its limits in `x-ratelimit-*` and `Retry-After`."""
+    """What an upstream said about its limits in `x-ratelimit-*`, `Retry-After` and `retry-after-ms`."""
 
     limit_requests: Optional[float] = None
     remaining_requests: Optional[float] = None
@@ -80,7 +106,7 @@ class RateHeaders:
             limit_tokens=_number(headers, "x-ratelimit-limit-tokens"),
             remaining_tokens=_number(headers, "x-ratelimit-remaining-tokens"),
             reset_tokens=parse_duration(headers.get("x-ratelimit-reset-tokens")),
-            retry_after=parse_retry_after(headers.get("retry-after")),
+            retry_after=_retry_after(headers),
         )
 
     def cooldown(self) -> Optional[float]:

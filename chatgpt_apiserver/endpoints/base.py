@@ -38,6 +38,7 @@ class Endpoint:
     path: str  # relative to /v1 and to a controller's base URL, e.g. "/responses/{id}/cancel"
     body: Body = Body.JSON  # NONE, or what it takes: JSON (with `schema`), multipart (with `form_schema`)
     model_field: Optional[str] = "model"  # where the model is (JSON body or form field); None: routed by id
+    model_required: bool = True  # False where OpenAI's schema lets a request leave the model out
     schema: Optional[str] = None  # the key of its JSON request schema in endpoints/openai-endpoint-schemas.json
     form_schema: Optional[str] = None  # the key of its multipart/form-data schema, when it takes forms
     streams: Streams = Streams.NEVER

@@ -10,7 +10,7 @@ import logging
 import re
 from typing import Optional
 
-from tornado.httputil import HTTPFile, parse_body_arguments
+from tornado.httputil import HTTPFile, HTTPInputError, parse_body_arguments
 
 from ..errors import ApiError, invalid_request
 
@@ -43,6 +43,8 @@ def parse_form(content_type: str, body: bytes) -> tuple[dict[str, list[str]], se
     propagate, general.propagate = general.propagate, False
     try:
         parse_body_arguments(content_type, body, arguments, files)
+    except (HTTPInputError, UnicodeDecodeError, ValueError):  # Tornado 6.5+ raises where 6.4 logged
+        captured.messages.append("malformed")
     finally:
         general.removeHandler(captured)
         general.propagate = propagate

@@ -8,6 +8,7 @@ from typing import Any, Optional
 import orjson
 
 WHOLE_PARSE_BELOW = 64 * 1024  # smaller answers are parsed whole (cheaper than searching them)
+TAIL = 16 * 1024  # the end of a large answer searched for its usage
 _OPEN, _CLOSE, _QUOTE, _BACKSLASH = ord("{"), ord("}"), ord('"'), ord("\\")
 
 
@@ -65,6 +66,21 @@ def find_usage(body: bytes) -> Optional[Usage]:
         return usage_of(orjson.loads(body))
     except orjson.JSONDecodeError:
         return None
+
+
+def find_usage_in(pieces: list[bytes]) -> Optional[Usage]:
+    """`find_usage` of a body held as the pieces it came in: a large one is searched in its last pieces only."""
+    size = sum(len(piece) for piece in pieces)
+    if size >= WHOLE_PARSE_BELOW:
+        index = len(pieces) - 1
+        tail = pieces[index] if pieces else b""
+        while len(tail) < TAIL and index > 0:
+            index -= 1
+            tail = pieces[index] + tail
+        found = _usage_at_end(tail)
+        if found is not None:
+            return found
+    return find_usage(pieces[0] if len(pieces) == 1 else b"".join(pieces))
 
 
 def _usage_at_end(body: bytes) -> Optional[Usage]:

@@ -19,7 +19,8 @@ FIRST_COME = 16
 class ControllerStats:
     """Successes, failures, 429s, retries, attempt outcomes and tokens by model, counted in this process."""
 
-    __slots__ = ("failures", "known_models", "outcomes", "rate_limited", "retries", "successes", "tokens_by_model")
+    __slots__ = ("failures", "known_models", "labels", "outcomes", "rate_limited", "retries", "successes",
+                 "tokens_by_model")
 
     def __init__(self, models: Optional[Iterable[str]] = None) -> None:
         self.successes = 0
@@ -28,6 +29,7 @@ class ControllerStats:
         self.retries = 0
         self.outcomes: dict[str, int] = {}  # ok, client_error, 429, quota, auth, 5xx, timeout, ...: a fixed set
         self.tokens_by_model: dict[str, list[int]] = {}  # label -> [prompt, completion]
+        self.labels: set[str] = set()  # the names that have a label of their own (at most MAX_MODELS)
         # Names that get a label of their own: declared models, or those the upstream reported (None: none yet).
         self.known_models: Optional[frozenset[str]] = frozenset(models) if models is not None else None
 
@@ -36,14 +38,17 @@ class ControllerStats:
         self.outcomes[kind] = self.outcomes.get(kind, 0) + 1
 
     def label(self, model: str) -> str:
-        """The label `model` is counted under."""
-        if model in self.tokens_by_model:
+        """The label `model` is counted under (and the scope of its breaker): once a name has one, it keeps it."""
+        labels = self.labels
+        if model in labels:
             return model
         known = self.known_models
         if known is None:
-            return model if len(self.tokens_by_model) < FIRST_COME else OTHER
-        if model not in known or len(self.tokens_by_model) >= MAX_MODELS:
+            if len(labels) >= FIRST_COME:
+                return OTHER
+        elif model not in known or len(labels) >= MAX_MODELS:
             return OTHER
+        labels.add(model)
         return model
 
     def tokens(self, model: str, prompt: int, completion: int) -> None:

@@ -11,12 +11,11 @@ from typing import Any, Optional
 import orjson
 
 from ..call import Call
-from ..controllers import Controller
-from ..endpoints.usage import Usage, find_usage
+from ..controllers import Controller, Verdict
+from ..endpoints.usage import Usage, find_usage_in
 from ..errors import ApiError
 from ..gateway import Gateway
 from ..scheduling.outcomes import (
-    controller_fault,
     fault_kind,
     rate_headers,
     record_failure,
@@ -55,7 +54,8 @@ class Answer:
     reply: Reply
     status: int
     lease: Lease
-    body: bytes = b""
+    body: bytes = b""  # a whole answer that is not a 2xx (small): relayed after scrubbing
+    pieces: list[bytes] = field(default_factory=list)  # a whole 2xx answer, as the pieces it came in
     first_events: list[bytes] = field(default_factory=list)
     splitter: Optional[EventSplitter] = None
     attempts: int = 1
@@ -144,9 +144,11 @@ def created_id(prefix: Optional[str], document: Any) -> Optional[str]:
     return ident if isinstance(ident, str) and ident.startswith(prefix) else None
 
 
-def _looks_like_json(body: bytes) -> bool:
+def _looks_like_json(pieces: list[bytes]) -> bool:
     """A whole JSON object, judged by its ends: parsing a 2 MB answer to check it would cost the hot path."""
-    start, end = body[:64].lstrip()[:1], body[-64:].rstrip()[-1:]
+    if not pieces:
+        return False
+    start, end = pieces[0][:64].lstrip()[:1], pieces[-1][-64:].rstrip()[-1:]
     return (start, end) in ((b"{", b"}"), (b"[", b"]"))
 
 
@@ -230,30 +232,37 @@ async def attempt(lease: Lease, call: Call, gateway: Gateway) -> Answer | Failur
                 return Answer(controller, reply, status, lease, first_events=[piece] if piece else [],
                               scheduler=gateway.scheduler, binary=True)
             deadline.at(started + settings.request_timeout)
-            data = await reply.read()
+            pieces = await reply.read_pieces()
+            if 200 <= status < 300 and endpoint.creates is None:
+                break  # kept as the pieces it came in: a large answer is never copied into one
+            data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
             if status == 400 and injected and b"stream_options" in data:
                 reply.close()
                 controller.refuse_stream_usage()  # logged once; this request is sent again without it
                 continue
             break
         if 200 <= status < 300:
+            json = reply.content_type.startswith("application/json")
             created = None
             if endpoint.creates is not None:
                 try:
                     created = created_id(endpoint.creates, orjson.loads(data))
                 except orjson.JSONDecodeError:
-                    created = None
-            elif reply.content_type.startswith("application/json") and not _looks_like_json(data):
+                    if json:
+                        record_failure(lease, gateway.scheduler)
+                        return Failure(controller.name, "protocol", "the upstream answered with malformed JSON")
+                pieces = [data]
+            elif json and not _looks_like_json(pieces):
                 record_failure(lease, gateway.scheduler)
                 return Failure(controller.name, "protocol", "the upstream answered with malformed JSON")
-            record_status(lease, status, rate, data, gateway.scheduler, settings)
-            usage = find_usage(data) if reply.content_type.startswith("application/json") else None
+            record_status(lease, status, rate, b"", gateway.scheduler, settings)
+            usage = find_usage_in(pieces) if json else None
             lease.release(record_usage(controller, usage, call.label))
             handed_over = True
-            return Answer(controller, reply, status, lease, body=data, usage=usage, created=created)
-        record_status(lease, status, rate, data, gateway.scheduler, settings)
-        if controller_fault(status):
-            kind = fault_kind(status, data)
+            return Answer(controller, reply, status, lease, pieces=pieces, usage=usage, created=created)
+        verdict = record_status(lease, status, rate, data, gateway.scheduler, settings)
+        if verdict is not Verdict.ANSWER:
+            kind = fault_kind(status, data, verdict)
             retry_after = rate.cooldown() if status == 429 and rate is not None else None
             snippet = redacted_snippet(data, gateway.secrets, 300)
             log.info("controller %s answered %d: %s", controller.name, status, snippet)

@@ -43,6 +43,14 @@ def candidates_for(gateway: Gateway, call: Call) -> list[Controller]:
     if not able:
         raise ApiError(404, f"No controller of this gateway serves {endpoint.method} {endpoint.public_path}.",
                        code="unknown_url")
+    if endpoint.model_field is not None and not call.owner_of:
+        # The model was left out, as OpenAI allows here: any controller that takes any model may answer.
+        open_ended = [c for c in able if c.models is None]
+        if not open_ended:
+            raise ApiError(400, f"Name the model: every controller of this gateway serves a list of models, so a "
+                                f"request to {endpoint.public_path} without one has nowhere to go.",
+                           param=endpoint.model_field, code="missing_required_parameter")
+        return open_ended
     return able
 
 
@@ -72,6 +80,11 @@ async def open_answer(gateway: Gateway, call: Call, tenant: Tenant = ANONYMOUS,
         owner = await gateway.affinity.owner(call.owner_of)
         holders = group_of(owner, candidates) if owner is not None else []
         if not holders:
+            if owner is not None and any(c.name == owner for c in gateway.controllers):
+                # The one controller that holds it cannot take this call: no other could answer it.
+                raise ApiError(400, f"{call.owner_of} is held by controller {owner}, which does not serve "
+                                    f"{call.model or call.endpoint.public_path}.", param="model",
+                               code="model_not_served_by_owner")
             return await _search(gateway, call, candidates, tokens, tenant)
         candidates = holders
     return await _failover(gateway, call, candidates, tokens, tenant)
@@ -187,6 +200,14 @@ def give_up(failures: list[Failure], call: Call, gateway: Gateway, candidates: S
     `final`: the gateway tried every candidate, or must not resend: the SDKs are told not to retry
     (`x-should-retry: false`). `Retry-After` says when a cooldown or an ejection ends.
     """
+    error = _give_up(failures, call, gateway, candidates, final)
+    error.attempts = len(failures)  # for the access log
+    error.controller = failures[-1].controller if failures else ""
+    return error
+
+
+def _give_up(failures: list[Failure], call: Call, gateway: Gateway, candidates: Sequence[Controller],
+             final: bool) -> ApiError:
     summary = "; ".join(f"{f.controller}: {f.message}" for f in failures) or "no attempt was possible"
     kinds = {f.kind for f in failures}
     headers = {"x-should-retry": "false"} if final else {}

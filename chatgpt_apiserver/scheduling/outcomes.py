@@ -1,13 +1,20 @@
-"""What each upstream answer means for its controller: success, cooldown, disable, or a breaker failure."""
+"""What each upstream answer means for its controller: success, cooldown, disable, or a breaker failure.
+
+Whether an error answer blames the request, the controller, or the controller's copy of one model is the
+controller's call (`Controller.classify`); what follows from each verdict is decided here.
+"""
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from typing import Optional
 
+import orjson
+
 from ..config.settings import Settings
-from ..controllers import Controller
+from ..controllers import Controller, Verdict
 from ..controllers.rate_headers import RateHeaders
 from ..endpoints.usage import Usage
 from ..state import FOREVER
@@ -17,17 +24,20 @@ from .scheduler import Lease, Scheduler
 log = logging.getLogger("chatgpt_apiserver.outcomes")
 
 QUOTA_MARKERS = (b"insufficient_quota", b"exceeded your current quota")
-# Statuses that say "this controller cannot answer now" (not "this request is wrong"): try another one.
-CONTROLLER_FAULTS = frozenset((401, 403, 408, 429))
+# A credential renewed from outside (a token file) may be good again soon: a rejected one is retried after this.
+RENEWED_KEY_RECHECK = 30.0
+_CODE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
-def controller_fault(status: int) -> bool:
-    """Whether an upstream status blames the controller (retry elsewhere) rather than the request."""
-    return status >= 500 or status in CONTROLLER_FAULTS
+def verdict_of(controller: Controller, status: int, body: bytes) -> Verdict:
+    """What an answer says about `controller`: a success or the client's mistake, a fault, or a missing model."""
+    return Verdict.ANSWER if status < 400 else controller.classify(status, body)
 
 
-def fault_kind(status: int, body: bytes) -> str:
-    """How a controller fault is counted: 429, quota, auth, timeout or 5xx."""
+def fault_kind(status: int, body: bytes, verdict: Verdict = Verdict.FAULT) -> str:
+    """How a controller fault is counted: 429, quota, auth, timeout, no_model or 5xx."""
+    if verdict is Verdict.NO_MODEL:
+        return "no_model"
     if status == 429:
         return "quota" if is_quota_error(body) else "429"
     if status in (401, 403):
@@ -50,9 +60,21 @@ def rate_headers(controller: Controller, status: int, headers: Mapping[str, str]
     return None
 
 
+def error_code(body: bytes) -> str:
+    """The `error.code` of an upstream's error JSON, when it is a short plain word (for logs), else ""."""
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return ""
+    error = parsed.get("error") if isinstance(parsed, dict) else None
+    code = error.get("code") if isinstance(error, dict) else None
+    return code if isinstance(code, str) and _CODE.fullmatch(code) else ""
+
+
 def record_status(lease: Lease, status: int, rate: Optional[RateHeaders], body: bytes,
-                  scheduler: Scheduler, settings: Settings, complete: bool = True) -> None:
-    """An answer with a status: success, 429, quota, auth, or a server error.
+                  scheduler: Scheduler, settings: Settings, complete: bool = True) -> Verdict:
+    """An answer with a status: success (or the client's mistake), 429, quota, auth, a missing model, or a
+    server error. Returns the verdict, so the caller knows whether to relay it or try another controller.
 
     The rate-limit headers are kept on the lease and believed when it is released. A stream that has
     only begun (`complete` false) is not a success yet: `record_success` follows when it ends well.
@@ -60,24 +82,37 @@ def record_status(lease: Lease, status: int, rate: Optional[RateHeaders], body: 
     controller, store = lease.controller, scheduler.store
     if rate is not None:
         lease.rate, lease.rate_at = rate, scheduler.clock()
-    if not controller_fault(status):
+    verdict = verdict_of(controller, status, body)
+    if verdict is Verdict.ANSWER:
         if complete:
             record_success(lease, scheduler)  # a client's own mistake says nothing against the upstream
-        return
+        return verdict
+    if verdict is Verdict.NO_MODEL:
+        # Only a config change brings a deployment back: off for this model until a reload (logged once).
+        controller.stats.failures += 1
+        code = error_code(body)
+        store.disable(controller, lease.model, FOREVER,
+                      f"the upstream does not serve it ({status}{' ' + code if code else ''})")
+        return verdict
     if status == 429:
         controller.stats.rate_limited += 1
         if is_quota_error(body):
             controller.stats.failures += 1
             store.disable(controller, WHOLE, settings.quota_disable_seconds, "out of quota (insufficient_quota)")
-            return
+            return verdict
         cooldown = rate.cooldown() if rate is not None else None
         store.rate_limited(controller, cooldown if cooldown is not None else settings.cooldown_default)
-        return
+        return verdict
     if status in (401, 403):
         controller.stats.failures += 1
-        store.disable(controller, WHOLE, FOREVER, f"the upstream rejected the key ({status})")
-        return
+        if controller.key_renews:
+            store.disable(controller, WHOLE, RENEWED_KEY_RECHECK,
+                          f"the upstream rejected the token ({status}); its file is read again after that")
+        else:
+            store.disable(controller, WHOLE, FOREVER, f"the upstream rejected the key ({status})")
+        return verdict
     record_failure(lease, scheduler)
+    return verdict
 
 
 def record_success(lease: Lease, scheduler: Scheduler) -> None:

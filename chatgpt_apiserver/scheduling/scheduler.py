@@ -247,6 +247,7 @@ class Scheduler:
 
     def _unavailable(self, model: str, earliest: float) -> ApiError:
         headers = {"Retry-After": str(max(1, math.ceil(earliest)))} if math.isfinite(earliest) else {}
+        headers["x-should-retry"] = "false"  # no candidate can take it before then: an SDK's retry would not help
         when = f"; the earliest is probed again in {max(1, math.ceil(earliest))}s" if headers else ""
         return ApiError(503, f"Every controller for model {model!r} is failing or disabled{when}.",
                         code="upstream_unavailable", headers=headers)

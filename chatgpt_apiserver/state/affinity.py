@@ -5,7 +5,7 @@ anywhere else a follow-up gets 404. The gateway learns the owner of every such i
 sends the requests that name it to that owner.
 
 In memory the map is bounded by `affinity_max_entries`: two generations of a plain dict keyed by a
-60-bit digest of the id (an int: ~80 bytes an entry, measured by `scripts/bench` figure (k)); when the
+60-bit digest of the id (an int: ~89 bytes an entry, measured by `scripts/bench` figure (k)); when the
 young one is half full it becomes the old one and the old one is dropped, so the least recently used go
 first. With Redis the map is shared by every instance and survives restarts (`P:aff:<id>`, expiring
 after `affinity_ttl`), with the memory map in front of it as a cache: an id's owner never changes.

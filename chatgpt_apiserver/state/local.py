@@ -25,6 +25,7 @@ from .store import (
     ControllerView,
     Health,
     Ticket,
+    scope_of,
 )
 
 if TYPE_CHECKING:
@@ -173,6 +174,7 @@ class LocalStore(ControllerStore):
 
     def admit_now(self, controller: Controller, model: str, tokens: float) -> Admission:
         """`admit` without a coroutine (the local store never waits on I/O)."""
+        model = scope_of(controller, model)
         state = self.state(controller)
         now = self.clock()
         refused = state.refusal(model, now)
@@ -189,7 +191,7 @@ class LocalStore(ControllerStore):
         if requests is not None:
             requests.take(1, now)
         if bucket is not None:
-            bucket.take(tokens, now)
+            bucket.take(min(tokens, bucket.capacity), now)
         probe = False
         for scope in (WHOLE, model):
             breaker = state.breakers.get(scope)
@@ -205,13 +207,13 @@ class LocalStore(ControllerStore):
         now = self.clock()
         state.in_flight = max(0, state.in_flight - 1)
         if ticket.probe:
-            for scope in (WHOLE, ticket.model):
+            for scope in (WHOLE, scope_of(ticket.controller, ticket.model)):
                 breaker = state.breakers.get(scope)
                 if breaker is not None:
                     breaker.end_probe()
         tokens = state.tokens
         if tokens is not None and used_tokens is not None:
-            difference = ticket.reserved - used_tokens
+            difference = min(ticket.reserved, tokens.capacity) - used_tokens
             if difference > 0:
                 tokens.give(difference, now)
             elif difference < 0:
@@ -227,6 +229,7 @@ class LocalStore(ControllerStore):
             self.on_release()
 
     def succeeded(self, controller: Controller, model: str) -> None:
+        model = scope_of(controller, model)
         state = self.state(controller)
         for scope in (model, WHOLE):
             breaker = state.breakers.pop(scope, None)
@@ -235,7 +238,7 @@ class LocalStore(ControllerStore):
                          "" if scope == WHOLE else f" for model {scope}", breaker.ejections)
 
     def failed(self, controller: Controller, model: str, whole: bool, may_eject: bool) -> float:
-        scope = WHOLE if whole else model
+        scope = WHOLE if whole else scope_of(controller, model)
         breaker = self.state(controller).breaker(scope)
         ejected = breaker.failed(self.clock(), self.policy, may_eject)
         if ejected:
@@ -258,6 +261,7 @@ class LocalStore(ControllerStore):
             state.requests.level = min(state.requests.level, 0.0)
 
     def disable(self, controller: Controller, model: str, seconds: float, reason: str) -> None:
+        model = scope_of(controller, model)
         state = self.state(controller)
         until = self.clock() + seconds
         current = state.disables.get(model)
@@ -277,6 +281,7 @@ class LocalStore(ControllerStore):
                     del state.disables[scope]
 
     def health(self, controller: Controller, model: str) -> Health:
+        model = scope_of(controller, model)
         state = self.states.get(controller.name)
         if state is None:
             return HEALTHY

@@ -38,6 +38,7 @@ from .store import (
     ControllerView,
     Health,
     Ticket,
+    scope_of,
 )
 
 if TYPE_CHECKING:
@@ -161,6 +162,7 @@ class RedisStore(ControllerStore):
     # --- admission ---------------------------------------------------------------------------------
 
     async def admit(self, controller: Controller, model: str, tokens: float) -> Admission:
+        model = scope_of(controller, model)
         m = self.mirror(controller)
         policy = self.policy
         reply = await self.link.call("take", self._all_keys(m), (
@@ -213,23 +215,25 @@ class RedisStore(ControllerStore):
             return
         m.held = max(0, m.held - 1)
         m.in_flight = max(0, m.in_flight - 1)
-        delta = ticket.reserved - used_tokens if used_tokens is not None else None
-        if delta is not None and m.tokens is not None:
+        if used_tokens is not None and m.tokens is not None:
             now = self.clock()
+            delta = min(ticket.reserved, m.tokens.capacity) - used_tokens
             m.tokens.level, m.tokens.at = min(m.tokens.capacity, m.tokens.now(now) + delta), now
+        scope = scope_of(ticket.controller, ticket.model)
         if ticket.probe:
-            for scope in (WHOLE, ticket.model):
-                m.probing.pop(scope, None)
+            for each in (WHOLE, scope):
+                m.probing.pop(each, None)
         r = rate
         self.link.send("settle", (m.keys["req"], m.keys["tok"], m.keys["inflight"], m.keys["seen"], m.keys["brk"]), (
-            self._now(), self.link.instance, ticket.model, _opt(delta), *m.constants,
+            self._now(), self.link.instance, scope, _opt(ticket.reserved), *m.constants,
             _opt(r.remaining_requests if r else None), _opt(r.remaining_tokens if r else None),
             _opt(r.limit_requests if r else None), _opt(r.limit_tokens if r else None),
-            b"%d" % round(max(0.0, rate_age) * 1000), b"1" if ticket.probe else b"0"))
+            b"%d" % round(max(0.0, rate_age) * 1000), b"1" if ticket.probe else b"0", _opt(used_tokens)))
 
     # --- outcomes ----------------------------------------------------------------------------------
 
     def succeeded(self, controller: Controller, model: str) -> None:
+        model = scope_of(controller, model)
         m = self.mirror(controller)
         if model in m.dirty or WHOLE in m.dirty:
             m.dirty.discard(model)
@@ -248,6 +252,7 @@ class RedisStore(ControllerStore):
 
     def failed(self, controller: Controller, model: str, whole: bool, may_eject: bool) -> float:
         m = self.mirror(controller)
+        model = scope_of(controller, model)
         scope = WHOLE if whole else model
         m.dirty.add(scope)
         policy = self.policy
@@ -275,6 +280,7 @@ class RedisStore(ControllerStore):
         self.link.send("cool", (m.keys["cool"], m.keys["req"]), (self._now(), _opt(seconds), *m.constants[:2]))
 
     def disable(self, controller: Controller, model: str, seconds: float, reason: str) -> None:
+        model = scope_of(controller, model)
         m = self.mirror(controller)
         until = self.clock() + seconds
         current = m.disables.get(model)
@@ -296,6 +302,7 @@ class RedisStore(ControllerStore):
     # --- what this process knows -------------------------------------------------------------------
 
     def health(self, controller: Controller, model: str) -> Health:
+        model = scope_of(controller, model)
         m = self.mirrors.get(controller.name)
         if m is None:
             return HEALTHY

@@ -84,6 +84,7 @@ if maxc > 0 and total >= maxc then return out(0, '-1', 'busy', 0, '') end
 -- R1
 local rcap, tcap, want = tonumber(ARGV[5]), tonumber(ARGV[7]), tonumber(ARGV[8])
 local rlv, tlv
+local tcap_now = tcap
 if rcap > 0 then
   local c, r
   rlv, c, r = bucket(KEYS[1], tonumber(ARGV[4]), rcap)
@@ -93,6 +94,7 @@ end
 if tcap > 0 then
   local c, r
   tlv, c, r = bucket(KEYS[2], tonumber(ARGV[6]), tcap)
+  tcap_now = c
   tl = tostring(tlv)
   local need = math.min(want, c)
   if tlv < need then return out(0, tostring((need - tlv) / r), 'tokens', 0, '') end
@@ -103,9 +105,10 @@ if rcap > 0 then
   rl = tostring(rlv - 1)
 end
 if tcap > 0 then
-  redis.call('HSET', KEYS[2], 'level', tlv - want, 'ts', now)
+  local taken = math.min(want, tcap_now)
+  redis.call('HSET', KEYS[2], 'level', tlv - taken, 'ts', now)
   keep(KEYS[2])
-  tl = tostring(tlv - want)
+  tl = tostring(tlv - taken)
 end
 redis.call('HINCRBY', KEYS[3], ARGV[2], 1)
 redis.call('HSET', KEYS[4], ARGV[2], now)
@@ -124,8 +127,8 @@ return out(1, '0', 'ok', probe, '')
 """)
 
 # KEYS: req tok inflight seen brk
-# ARGV: now instance model token_delta req_rate req_cap tok_rate tok_cap remaining_req remaining_tok limit_req
-#       limit_tok age_ms probe     (an empty string: not known)
+# ARGV: now instance model reserved req_rate req_cap tok_rate tok_cap remaining_req remaining_tok limit_req
+#       limit_tok age_ms probe used     (an empty string: not known)
 SETTLE = _script("""
 local left = redis.call('HINCRBY', KEYS[3], ARGV[2], -1)
 if left <= 0 then
@@ -134,12 +137,12 @@ if left <= 0 then
 end
 if ARGV[14] == '1' then redis.call('HDEL', KEYS[5], '*:probe', ARGV[3] .. ':probe') end
 local age = tonumber(ARGV[13]) or 0
-local function settle(key, rate, cap, delta, remaining, limit)
+local function settle(key, rate, cap, reserved, used, remaining, limit)
   if cap <= 0 then return end
   local lv, c, r = bucket(key, rate, cap)
   local changed = false
-  if delta then
-    lv = math.min(c, lv + delta)
+  if reserved and used then
+    lv = math.min(c, lv + math.min(reserved, c) - used)
     changed = true
   end
   if limit and limit > 0 and limit < c then
@@ -158,8 +161,9 @@ local function settle(key, rate, cap, delta, remaining, limit)
     keep(key)
   end
 end
-settle(KEYS[1], tonumber(ARGV[5]), tonumber(ARGV[6]), nil, tonumber(ARGV[9]), tonumber(ARGV[11]))
-settle(KEYS[2], tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[4]), tonumber(ARGV[10]), tonumber(ARGV[12]))
+settle(KEYS[1], tonumber(ARGV[5]), tonumber(ARGV[6]), nil, nil, tonumber(ARGV[9]), tonumber(ARGV[11]))
+settle(KEYS[2], tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[4]), tonumber(ARGV[15]), tonumber(ARGV[10]),
+       tonumber(ARGV[12]))
 return left
 """)
 

@@ -3,8 +3,9 @@
 tests/test_store_rules.py holds one table of events and expected states and runs it against both stores.
 
 R1 Buckets. A bucket refills continuously at `rate` per second up to `capacity`. An admission needs
-   `level >= min(amount, capacity)` (the request bucket: amount 1) and takes `amount`; the level may go
-   below zero. Settling a reservation adds `reserved - used`, capped at the capacity.
+   `level >= min(amount, capacity)` (the request bucket: amount 1) and takes `min(amount, capacity)`: a
+   client's huge `max_tokens` reserves at most a full bucket. Settling adds `min(reserved, capacity) -
+   used`, capped at the capacity; the level goes below zero only by tokens really used.
 R2 Corrections from the upstream's headers. A limit `L` below the capacity lowers the capacity to `L`,
    scales the rate by `L / capacity` and caps the level at `L` (a limit never rises). A remaining
    count `R` seen `age` seconds ago caps the level at `R + age * rate`.

@@ -119,6 +119,13 @@ class Ticket:
     store: Optional[ControllerStore] = None  # the store that admitted it (the fallback store switches)
 
 
+def scope_of(controller: Controller, model: str) -> str:
+    """The breaker and disable scope of `model` on `controller`: the model itself while it is one of the
+    controller's known models (declared, discovered, or among the first few seen); else "other". A client
+    cannot grow a store's scopes by naming made-up models."""
+    return model if model == WHOLE or not model else controller.stats.label(model)
+
+
 class StoreUnavailable(Exception):
     """The store cannot answer (Redis is away); the fallback store decides what that means."""
 

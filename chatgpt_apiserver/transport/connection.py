@@ -57,6 +57,8 @@ class Connection(asyncio.Protocol):
         self._trailers = False
         self._waiter: Optional[asyncio.Future[None]] = None
         self._paused = False
+        self._whole: Optional[int] = None  # a whole-body read is waiting: its size limit (no pause, no wake-ups)
+        self._last_data = 0.0
         self._drained: Optional[Callable[[Connection], None]] = None  # who gets it back once drained
         self._drain_left = 0
         self._drain_timer: Optional[asyncio.TimerHandle] = None
@@ -85,7 +87,7 @@ class Connection(asyncio.Protocol):
             self._fail(UpstreamError("protocol", f"the upstream's {what} ran over {HEAD_LIMIT} bytes"))
         if self.error is not None or self._extra:
             self.close()
-        elif self._waiter is not None and (self.body or self.complete):
+        elif self._waiter is not None and (self.complete or (self.body and self._whole is None)):
             self._wake()
 
     def connection_lost(self, exc: Optional[Exception]) -> None:
@@ -142,6 +144,13 @@ class Connection(asyncio.Protocol):
             return
         self.body.append(body)
         self.buffered += len(body)
+        whole = self._whole
+        if whole is not None:
+            self._last_data = asyncio.get_running_loop().time()
+            if self.buffered > whole:
+                self._fail(UpstreamError("protocol", "the upstream's answer runs past max_upstream_body_size "
+                                                     f"({whole} bytes)"))
+            return
         if self.buffered > PAUSE_ABOVE and not self._paused and self.transport is not None:
             self._paused = True
             self.transport.pause_reading()
@@ -198,6 +207,50 @@ class Connection(asyncio.Protocol):
             finally:
                 timer.cancel()
                 self._waiter = None
+
+    async def whole(self, limit: int) -> list[bytes]:
+        """The rest of the body at once, as the pieces it came in, at most `limit` bytes: no pause and no
+        wake-up per piece, and no copy (a large answer is written on as it is).
+
+        The idle timeout still applies between the upstream's reads (one timer, re-armed when it fires early).
+        """
+        if self.buffered > limit:
+            self._fail(UpstreamError("protocol", f"the upstream's answer runs past max_upstream_body_size ({limit} "
+                                                 "bytes)"))
+        loop = asyncio.get_running_loop()
+        self._whole, self._last_data = limit, loop.time()
+        if self._paused and self.transport is not None:
+            self._paused = False
+            self.transport.resume_reading()
+        timer: Optional[asyncio.TimerHandle] = None
+
+        def idle() -> None:
+            nonlocal timer
+            left = self._last_data + self.idle_timeout - loop.time()
+            if left > 0:
+                timer = loop.call_later(left, idle)
+            else:
+                self._idle_expired()
+
+        try:
+            while self.error is None and not self.complete:
+                self._waiter = loop.create_future()
+                if timer is None:
+                    timer = loop.call_later(self.idle_timeout, idle)
+                try:
+                    await self._waiter
+                finally:
+                    self._waiter = None
+            if self.error is not None:
+                raise self.error
+            pieces = list(self.body)
+            self.body.clear()
+            self.buffered = 0
+            return pieces
+        finally:
+            self._whole = None
+            if timer is not None:
+                timer.cancel()
 
     def drain(self, done: Callable[[Connection], None]) -> bool:
         """Read the rest of an answer its reader no longer wants, if it is worth keeping the connection for:

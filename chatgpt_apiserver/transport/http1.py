@@ -38,6 +38,10 @@ class Http1Reply(Reply):
         self.headers: Headers = connection.headers
 
     async def read(self) -> bytes:
+        pieces = await self.read_pieces()
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    async def read_pieces(self) -> list[bytes]:
         limit = self._limit
         if self._decoder is None:
             length = int(self.headers.get("content-length") or 0)  # llhttp checked it is a number
@@ -45,12 +49,19 @@ class Http1Reply(Reply):
                 self.close()
                 raise UpstreamError("protocol", f"the upstream's answer is {length} bytes, over "
                                                 f"max_upstream_body_size ({limit})")
+            connection = self._connection
+            if connection is None:
+                return []
+            try:
+                return await connection.whole(limit)  # no wake-up and no copy per piece
+            finally:
+                self.close()
         pieces: list[bytes] = []
         size = 0
         while True:
             piece = await self.read_chunk()
             if not piece:
-                return b"".join(pieces)
+                return pieces
             size += len(piece)
             if size > limit:
                 self.close()

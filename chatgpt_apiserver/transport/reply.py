@@ -31,6 +31,10 @@ class Reply(ABC):
         """The upstream's Content-Type, or JSON when it gave none."""
         return self.headers.get("content-type", "application/json")
 
+    async def read_pieces(self) -> list[bytes]:
+        """The whole body, as the pieces it came in (a large one need not be copied into one)."""
+        return [await self.read()]
+
     @abstractmethod
     async def read(self) -> bytes:
         """The whole body. Raises `UpstreamError` if the upstream fails while sending it."""

@@ -31,6 +31,7 @@ log = logging.getLogger("chatgpt_apiserver.handlers")
 CONTROLLER_HEADER = "X-Chatgpt-Apiserver-Controller"
 UPSTREAM_ID_HEADER = "X-Upstream-Request-Id"
 UPSTREAM_ID_NAMES = ("x-request-id", "apim-request-id")  # OpenAI's, then Azure's
+LARGE_BODY = 64 * 1024  # a body this large is written apart from the head (one copy of it less)
 STREAM_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache",
                   "X-Accel-Buffering": "no"}  # no proxy buffering (nginx)
 
@@ -103,6 +104,8 @@ class EndpointHandler(BaseHandler):
         try:
             await self._handle(ids)
         except ApiError as error:
+            if error.attempts:
+                self.attempts, self.controller = error.attempts, error.controller
             self.send_api_error(error)
         except StreamClosedError:  # a write found the client gone, perhaps before on_connection_close ran
             log.info("client went away; request %s ended", self.request_id)
@@ -230,16 +233,30 @@ class EndpointHandler(BaseHandler):
         await flushed
 
     async def _finish_body(self, answer: Answer) -> None:
-        status, body = answer.status, answer.body
+        status = answer.status
         content_type = answer.reply.content_type
         self.set_status(status)
         for name, value in relayed_headers(answer.reply.headers).items():
             self.set_header(name, value)
         if status >= 400:
-            body = client_error_body(body, status, self.gateway.secrets)
-            content_type = "application/json"
+            self.set_header("Content-Type", "application/json")
+            await self._sent(self.finish(client_error_body(answer.body, status, self.gateway.secrets)))
+            return
         self.set_header("Content-Type", content_type)
-        await self._sent(self.finish(body))
+        pieces = answer.pieces
+        size = sum(len(piece) for piece in pieces)
+        connection = self.request.connection
+        if size <= LARGE_BODY or not isinstance(connection, HTTP1Connection):
+            await self._sent(self.finish(pieces[0] if len(pieces) == 1 else b"".join(pieces)))
+            return
+        # A large answer leaves as the pieces it came in, after the head: joining them, or Tornado copying
+        # them onto the head, would copy megabytes for nothing.
+        self.set_header("Content-Length", str(size))
+        await self._sent(self.flush())
+        for piece in pieces:
+            connection.write(piece)
+        self.bytes_out += size
+        await self._sent(self.finish())
 
 
 class ModelHandler(BaseHandler):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any, Optional
-from urllib.parse import quote
+from urllib.parse import parse_qs, quote
 
 import orjson
 
@@ -34,8 +34,8 @@ def _json(body: bytes) -> dict[str, Any]:
 
 
 def _model(endpoint: Endpoint, value: Any) -> str:
-    if endpoint.model_field is None:
-        return ""
+    if endpoint.model_field is None or (value is None and not endpoint.model_required):
+        return ""  # routed by the id it names, or by the controllers that serve any model
     if not isinstance(value, str) or not value.strip():
         field = endpoint.model_field
         raise ApiError(400, f"Invalid '{field}': must be a non-empty string naming the model.", param=field,
@@ -88,6 +88,8 @@ def read_call(endpoint: Endpoint, body: bytes, content_type: str, path_args: Map
         raise ApiError(415, f"{endpoint.public_path} takes a multipart/form-data body.", code="unsupported_media_type")
     model = _model(endpoint, payload.get(endpoint.model_field) if endpoint.model_field else None)
     stream_field = payload.get("stream")
+    if endpoint.body is Body.NONE:  # a GET that replays a stored stream says so in its query
+        stream_field = parse_qs(query).get("stream", [""])[0]
     stream = endpoint.can_stream and (stream_field is True or (isinstance(stream_field, str)
                                                                and stream_field.lower() in TRUE))
     path = endpoint.path.format(**{name: quote(value, safe="") for name, value in path_args.items()})
