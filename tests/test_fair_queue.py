@@ -116,3 +116,28 @@ def test_the_heap_of_line_heads_stays_bounded_under_churn() -> None:
     assert sorted(id(item) for item in queue) == sorted(id(item) for item in live)
     for klass in queue._classes:  # stale entries are dropped once they outnumber the lines by far
         assert len(klass.heads) <= 2 * 50 + 64 + 1
+
+
+def test_walking_the_queue_gives_the_order_it_is_served_in_even_with_stale_heads() -> None:
+    rng = random.Random(11)
+    tenants = [Tenant(f"t{i}", batch=i % 3 == 0, share=1 + i % 4) for i in range(200)]
+    walked: FairQueue[Item] = FairQueue()
+    served: FairQueue[Item] = FairQueue()
+    twins: dict[str, tuple[Item, Item]] = {}
+    lines: dict[str, list[str]] = {}
+    for step in range(3000):
+        tenant = rng.choice(tenants)
+        label = f"{tenant.name}-{step}"
+        twins[label] = (Item(tenant, label), Item(tenant, label))
+        walked.push(twins[label][0])
+        served.push(twins[label][1])
+        lines.setdefault(tenant.name, []).append(label)
+        if rng.random() < 0.3:  # a line's head leaves (a timeout): its entry in the heap of heads goes stale
+            line = lines[rng.choice(sorted(name for name, labels in lines.items() if labels))]
+            gone = twins[line.pop(0)]
+            assert walked.remove(gone[0]) and served.remove(gone[1])
+    stale = sum(1 for klass in walked._classes for entry in klass.heads
+                if not entry[3] or entry[3][0] is not entry[2])
+    assert stale > 10  # the walk below meets stale entries
+    order = [item.label for item in walked]
+    assert len(order) == len(walked) == len(served) and order == serve_all(served)

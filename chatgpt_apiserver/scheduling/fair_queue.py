@@ -128,23 +128,51 @@ class FairQueue(Generic[Q]):
             heapq.heapify(klass.heads)
 
     def __iter__(self) -> Iterator[Q]:
-        """Every waiting item in service order. A line is copied when the order reaches its second item, so
-        items may leave (or join) while the caller iterates; an item the caller took out is not seen twice."""
+        """Every waiting item in service order. A line is copied when the order reaches it, so items may leave
+        (or join) while the caller iterates; an item the caller took out is not seen twice.
+
+        The heap of line heads is walked in order through a copy (children after parents), without building
+        another heap of every line: a pass that looks at the first k items costs O(k log k), however many
+        clients wait.
+        """
+        tiebreak = itertools.count()
         for klass in self._classes:
-            heap: list[tuple[float, int, Q, deque[Q], tuple[Q, ...], int]] = [
-                (finish, seq, item, line, (), -1) for finish, seq, item, line in klass.heads
-                if line and line[0] is item]
-            heapq.heapify(heap)
-            while heap:
-                _finish, _seq, item, line, copy, index = heapq.heappop(heap)
-                yield item
-                if index < 0:  # a line's first item: the rest of the line as it is now
-                    copy = tuple(line)
+            heads = list(klass.heads)  # a heap: heads[i] comes before heads[2i+1] and heads[2i+2]
+            if not heads:
+                continue
+            entered: set[int] = set()  # lines this pass follows already
+            # (finish, seq, tiebreak, index into heads or -1, the item, its line, a copy of the line, index in it);
+            # an entry with no copy is a line's head: the rest of the line is copied once it has been seen.
+            order: list[tuple[float, int, int, int, Optional[Q], deque[Q], tuple[Q, ...], int]] = [
+                (heads[0][0], heads[0][1], next(tiebreak), 0, None, heads[0][3], (), 0)]
+            while order:
+                _finish, _seq, _, at, item, line, copy, index = heapq.heappop(order)
+                if at >= 0:
+                    for child in (2 * at + 1, 2 * at + 2):
+                        if child < len(heads):
+                            entry = heads[child]
+                            heapq.heappush(order, (entry[0], entry[1], next(tiebreak), child, None, entry[3], (), 0))
+                    item = heads[at][2]
+                    if not line or id(line) in entered:
+                        continue  # a stale entry, or a line followed already
+                    entered.add(id(line))
+                if not copy:  # a line's head
+                    assert item is not None
+                    if not line:
+                        continue
+                    if line[0] is not item:  # it left: the line goes on from its present head, in its turn
+                        head = line[0]
+                        heapq.heappush(order, (head.finish, head.seq, next(tiebreak), -1, head, line, (), 0))
+                        continue
+                    yield item
+                    copy = tuple(line)  # the rest of the line as it is now
                     index = 0 if copy and copy[0] is item else -1
+                else:
+                    yield copy[index]
                 index += 1
                 if index < len(copy):
                     nxt = copy[index]
-                    heapq.heappush(heap, (nxt.finish, nxt.seq, nxt, line, copy, index))
+                    heapq.heappush(order, (nxt.finish, nxt.seq, next(tiebreak), -1, nxt, line, copy, index))
 
     def first(self) -> Optional[Q]:
         """The item served next, if any."""
