@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Optional
@@ -30,6 +32,24 @@ def _close_openai_clients(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     yield
     for client in made:
         client.close()
+
+
+@pytest.fixture(autouse=True)
+def _close_leftover_event_loop() -> Iterator[None]:
+    """Close the event loop a test leaves behind as this thread's current one. Tornado's `make_current` (in
+    pytest-tornado's `io_loop`) keeps the loop `asyncio.get_event_loop()` creates and restores it afterwards,
+    unclosed; the garbage collector would find it in whichever test runs then, as an unclosed-loop warning."""
+    yield
+    policy = asyncio.get_event_loop_policy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            loop = policy.get_event_loop()
+        except RuntimeError:
+            return  # none is current
+    if not loop.is_running() and not loop.is_closed():
+        loop.close()
+        policy.set_event_loop(None)
 
 
 @pytest.fixture(scope="session")

@@ -27,6 +27,13 @@ class Case:
     error: str = ""  # otherwise: a fragment of the UpstreamError's message
     kind: str = "protocol"
     close: bool = False  # the upstream closes the connection after sending
+    pause: float = 0.0  # seconds between the pieces
+
+
+# A body large enough to be read past the parser, straight into one buffer, once its first bytes are in.
+LARGE = bytes(range(256)) * 4096 + b"the end"
+LARGE_ANSWER = answer(LARGE)
+LARGE_SPLIT = (LARGE_ANSWER[:2000], LARGE_ANSWER[2000:600_000], LARGE_ANSWER[600_000:])
 
 
 def deflate(data: bytes, raw: bool = False) -> bytes:
@@ -103,6 +110,11 @@ CASES: dict[str, Case] = {
                                         "answering", kind="connection", close=True),
     "closed inside a Content-Length body": Case((head("HTTP/1.1 200 OK", "Content-Length: 100") + b"short",),
                                                 error="while sending the body", kind="connection", close=True),
+    "a large Content-Length body, in three reads": Case(LARGE_SPLIT, LARGE, pause=0.05),
+    "a large body, then bytes after it": Case((*LARGE_SPLIT[:2], LARGE_SPLIT[2] + b"HTTP/1.1 200 OK\r\n"), LARGE,
+                                              reused=False, pause=0.05),
+    "closed inside a large Content-Length body": Case(LARGE_SPLIT[:2], error="while sending the body",
+                                                      kind="connection", close=True, pause=0.05),
     "closed inside a chunked body": Case((head("HTTP/1.1 200 OK", "Transfer-Encoding: chunked") + b"5\r\nhel",),
                                          error="while sending the body", kind="connection", close=True),
 }
@@ -111,7 +123,7 @@ CASES: dict[str, Case] = {
 @pytest.mark.parametrize("name", list(CASES))
 def test_framing(name: str, raw: RawUpstream, loop_thread: LoopThread) -> None:
     case = CASES[name]
-    raw.cue(Script(case.pieces, close=case.close))
+    raw.cue(Script(case.pieces, pause=case.pause, close=case.close))
     client = client_for(raw)
     started = time.monotonic()
     try:
@@ -169,6 +181,22 @@ def test_a_body_over_the_limit_fails_before_it_is_read(raw: RawUpstream, loop_th
     finally:
         loop_thread.call(client.close)
     assert raw.requests[0].connection != raw.requests[1].connection  # a half-read answer is not reused
+
+
+def test_a_large_body_that_stops_coming_times_out_and_its_connection_is_dropped(raw: RawUpstream,
+                                                                              loop_thread: LoopThread) -> None:
+    raw.cue(Script(LARGE_SPLIT[:2], pause=0.05, hang=True))
+    client = client_for(raw, idle_timeout=0.3)
+    try:
+        started = time.monotonic()
+        with pytest.raises(UpstreamError) as caught:
+            loop_thread.run(fetch(client))
+        assert caught.value.kind == "timeout" and 0.3 <= time.monotonic() - started < 5
+        status, _, body = loop_thread.run(fetch(client))
+        assert status == 200 and body.startswith(b'{"id":"chatcmpl-fake"')
+    finally:
+        loop_thread.call(client.close)
+    assert raw.requests[0].connection != raw.requests[1].connection
 
 
 def test_read_chunk_hands_out_a_large_inflated_answer_in_bounded_pieces(raw: RawUpstream,

@@ -55,7 +55,7 @@ def usage_of(document: Any) -> Optional[Usage]:
     return found
 
 
-def find_usage(body: bytes) -> Optional[Usage]:
+def find_usage(body: bytes | bytearray) -> Optional[Usage]:
     """The usage of a JSON answer. In a large answer (2 MB of embeddings) the top-level `usage` object is
     found from the end and parsed alone; if it is not where OpenAI puts it, the body is parsed whole."""
     if len(body) >= WHOLE_PARSE_BELOW:
@@ -68,7 +68,7 @@ def find_usage(body: bytes) -> Optional[Usage]:
         return None
 
 
-def find_usage_in(pieces: list[bytes]) -> Optional[Usage]:
+def find_usage_in(pieces: list[bytes | bytearray]) -> Optional[Usage]:
     """`find_usage` of a body held as the pieces it came in: a large one is searched in its last pieces only."""
     size = sum(len(piece) for piece in pieces)
     if size >= WHOLE_PARSE_BELOW:
@@ -83,7 +83,7 @@ def find_usage_in(pieces: list[bytes]) -> Optional[Usage]:
     return find_usage(pieces[0] if len(pieces) == 1 else b"".join(pieces))
 
 
-def _usage_at_end(body: bytes) -> Optional[Usage]:
+def _usage_at_end(body: bytes | bytearray) -> Optional[Usage]:
     key = body.rfind(b'"usage"')
     if key < 0:
         return None
@@ -99,7 +99,7 @@ def _usage_at_end(body: bytes) -> Optional[Usage]:
         return None
 
 
-def _object_end(data: bytes, start: int, limit: int = 4096) -> int:
+def _object_end(data: bytes | bytearray, start: int, limit: int = 4096) -> int:
     """The index just after the JSON object that opens at `start` (-1 if it does not close soon)."""
     depth = 0
     in_string = False

@@ -25,7 +25,7 @@ from ..scheduling.outcomes import (
 )
 from ..scheduling.scheduler import Lease, Scheduler
 from ..secret import redacted_snippet, scrub
-from ..transport.reply import Reply, UpstreamError
+from ..transport.reply import Piece, Reply, UpstreamError, joined
 from .rewrite import upstream_body
 from .sse import DONE, EventSplitter, MalformedEvent, event_data, read_event
 
@@ -55,7 +55,7 @@ class Answer:
     status: int
     lease: Lease
     body: bytes = b""  # a whole answer that is not a 2xx (small): relayed after scrubbing
-    pieces: list[bytes] = field(default_factory=list)  # a whole 2xx answer, as the pieces it came in
+    pieces: list[Piece] = field(default_factory=list)  # a whole 2xx answer, as the pieces it came in
     first_events: list[bytes] = field(default_factory=list)
     splitter: Optional[EventSplitter] = None
     attempts: int = 1
@@ -144,7 +144,7 @@ def created_id(prefix: Optional[str], document: Any) -> Optional[str]:
     return ident if isinstance(ident, str) and ident.startswith(prefix) else None
 
 
-def _looks_like_json(pieces: list[bytes]) -> bool:
+def _looks_like_json(pieces: list[Piece]) -> bool:
     """A whole JSON object, judged by its ends: parsing a 2 MB answer to check it would cost the hot path."""
     if not pieces:
         return False
@@ -235,7 +235,7 @@ async def attempt(lease: Lease, call: Call, gateway: Gateway) -> Answer | Failur
             pieces = await reply.read_pieces()
             if 200 <= status < 300 and endpoint.creates is None:
                 break  # kept as the pieces it came in: a large answer is never copied into one
-            data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+            data = joined(pieces)
             if status == 400 and injected and b"stream_options" in data:
                 reply.close()
                 controller.refuse_stream_usage()  # logged once; this request is sent again without it

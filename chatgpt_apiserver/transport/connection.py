@@ -9,12 +9,17 @@ from typing import Optional
 
 import httptools
 
-from .reply import UpstreamError
+from .reply import Piece, UpstreamError
 
 HEAD_LIMIT = 64 * 1024  # bytes of an answer's heads (interim ones included) and trailers, together
 PAUSE_ABOVE = 1024 * 1024  # unread body bytes at which reading from the upstream pauses
 DRAIN_LIMIT = 64 * 1024  # body bytes an answer may still send after its reader is done, to keep its connection
 DRAIN_TIMEOUT = 1.0  # seconds it may take them to come
+READ_SIZE = 256 * 1024  # bytes one read from an upstream may bring
+DIRECT_ABOVE = 256 * 1024  # a whole body with more bytes still to come than this is read straight into its buffer
+
+# What the parser reads from: one per process, as every read is parsed before the next one starts.
+_scratch = memoryview(bytearray(READ_SIZE))
 
 Headers = dict[str, str]  # response headers under lower-case names, as every reader looks them up
 
@@ -28,10 +33,12 @@ class _AfterTheAnswer(Exception):
     """Raised from a parser callback to stop at bytes that follow a complete answer."""
 
 
-class Connection(asyncio.Protocol):
+class Connection(asyncio.BufferedProtocol):
     """One upstream connection; it carries one exchange at a time.
 
-    The parser's callbacks only record what they see; `data_received` acts on it once the parser returns.
+    Reads land in a scratch buffer the parser reads; its callbacks only record what they see, and
+    `data_received` acts on it once the parser returns. The rest of a large whole body skips the parser and
+    the scratch: it is read straight into one buffer of its announced length, then handed on as it is.
     """
 
     def __init__(self, idle_timeout: float) -> None:
@@ -44,7 +51,7 @@ class Connection(asyncio.Protocol):
         self.head: Optional[asyncio.Future[None]] = None
         self.status = 0
         self.headers: Headers = {}
-        self.body: deque[bytes] = deque()
+        self.body: deque[Piece] = deque()
         self.buffered = 0
         self.complete = False  # the whole answer is parsed
         self.error: Optional[UpstreamError] = None
@@ -62,13 +69,36 @@ class Connection(asyncio.Protocol):
         self._drained: Optional[Callable[[Connection], None]] = None  # who gets it back once drained
         self._drain_left = 0
         self._drain_timer: Optional[asyncio.TimerHandle] = None
+        self._body_seen = 0  # body bytes of the current answer the parser gave
+        self._direct: Optional[bytearray] = None  # the rest of a whole body, read into here directly
+        self._direct_view = _scratch
+        self._filled = 0
 
     # --- asyncio.Protocol ------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return _scratch if self._direct is None else self._direct_view[self._filled:]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        direct = self._direct
+        if direct is None:
+            self.data_received(_scratch[:nbytes])
+            return
+        self.received += nbytes
+        self._filled += nbytes
+        self._last_data = asyncio.get_running_loop().time()
+        if self._filled == len(direct):
+            self._direct, self._direct_view = None, _scratch
+            self.body.append(direct)
+            self.buffered += self._filled
+            self.complete = True
+            self.parser = httptools.HttpResponseParser(self)  # it stopped mid-body; the next answer needs a fresh one
+            self._wake()
+
+    def data_received(self, data: bytes | memoryview) -> None:
         if self.head is None or self.complete:
             self._extra = True  # nothing was asked, or the answer is over: the upstream is confused
             self.close()
@@ -144,6 +174,7 @@ class Connection(asyncio.Protocol):
             return
         self.body.append(body)
         self.buffered += len(body)
+        self._body_seen += len(body)
         whole = self._whole
         if whole is not None:
             self._last_data = asyncio.get_running_loop().time()
@@ -169,7 +200,7 @@ class Connection(asyncio.Protocol):
         self.head = head = asyncio.get_running_loop().create_future()
         self.status, self.headers = 0, {}
         self.body.clear()
-        self.buffered = self.received = self._head_bytes = 0
+        self.buffered = self.received = self._head_bytes = self._body_seen = 0
         self.complete = self.until_close = self._extra = self._trailers = False
         self._in_head = True
         self.error = None
@@ -189,6 +220,8 @@ class Connection(asyncio.Protocol):
             body = self.body
             if body:
                 piece = body.popleft() if len(body) == 1 else b"".join(body)
+                if not isinstance(piece, bytes):  # (only a whole body is read straight into a buffer)
+                    piece = bytes(piece)
                 body.clear()
                 self.buffered = 0
                 if self._paused and self.transport is not None:
@@ -208,7 +241,7 @@ class Connection(asyncio.Protocol):
                 timer.cancel()
                 self._waiter = None
 
-    async def whole(self, limit: int) -> list[bytes]:
+    async def whole(self, limit: int) -> list[Piece]:
         """The rest of the body at once, as the pieces it came in, at most `limit` bytes: no pause and no
         wake-up per piece, and no copy (a large answer is written on as it is).
 
@@ -219,6 +252,7 @@ class Connection(asyncio.Protocol):
                                                  "bytes)"))
         loop = asyncio.get_running_loop()
         self._whole, self._last_data = limit, loop.time()
+        self._read_directly()
         if self._paused and self.transport is not None:
             self._paused = False
             self.transport.resume_reading()
@@ -249,8 +283,27 @@ class Connection(asyncio.Protocol):
             return pieces
         finally:
             self._whole = None
+            if self._direct is not None:  # given up half-way: what comes next is not for the parser
+                self._direct, self._direct_view = None, _scratch
+                self.close()
             if timer is not None:
                 timer.cancel()
+
+    def _read_directly(self) -> None:
+        """Read the rest of a large body of known length straight into one buffer, past the parser."""
+        if self.complete or self.error is not None or self.closed or self._in_head:
+            return
+        headers = self.headers
+        if "transfer-encoding" in headers:
+            return
+        try:
+            length = int(headers.get("content-length", ""))
+        except ValueError:
+            return
+        left = length - self._body_seen
+        if left > DIRECT_ABOVE:
+            self._direct = bytearray(left)
+            self._direct_view, self._filled = memoryview(self._direct), 0
 
     def drain(self, done: Callable[[Connection], None]) -> bool:
         """Read the rest of an answer its reader no longer wants, if it is worth keeping the connection for:

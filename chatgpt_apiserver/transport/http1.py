@@ -14,7 +14,7 @@ from .codings import Decoder, decoder_for
 from .connection import Connection, Headers
 from .pool import Pool
 from .proxy import Proxy
-from .reply import Reply, UpstreamError
+from .reply import Piece, Reply, UpstreamError, joined
 from .request import Origin, UpstreamRequest, header_block
 from .tls import client_context
 
@@ -39,9 +39,9 @@ class Http1Reply(Reply):
 
     async def read(self) -> bytes:
         pieces = await self.read_pieces()
-        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        return joined(pieces)
 
-    async def read_pieces(self) -> list[bytes]:
+    async def read_pieces(self) -> list[Piece]:
         limit = self._limit
         if self._decoder is None:
             length = int(self.headers.get("content-length") or 0)  # llhttp checked it is a number
@@ -56,7 +56,7 @@ class Http1Reply(Reply):
                 return await connection.whole(limit)  # no wake-up and no copy per piece
             finally:
                 self.close()
-        pieces: list[bytes] = []
+        pieces: list[Piece] = []
         size = 0
         while True:
             piece = await self.read_chunk()

@@ -5,6 +5,15 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 
+Piece = bytes | bytearray  # a piece of a body; a large one is read straight into a bytearray, never copied
+
+
+def joined(pieces: list[Piece]) -> bytes:
+    """The pieces as one `bytes`; copied only when they must be."""
+    if len(pieces) == 1 and isinstance(pieces[0], bytes):
+        return pieces[0]
+    return b"".join(pieces)
+
 
 class UpstreamError(Exception):
     """An attempt that failed before a usable reply: `kind` is connection, timeout or protocol.
@@ -31,7 +40,7 @@ class Reply(ABC):
         """The upstream's Content-Type, or JSON when it gave none."""
         return self.headers.get("content-type", "application/json")
 
-    async def read_pieces(self) -> list[bytes]:
+    async def read_pieces(self) -> list[Piece]:
         """The whole body, as the pieces it came in (a large one need not be copied into one)."""
         return [await self.read()]
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 from tornado.http1connection import HTTP1Connection
 from tornado.iostream import StreamClosedError
@@ -21,6 +21,7 @@ from ..relay.attempts import Answer, client_error_body
 from ..relay.routing import open_answer, relayed_headers
 from ..relay.streams import BrokenAnswer, relay_bytes, relay_stream
 from ..scheduling.fair_queue import ANONYMOUS
+from ..transport.reply import joined
 from .base import REQUEST_ID, BaseHandler
 from .bodies import Bodies
 from .calls import read_call
@@ -247,14 +248,14 @@ class EndpointHandler(BaseHandler):
         size = sum(len(piece) for piece in pieces)
         connection = self.request.connection
         if size <= LARGE_BODY or not isinstance(connection, HTTP1Connection):
-            await self._sent(self.finish(pieces[0] if len(pieces) == 1 else b"".join(pieces)))
+            await self._sent(self.finish(joined(pieces)))
             return
         # A large answer leaves as the pieces it came in, after the head: joining them, or Tornado copying
         # them onto the head, would copy megabytes for nothing.
         self.set_header("Content-Length", str(size))
         await self._sent(self.flush())
         for piece in pieces:
-            connection.write(piece)
+            connection.write(cast(bytes, piece))  # (its stream takes a bytearray as it is)
         self.bytes_out += size
         await self._sent(self.finish())
 
