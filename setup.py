@@ -11,7 +11,8 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["chatgpt_apiserver", "chatgpt_apiserver.*"]),
     package_data={"chatgpt_apiserver.web": ["static/*.html"],
-                  "chatgpt_apiserver.endpoints": ["openai-endpoint-schemas.json"]},
+                  "chatgpt_apiserver.endpoints": ["openai-endpoint-schemas.json"],
+                  "chatgpt_apiserver.clients": ["prices.json"]},
     include_package_data=True,
     install_requires=[
         "tornado>=6.4",

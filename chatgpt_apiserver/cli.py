@@ -6,9 +6,10 @@ import asyncio
 import logging
 import sys
 from collections.abc import Sequence
-from typing import Optional
+from typing import Optional, TextIO
 
 from .config.check import render
+from .config.clients import key_digest
 from .config.files import ConfigError
 from .config.settings import Settings, parse_settings
 from .ops.logs import configure_logging
@@ -44,9 +45,22 @@ def run_server(settings: Settings, argv: Sequence[str]) -> int:
         return runner.run(serve(settings, argv))
 
 
+def hash_key(stdin: TextIO) -> int:
+    """`--hash-key`: print the SHA-256 digest of the key on stdin, for a client's `key_sha256`."""
+    key = stdin.read().strip()
+    if not key or "\n" in key:
+        print("chatgpt-apiserver: --hash-key reads one key on stdin (e.g. printf %s \"$KEY\" | "
+              "chatgpt-apiserver --hash-key)", file=sys.stderr)
+        return 2
+    print(key_digest(key).hex())
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point for `chatgpt-apiserver` and `python -m chatgpt_apiserver`."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    if "--hash-key" in argv or "--hash_key" in argv:  # needs no config
+        return hash_key(sys.stdin)
     settings, check, status = get_settings(argv)
     if settings is None:
         return status

@@ -9,6 +9,9 @@ from collections.abc import Callable
 from typing import Any, Optional, Protocol
 
 from .auth import KeyRing
+from .clients import Clients, make_clients
+from .clients import apply_settings as apply_client_settings
+from .clients.metrics import ClientCollector
 from .config.settings import Settings
 from .controllers import Controller, Transport, build_controller
 from .ops.metrics import Metrics
@@ -67,6 +70,11 @@ class Gateway:
                                    QueuePolicy(settings.max_queue_wait, settings.max_queue_size), clock,
                                    self.metrics.queue_wait.observe)
         self.retries = RetryBudget(settings.retry_budget_ratio, settings.retry_budget_per_second, clock)
+        self.clients: Clients = make_clients(settings, self.store, clock)
+        clients = self.clients
+        self.metrics.registry.register(ClientCollector(
+            clients.tally, lambda: clients.registry.by_name, clients.store.held,
+            lambda client: self.scheduler.waiting(client.tenant), clients.budgets))
         self.draining = False
         self.active: set[Abortable] = set()
         self._use_keys(settings)
@@ -87,7 +95,6 @@ class Gateway:
         return cls(settings, controllers, clock)
 
     def _use_keys(self, settings: Settings) -> None:
-        self.client_keys = KeyRing(settings.client_keys)
         self.admin_keys = KeyRing([settings.admin_key] if settings.admin_key else [])
 
     @property
@@ -139,6 +146,7 @@ class Gateway:
         self.scheduler.queue = QueuePolicy(settings.max_queue_wait, settings.max_queue_size)
         self.retries.configure(settings.retry_budget_ratio, settings.retry_budget_per_second)
         self._use_keys(settings)
+        apply_client_settings(self.clients, settings)  # a removed client's key stops working here
         self.secrets = _secrets(controllers)
         self._discovered.clear()
         self._views_at = -VIEW_MAX_AGE
@@ -161,12 +169,14 @@ class Gateway:
         for controller in self.controllers:
             await controller.start()
         await self.store.start()
+        await self.clients.start()
 
     async def close(self) -> None:
         """Close every controller's connection pool."""
         for task in list(self._background):
             task.cancel()
         await self.scheduler.close()
+        await self.clients.close()
         await self.store.close()
         for controller in self.controllers:
             await controller.close()

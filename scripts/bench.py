@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import os
 import re
@@ -93,11 +94,14 @@ def body(messages: list[dict[str, str]] = MESSAGES_2, **bench: Any) -> dict[str,
 
 
 def wrk(port: int, payload: dict[str, Any], connections: int, seconds: float,
-        path: str = "/v1/chat/completions") -> dict[str, float]:
-    """Run wrk on core 1; return req/s and latency percentiles in ms."""
+        path: str = "/v1/chat/completions", bearer: str = "") -> dict[str, float]:
+    """Run wrk on core 1 (with `Authorization: Bearer <bearer>` when one is given); return req/s and latency
+    percentiles in ms."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
                      f"wrk.body = {json.dumps(json.dumps(payload))}\n")
+        if bearer:
+            script.write(f'wrk.headers["Authorization"] = "Bearer {bearer}"\n')
     duration = f"-d{max(1, round(seconds))}s"
     done = subprocess.run(["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", duration, "--latency",
                            "-s", script.name, f"http://127.0.0.1:{port}{path}"],
@@ -130,12 +134,13 @@ class Bench:
     def seconds(self, full: float) -> float:
         return max(2.0, full / 4) if self.quick else full
 
-    def gateway(self, *extra: str, log: bool = False, limited: bool = False) -> tuple[subprocess.Popen[bytes], int]:
+    def gateway(self, *extra: str, log: bool = False, limited: bool = False,
+                clients: list[dict[str, Any]] | None = None) -> tuple[subprocess.Popen[bytes], int]:
         port = free_port()
-        config = self.workdir / "gateway.json"
+        config = self.workdir / f"gateway-{port}.json"
         base = f"http://127.0.0.1:{self.upstream_port}/v1"
         limits = {"rpm": 10_000_000, "tpm": 10_000_000_000} if limited else {}
-        config.write_bytes(orjson.dumps({"controllers": [
+        config.write_bytes(orjson.dumps({**({"clients": clients} if clients else {}), "controllers": [
             {"type": "openai", "name": "bench-a", **limits,
              "config": {"api_key": "sk-bench-a-000000000000", "base_url": base}},
             {"type": "openai", "name": "bench-b", **limits,
@@ -191,19 +196,26 @@ class Bench:
             self.results["g_with_logs"] = self.with_logs()
         if self.wants("h"):
             self.results["h_redis"] = self.with_redis()
+        if self.wants("l"):
+            self.results["l_clients"] = self.with_clients()
+        if self.wants("m"):
+            self.results["m_fair_queue"] = self.fair_queue()
         return self.results
 
-    def paired(self, ports: dict[str, int], payload: dict[str, Any] | None = None) -> dict[str, float]:
+    def paired(self, ports: dict[str, int], payload: dict[str, Any] | None = None, key: str = "") -> dict[str, float]:
         """Throughput at c=32 of several gateways running side by side, measured in alternating rounds,
-        so that a slow moment of the machine does not land on one of them only; medians per gateway."""
+        so that a slow moment of the machine does not land on one of them only; medians per gateway. Each
+        round starts with the next gateway: three identical gateways measured always in the same order gave
+        the first one ~10% more than the others."""
         payload = payload or body()
-        rounds = 3 if self.quick else 5
+        order = list(ports.items())
+        rounds = -(-(3 if self.quick else 5) // len(order)) * len(order)  # each gateway first equally often
         seen: dict[str, list[float]] = {label: [] for label in ports}
         for port in ports.values():
-            wrk(port, payload, 32, 2)
-        for _ in range(rounds):
-            for label, port in ports.items():
-                seen[label].append(wrk(port, payload, 32, self.seconds(4))["rps"])
+            wrk(port, payload, 32, 2, bearer=key)
+        for number in range(rounds):
+            for label, port in order[number % len(order):] + order[:number % len(order)]:
+                seen[label].append(wrk(port, payload, 32, self.seconds(4), bearer=key)["rps"])
         return {f"{label}_rps": statistics.median(values) for label, values in seen.items()}
 
     def stream_throughput(self, port: int) -> dict[str, float]:
@@ -250,6 +262,37 @@ class Bench:
             stop(quiet)
             stop(logged)
         figures["ratio_to_b"] = figures["logged_rps"] / figures["quiet_rps"]
+        return figures
+
+    def with_clients(self, count: int = 1000) -> dict[str, float]:
+        """(l) (b) with `count` clients configured (keys as SHA-256 digests), so that every request is
+        authenticated by its key and accounted (usage, cost, metrics), against the same gateway with no
+        clients; and, reported beside it, the same clients each with rpm, tpm and a token budget (every request
+        also admitted by its buckets and budget and told its six x-ratelimit-* headers). wrk presents the last
+        client's key to all three."""
+        keys = [f"sk-bench-client-{number:04d}-0123456789abcdef" for number in range(count)]
+        plain = [{"name": f"client-{number}", "key_sha256": hashlib.sha256(key.encode()).hexdigest()}
+                 for number, key in enumerate(keys)]
+        limited = [{**client, "rpm": 10_000_000, "tpm": 10_000_000_000,
+                    "budget": {"tokens": 10**15, "period": "month"}} for client in plain]
+        gateways = {"no_clients": self.gateway(), "clients": self.gateway(clients=plain),
+                    "limited_clients": self.gateway(clients=limited)}
+        try:
+            figures = self.paired({label: port for label, (_, port) in gateways.items()}, key=keys[-1])
+        finally:
+            for process, _ in gateways.values():
+                stop(process)
+        figures["ratio"] = figures["clients_rps"] / figures["no_clients_rps"]
+        figures["limited_ratio"] = figures["limited_clients_rps"] / figures["no_clients_rps"]
+        figures["clients_configured"] = count
+        return figures
+
+    def fair_queue(self) -> dict[str, float]:
+        """(m) The fair queue's cost per enqueue and dequeue with 10,000 waiting over 1,000 clients (its own
+        process: scripts/bench_fair_queue.py)."""
+        done = subprocess.run(["taskset", "-c", "0", PYTHON, str(SCRIPTS / "bench_fair_queue.py")],
+                              capture_output=True, text=True, check=True)
+        figures: dict[str, float] = json.loads(done.stdout)
         return figures
 
     def with_redis(self) -> dict[str, float]:
@@ -433,6 +476,10 @@ TARGETS = [
     ("(k) affinity: bytes per entry (1M in memory)", ("k_affinity_memory", "bytes_per_entry"), "<=", 200, "{:.1f}"),
     ("(g) with access log: ratio to (b)", ("g_with_logs", "ratio_to_b"), ">=", 0.95, "{:.2f}"),
     ("(h) with Redis: ratio to in-memory buckets", ("h_redis", "ratio"), ">=", 0.8, "{:.2f}"),
+    ("(l) 1,000 clients: ratio to no clients", ("l_clients", "ratio"), ">=", 0.95, "{:.2f}"),
+    ("(l') ... each with rpm, tpm, budget: ratio", ("l_clients", "limited_ratio"), None, None, "{:.2f}"),
+    ("(m) fair queue, 10k waiting: enqueue (us)", ("m_fair_queue", "enqueue_us"), None, None, "{:.2f}"),
+    ("(m) fair queue, 10k waiting: dequeue (us)", ("m_fair_queue", "dequeue_us"), None, None, "{:.2f}"),
     ("fake upstream / gateway speed", ("upstream_check", "ratio"), ">=", 5.0, "{:.1f}"),
 ]
 
@@ -466,8 +513,8 @@ def main() -> int:
     parser.add_argument("--output", default=str(ROOT / "bench-results.json"))
     args = parser.parse_args()
     only = frozenset(args.only.replace(",", ""))
-    if only - set("abcdefghijkn"):
-        parser.error("--only takes letters from a to k, and n")
+    if only - set("abcdefghijklmn"):
+        parser.error("--only takes letters from a to n")
     with tempfile.TemporaryDirectory() as workdir:
         bench = Bench(args.quick, Path(workdir), only)
         try:

@@ -6,7 +6,7 @@ import asyncio
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import pytest
 
@@ -86,6 +86,22 @@ def sdk() -> Iterator[Callable[..., Any]]:
 
     def make(*args: Any, **options: Any) -> Any:
         clients.append(client_for(*args, **options))
+        return clients[-1]
+
+    yield make
+    for client in clients:
+        client.close()
+
+
+@pytest.fixture
+def api(stack: Stack) -> Iterator[Callable[..., Any]]:
+    """Official SDK clients of the gateway: api(key, port=None, **options), closed after the test."""
+    import openai
+    clients: list[Any] = []
+
+    def make(key: str, port: Optional[int] = None, **options: Any) -> Any:
+        base = f"http://127.0.0.1:{port or stack.port}/v1"
+        clients.append(openai.OpenAI(base_url=base, api_key=key, **{"max_retries": 0, "timeout": 30, **options}))
         return clients[-1]
 
     yield make

@@ -14,6 +14,7 @@ LAYERS = [
     {"controllers"},
     {"state"},
     {"scheduling"},
+    {"clients"},
     {"gateway"},
     {"relay"},
     {"web"},

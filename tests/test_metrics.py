@@ -92,13 +92,14 @@ def test_access_log_lines(stack: Stack, fmt: str) -> None:
         entry = orjson.loads(line)
         assert entry["request_id"] == "trace-42" and entry["status"] == 200 and entry["controller"] == "up"
         assert entry["model"] == "gpt-4o" and entry["stream"] is False and entry["attempts"] == 1
-        assert entry["bytes"] == len(body) and entry["tokens"] == 12 and entry["client"] == "127.0.0.1"
+        assert entry["bytes"] == len(body) and entry["tokens"] == 12
+        assert entry["peer"] == "127.0.0.1" and entry["client"] == "-"
         assert entry["method"] == "POST" and entry["path"] == "/v1/chat/completions"
         assert entry["time_ms"] >= entry["ttfb_ms"] > 0 and entry["time"].endswith("Z")
         assert entry["upstream_request_id"] == "req_0a1b2c3d"
     else:
         for field in ("request_id=trace-42", "status=200", "controller=up", "model=gpt-4o", "stream=False",
-                      "attempts=1", f"bytes={len(body)}", "tokens=12", "client=127.0.0.1",
+                      "attempts=1", f"bytes={len(body)}", "tokens=12", "peer=127.0.0.1", "client=-",
                       "upstream_request_id=req_0a1b2c3d"):
             assert field in line
         assert re.search(r"time_ms=[\d.]+ ttfb_ms=[\d.]+", line)

@@ -47,6 +47,9 @@ def test_systemd_unit_fits_the_server() -> None:
     assert signal.Signals[unit["KillSignal"][0]] in STOP_SIGNALS
     stop = float(unit["TimeoutStopSec"][0].rstrip("s"))
     assert stop > OPTIONS_BY_KEY["shutdown_timeout"].default  # the drain fits before the SIGKILL
+    # Without Redis, clients' usage and budgets are kept in the state directory systemd provides.
+    assert unit["StateDirectory"] == ["chatgpt-apiserver"]
+    assert args[args.index("--state-dir") + 1] == "${STATE_DIRECTORY}"
 
 
 def test_systemd_unit_is_hardened(tmp_path: Path) -> None:
@@ -112,6 +115,7 @@ def test_dockerfile_fits_the_server(tmp_path: Path) -> None:
     assert str(settings.port) == last["EXPOSE"] and settings.host == "0.0.0.0"
     assert settings.location.path == config_dir / "chatgpt-apiserver.json"
     assert settings.sources["port"] == "env CHATGPT_APISERVER_PORT"
+    assert settings.state_dir == last["VOLUME"]  # clients' usage and budgets outlive the container
 
 
 def test_the_images_start_command_runs_in_a_clean_virtualenv(tmp_path: Path) -> None:
@@ -132,7 +136,8 @@ def test_the_images_start_command_runs_in_a_clean_virtualenv(tmp_path: Path) -> 
     port = free_port()
     env = clean_env(**image_env)
     env.update(PATH=f"{venv / 'bin'}:{env.get('PATH', '')}", CHATGPT_APISERVER_CONFIG_PATH=str(config_dir),
-               CHATGPT_APISERVER_PORT=str(port), CHATGPT_APISERVER_CLIENT_KEYS="container-key")
+               CHATGPT_APISERVER_PORT=str(port), CHATGPT_APISERVER_CLIENT_KEYS="container-key",
+               CHATGPT_APISERVER_STATE_DIR=str(tmp_path / "state"))  # the image's volume, here
     assert image_env["CHATGPT_APISERVER_HOST"] == "0.0.0.0"
     process = subprocess.Popen(entrypoint, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE)
@@ -145,6 +150,7 @@ def test_the_images_start_command_runs_in_a_clean_virtualenv(tmp_path: Path) -> 
         process.send_signal(signal.SIGTERM)
         _, err = process.communicate(timeout=30)
     assert process.returncode == 0, err
+    assert (tmp_path / "state" / "clients.json").exists()  # the client's usage, written on the way out
     # Without client keys, the same public listener is refused with a clear message.
     env.pop("CHATGPT_APISERVER_CLIENT_KEYS")
     done = subprocess.run(entrypoint, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)

@@ -66,6 +66,7 @@ def render(settings: Settings) -> str:
                 lines.append(f"      api_key={spec.api_key} (from {spec.api_key_source})")
             elif spec.api_key_source:
                 lines.append(f"      credential from {spec.api_key_source}")
+    lines += _clients(settings)
     return "\n".join(lines)
 
 
@@ -78,3 +79,29 @@ def _setting(value: Any) -> str:
             return f"{', '.join(sorted(value))} (values redacted)"
         return ", ".join(f"{key}: {item}" for key, item in sorted(value.items()))
     return str(value)
+
+
+def _clients(settings: Settings) -> list[str]:
+    """The clients, with where each key comes from (never the key or its digest)."""
+    lines = ["", f"clients ({len(settings.clients)}):"]
+    for spec in settings.clients:
+        parts = [f"priority={spec.priority}", f"share={spec.share:g}"]
+        for name, value in (("rpm", spec.limits.rpm), ("tpm", spec.limits.tpm),
+                            ("max_concurrency", spec.max_concurrency)):
+            if value is not None:
+                parts.append(f"{name}={value:g}")
+        lines.append(f"  - {spec.name}: {' '.join(parts)}")
+        lines.append(f"      key from {spec.key_source}")
+        if spec.models is not None:
+            lines.append(f"      models={', '.join(sorted(spec.models))}")
+        for model, limit in sorted(spec.model_limits.items()):
+            shown = " ".join(f"{k}={v:g}" for k, v in (("rpm", limit.rpm), ("tpm", limit.tpm)) if v is not None)
+            lines.append(f"      model_limits[{model}]: {shown}")
+        if spec.budget is not None:
+            budget = spec.budget
+            amounts = [f"{budget.tokens} tokens" if budget.tokens is not None else "",
+                       f"${budget.usd:g}" if budget.usd is not None else ""]
+            lines.append(f"      budget per {budget.period}: {' and '.join(a for a in amounts if a)}")
+    if settings.prices:
+        lines.append(f"prices from the config: {', '.join(sorted(settings.prices))}")
+    return lines

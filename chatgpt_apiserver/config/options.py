@@ -89,6 +89,17 @@ def one_of(*choices: str) -> Callable[[str], str]:
     return parse
 
 
+def parse_fraction(text: str) -> float:
+    """A number above 0 and at most 1."""
+    try:
+        value = float(str(text).strip())
+    except ValueError:
+        raise ValueError(f"expected a number above 0 and at most 1, got {text!r}") from None
+    if not 0 < value <= 1:
+        raise ValueError(f"expected a number above 0 and at most 1, got {text!r}")
+    return value
+
+
 def parse_text(text: str) -> str:
     """Any text."""
     return str(text)
@@ -159,6 +170,10 @@ class Options:
         10.0, parse_seconds, "Seconds a request may wait for a controller with room before it gets 429.", "routing")
     max_queue_size: int = option(1000, parse_positive_int, "Requests that may wait at once; beyond it, 429 at once.",
                                  "routing")
+    max_client_queue_share: float = option(
+        0.5, parse_fraction,
+        "The fraction of max_queue_size one client may fill when several clients are configured; beyond it that "
+        "client gets 429 at once (1: no bound of its own).", "routing")
     default_completion_tokens: int = option(
         512, parse_positive_int,
         "Tokens reserved for the answer when a request sets no max_tokens (settled against usage).", "routing")
@@ -262,6 +277,10 @@ class Options:
         "Seconds a client may accept no bytes of an answer we have for it before it is disconnected.")
     shutdown_timeout: float = option(
         30.0, parse_seconds, "Seconds to let in-flight requests and streams finish after SIGTERM.")
+    state_dir: Optional[str] = option(
+        None, parse_optional_path,
+        "Directory for state that outlives a restart without Redis: clients' usage, budgets and buckets "
+        "(clients.json, written every few seconds and at shutdown). Unset: kept in memory only.", restart=True)
     access_log: bool = option(True, parse_bool, "Log one line per request.", "logging")
     log_level: str = option("info", one_of("debug", "info", "warning", "error"), "Log level.", "logging")
     log_format: str = option("text", one_of("text", "json"), "Log format: text or json.", "logging")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -14,6 +14,7 @@ import orjson
 
 from .. import __version__
 from ..secret import Secret
+from .clients import ClientSpec, Price, build_clients, build_prices
 from .controllers import ControllerSpec, build_specs
 from .files import ConfigError, Location, load, locate
 from .options import OPTIONS, Options, parse_bool
@@ -38,6 +39,8 @@ class Settings(Options):
     controllers: list[ControllerSpec]
     location: Location
     demo: bool = False
+    clients: list[ClientSpec] = field(default_factory=list)  # the `clients` entries, then each plain client key
+    prices: dict[str, Price] = field(default_factory=dict)  # the config's `prices` (over the shipped table)
 
 
 class _FlatJsonParser(configargparse.ConfigFileParser):  # type: ignore[misc]
@@ -73,6 +76,9 @@ def build_parser() -> configargparse.ArgParser:
                             "OPENAI_API_KEY is found (scripts/run uses it).")
     files.add_argument("--check-config", "--check_config", dest="check_config", action="store_true",
                        help="Print the effective settings (secrets redacted) with their sources, then exit.")
+    files.add_argument("--hash-key", "--hash_key", dest="hash_key", action="store_true",
+                       help="Read a client key on stdin and print its SHA-256 digest (for a client's key_sha256), "
+                            "then exit.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     groups: dict[str, Any] = {}
     for option in OPTIONS:
@@ -100,7 +106,7 @@ def _is_loopback(host: str) -> bool:
 
 
 def _security_checks(values: dict[str, Any], sources: dict[str, str], base: Path, problems: list[str],
-                     listening: Optional[Sequence[str]]) -> None:
+                     listening: Optional[Sequence[str]], clients: bool) -> None:
     """Client keys from the file, and the refusal to serve a public address with no keys.
 
     On a reload, `listening` holds the addresses actually bound: `host` takes a restart, so the rule is
@@ -117,11 +123,11 @@ def _security_checks(values: dict[str, Any], sources: dict[str, str], base: Path
             lines = []
         keys += [Secret(line.strip()) for line in lines if line.strip() and not line.strip().startswith("#")]
     values["client_keys"] = tuple(keys)
-    if keys or values.get("allow_unauthenticated"):
+    if keys or clients or values.get("allow_unauthenticated"):
         return
-    why = ("anyone who can reach it could spend the upstream keys. Set client_keys (or client_keys_file, or "
-           "CHATGPT_APISERVER_CLIENT_KEYS), or pass --allow-unauthenticated if something in front of it "
-           "authenticates clients.")
+    why = ("anyone who can reach it could spend the upstream keys. Set clients or client_keys (or "
+           "client_keys_file, or CHATGPT_APISERVER_CLIENT_KEYS), or pass --allow-unauthenticated if something "
+           "in front of it authenticates clients.")
     if listening is not None:
         for address in listening:
             if not _is_loopback(address):
@@ -167,7 +173,7 @@ def _flatten(document: Mapping[str, Any], problems: list[str], where: str) -> di
 
 
 def _check_unknown_keys(document: Mapping[str, Any], where: str, problems: list[str]) -> None:
-    known_top = {option.key.split(".")[0] for option in OPTIONS} | {"controllers"}
+    known_top = {option.key.split(".")[0] for option in OPTIONS} | {"controllers", "clients", "prices"}
     for key in document:
         if key not in known_top and not key.startswith("_"):
             problems.append(f"{key} in {where}: unknown setting")
@@ -258,11 +264,14 @@ def parse_settings(argv: Optional[Sequence[str]] = None, env: Optional[Mapping[s
             problems.append(f"{source}: {exc}")
 
     base = location.path if location.path else Path.cwd() / "environment"
+    entries = document.get("clients")
     if not any(problem.startswith(("--host", "env CHATGPT_APISERVER_HOST", "host in")) for problem in problems):
-        _security_checks(values, final_sources, base, problems, listening)
+        _security_checks(values, final_sources, base, problems, listening, bool(entries))
     controllers = build_specs(document.get("controllers"), base, where, env, problems)
+    clients = build_clients(entries, values.get("client_keys") or (), base, where, env, problems)
+    prices = build_prices(document.get("prices"), where, problems)
     if problems:
         raise ConfigError(problems)
-    settings = Settings(**values,
-                        sources=final_sources, controllers=controllers, location=location, demo=demo)
+    settings = Settings(**values, sources=final_sources, controllers=controllers, location=location, demo=demo,
+                        clients=clients, prices=prices)
     return settings, bool(namespace.check_config)

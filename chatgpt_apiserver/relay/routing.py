@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Optional
 
 from ..call import Call
 from ..controllers import Controller
 from ..errors import ApiError
 from ..gateway import Gateway
+from ..scheduling.fair_queue import ANONYMOUS, Tenant
 from ..state.store import UNAVAILABLE
 from .attempts import Answer, Failure, attempt
 
@@ -62,11 +63,18 @@ def group_of(owner: str, candidates: Sequence[Controller]) -> list[Controller]:
     return [c for c in candidates if c.spec.state_group == group]
 
 
-async def open_answer(gateway: Gateway, call: Call) -> Answer:
-    """Try controllers until one gives a usable reply; raise `ApiError` when none can."""
+async def open_answer(gateway: Gateway, call: Call, tenant: Tenant = ANONYMOUS,
+                      admit: Optional[Callable[[float], Awaitable[None]]] = None) -> Answer:
+    """Try controllers until one gives a usable reply; raise `ApiError` when none can.
+
+    `admit(tokens)` is the client's own admission: it runs once the call is known to be servable and before
+    any controller is asked, and raises the client's refusal. `tenant` is the client's place in the queue.
+    """
     candidates = candidates_for(gateway, call)
     estimate = call.endpoint.estimate
     tokens = estimate(call.payload, len(call.body), gateway.settings.default_completion_tokens) if estimate else 0.0
+    if admit is not None:
+        await admit(tokens)
     gateway.retries.deposit()
     if call.owner_of:
         owner = await gateway.affinity.owner(call.owner_of)
@@ -77,9 +85,9 @@ async def open_answer(gateway: Gateway, call: Call) -> Answer:
                 raise ApiError(400, f"{call.owner_of} is held by controller {owner}, which does not serve "
                                     f"{call.model or call.endpoint.public_path}.", param="model",
                                code="model_not_served_by_owner")
-            return await _search(gateway, call, candidates, tokens)
+            return await _search(gateway, call, candidates, tokens, tenant)
         candidates = holders
-    return await _failover(gateway, call, candidates, tokens)
+    return await _failover(gateway, call, candidates, tokens, tenant)
 
 
 def _learn(gateway: Gateway, call: Call, answer: Answer) -> Answer:
@@ -98,7 +106,8 @@ def _learn(gateway: Gateway, call: Call, answer: Answer) -> Answer:
     return answer
 
 
-async def _failover(gateway: Gateway, call: Call, candidates: list[Controller], tokens: float) -> Answer:
+async def _failover(gateway: Gateway, call: Call, candidates: list[Controller], tokens: float,
+                    tenant: Tenant) -> Answer:
     scheduler = gateway.scheduler
     label = call.label
     excluded: list[Controller] = []  # failed for reasons a cooldown does not cover
@@ -110,7 +119,7 @@ async def _failover(gateway: Gateway, call: Call, candidates: list[Controller], 
             log.warning("retry budget exhausted; request %s gives up after %d attempt(s)", call.request_id, number)
             break
         try:
-            lease = await scheduler.acquire(label, tokens, excluded, candidates)
+            lease = await scheduler.acquire(label, tokens, excluded, candidates, tenant)
         except ApiError:
             if failures:
                 break  # report what the attempts met, not the queue
@@ -140,7 +149,8 @@ async def _failover(gateway: Gateway, call: Call, candidates: list[Controller], 
     raise give_up(failures, call, gateway, candidates, final=_tried_all(gateway, call.label, candidates, failures))
 
 
-async def _search(gateway: Gateway, call: Call, candidates: list[Controller], tokens: float) -> Answer:
+async def _search(gateway: Gateway, call: Call, candidates: list[Controller], tokens: float,
+                  tenant: Tenant) -> Answer:
     """An id nobody has seen: ask each controller in the pool's order until one does not answer 404.
 
     Bounded by the number of controllers, not by the retry budget: a 404 is an answer, not a failure.
@@ -150,7 +160,7 @@ async def _search(gateway: Gateway, call: Call, candidates: list[Controller], to
     missing: Optional[Answer] = None
     for number, controller in enumerate(candidates):
         try:
-            lease = await scheduler.acquire(call.label, tokens, (), [controller])
+            lease = await scheduler.acquire(call.label, tokens, (), [controller], tenant)
         except ApiError as error:
             failures.append(Failure(controller.name, "429" if error.status == 429 else "unavailable", error.message))
             continue

@@ -38,6 +38,7 @@ class StreamResult:
 
     events: int = 0
     usage: Optional[Usage] = None
+    failed: bool = False  # it ended in an error event
 
 
 async def relay_stream(answer: Answer, call: Call, send: Send, secrets: tuple[bytes, ...] = ()) -> StreamResult:
@@ -78,6 +79,7 @@ async def relay_stream(answer: Answer, call: Call, send: Send, secrets: tuple[by
                         await send(b"".join(out), True)
                         log.warning("controller %s sent an error event mid-stream", answer.controller.name)
                         answer.failed()
+                        result.failed = True
                         return result
                     usage = usage_of(parsed)
                     if usage is not None:
@@ -109,6 +111,7 @@ async def relay_stream(answer: Answer, call: Call, send: Send, secrets: tuple[by
         log.warning("stream from controller %s failed after %d events: %s", answer.controller.name,
                     result.events, message)
         answer.failed()
+        result.failed = True
         error = typed_error_event(message, code) if call.endpoint.stream_error == "typed" else \
             stream_error_event(message, "server_error", code)
         out.append(error)  # after the events read before it

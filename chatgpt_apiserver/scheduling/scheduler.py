@@ -1,9 +1,10 @@
-"""Admission: which controller may take a request now, bounded first-in-first-out waiting, retry budgets.
+"""Admission: which controller may take a request now, bounded fair waiting, retry budgets.
 
 The scheduler asks the controller-state store (local, Redis or fallback: it does not know which) for
-room, in the balancer's order. When no controller has room, the request waits in one queue served in
-arrival order: a controller that an earlier waiter is waiting for is not given to a later one, so
-nobody is overtaken, while a waiter for other controllers is not held up by it.
+room, in the balancer's order. When no controller has room, the request waits in one queue served client
+by client (`fair_queue.py`: interactive before batch, then by share, then in arrival order): a controller
+that a waiter earlier in that order is waiting for is not given to a later one, so nobody is overtaken,
+while a waiter for other controllers is not held up by it.
 """
 
 from __future__ import annotations
@@ -12,9 +13,8 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 from ..controllers import Controller
@@ -23,6 +23,7 @@ from ..errors import ApiError
 from ..state import ControllerStore, StoreUnavailable, Ticket
 from ..state.store import OK, UNAVAILABLE
 from .balancer import Balancer
+from .fair_queue import ANONYMOUS, FairQueue, Tenant
 
 log = logging.getLogger("chatgpt_apiserver.scheduler")
 
@@ -95,13 +96,16 @@ class Lease(Ticket):
             self._scheduler.release(self, used_tokens)
 
 
-@dataclass
+@dataclass(eq=False)
 class _Waiter:
     model: str
     tokens: float
     candidates: Sequence[Controller]
     exclude: Sequence[Controller]
     future: asyncio.Future[Lease]
+    tenant: Tenant = ANONYMOUS
+    finish: float = field(default=0.0)  # its place in the fair queue
+    seq: int = 0
 
 
 @dataclass
@@ -114,7 +118,7 @@ class _Tried:
 
 
 class Scheduler:
-    """Picks a controller with room for a request, or holds the request first in, first out."""
+    """Picks a controller with room for a request, or holds the request in the fair queue."""
 
     def __init__(self, controllers: list[Controller], store: ControllerStore, balancer: Balancer,
                  queue: QueuePolicy, clock: Callable[[], float],
@@ -125,7 +129,7 @@ class Scheduler:
         self.queue = queue
         self.clock = clock
         self.on_wait = on_wait
-        self._waiters: deque[_Waiter] = deque()
+        self._waiters: FairQueue[_Waiter] = FairQueue()
         self._pump: Optional[asyncio.Task[None]] = None
         self._wake = asyncio.Event()
 
@@ -133,6 +137,10 @@ class Scheduler:
     def queue_length(self) -> int:
         """Requests waiting for a controller."""
         return len(self._waiters)
+
+    def waiting(self, tenant: Tenant) -> int:
+        """Requests of `tenant` waiting for a controller."""
+        return self._waiters.waiting(tenant)
 
     def serving(self, model: str) -> list[Controller]:
         """Controllers configured for `model`."""
@@ -183,9 +191,10 @@ class Scheduler:
         return tried
 
     async def acquire(self, model: str, tokens: float, exclude: Sequence[Controller] = (),
-                      candidates: Optional[Sequence[Controller]] = None) -> Lease:
+                      candidates: Optional[Sequence[Controller]] = None, tenant: Tenant = ANONYMOUS) -> Lease:
         """A lease on one of `candidates` (default: the controllers for `model`) with room, waiting up to the
-        queue policy's bound for one to free up. `model` is also the scope of breakers and cooldown waits."""
+        queue policy's bound for one to free up, in `tenant`'s place of the fair queue. `model` is also the
+        scope of breakers and cooldown waits."""
         if candidates is None:
             candidates = self.serving(model)
         if not self._waiters:
@@ -199,9 +208,13 @@ class Scheduler:
                 raise self._full(model, tried.wait)
         if len(self._waiters) >= self.queue.max_size:
             raise self._full(model, 1.0, queue_full=True)
+        if tenant.max_waiting is not None and self._waiters.waiting(tenant) >= tenant.max_waiting:
+            raise ApiError(429, f"Client {tenant.name!r} has {tenant.max_waiting} requests waiting, its share of "
+                                f"the queue; retry after 1s.", code="rate_limit_exceeded",
+                           headers={"Retry-After": "1"})
         started = self.clock()
-        waiter = _Waiter(model, tokens, candidates, exclude, asyncio.get_running_loop().create_future())
-        self._waiters.append(waiter)
+        waiter = _Waiter(model, tokens, candidates, exclude, asyncio.get_running_loop().create_future(), tenant)
+        self._waiters.push(waiter)
         self._kick()
         try:
             async with asyncio.timeout(self.queue.max_wait):
@@ -215,8 +228,7 @@ class Scheduler:
                 waiter.future.result().release()  # admitted just as the client went away
             raise
         finally:
-            if waiter in self._waiters:
-                self._waiters.remove(waiter)
+            self._waiters.remove(waiter)
         if self.on_wait is not None:
             self.on_wait(self.clock() - started)
         return lease
@@ -259,15 +271,14 @@ class Scheduler:
             self._wake.set()
 
     async def _serve_waiters(self) -> None:
-        """Admit waiting requests in arrival order while controllers have room; sleep until one might."""
+        """Admit waiting requests in the fair queue's order while controllers have room; sleep until one might."""
         while self._waiters:
             self._wake.clear()
             earliest = math.inf
             blocked: set[Controller] = set()
-            for waiter in list(self._waiters):
+            for waiter in self._waiters:
                 if waiter.future.done():
-                    with contextlib.suppress(ValueError):
-                        self._waiters.remove(waiter)
+                    self._waiters.remove(waiter)
                     continue
                 found: Lease | _Tried | ApiError
                 try:
@@ -279,7 +290,7 @@ class Scheduler:
                         found.release(None)
                     continue
                 if isinstance(found, Lease):
-                    self._waiters.remove(waiter)
+                    self._waiters.remove(waiter, served=True)
                     waiter.future.set_result(found)
                 elif isinstance(found, ApiError):
                     self._waiters.remove(waiter)

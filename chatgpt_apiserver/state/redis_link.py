@@ -45,6 +45,9 @@ class RedisLink:
         self.instances = 1
         self.on_change: Callable[[bool, int], None] = lambda up, n: None
         self.on_beat: Callable[[], Awaitable[None]] = _nothing
+        # Other users of the link (the client store) hear of the same transitions and heartbeats.
+        self.watchers: list[Callable[[bool, int], None]] = []
+        self.beats: list[Callable[[], Awaitable[None]]] = []
         pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=POOL_SIZE, timeout=timeout,
                                                         socket_timeout=timeout, socket_connect_timeout=timeout,
                                                         retry_on_timeout=False, health_check_interval=0)
@@ -58,6 +61,12 @@ class RedisLink:
         self._connection: Optional[RespConnection] = None
         self._opening = asyncio.Lock()
         self._flush_scheduled = False
+
+    def add_scripts(self, scripts: dict[str, str]) -> None:
+        """Scripts of another user of the link (call before `start`, which loads every script)."""
+        for name, text in scripts.items():
+            script = self._scripts[name] = self._client.register_script(text)
+            self._shas[name] = script.sha.encode()
 
     def key(self, name: str, kind: str) -> bytes:
         """The Redis key of one part of controller `name`'s state."""
@@ -145,6 +154,8 @@ class RedisLink:
             self.available = False
             log.error("Redis is unreachable (%s)", type(error).__name__)
             self.on_change(False, self.instances)
+            for watcher in self.watchers:
+                watcher(False, self.instances)
 
     async def start(self) -> None:
         """Load the scripts, announce this instance and keep its heartbeat (and the instance count) fresh."""
@@ -183,7 +194,11 @@ class RedisLink:
             log.warning("Redis is reachable again; shared controller state resumes (%d instance(s))",
                         self.instances)
             self.on_change(True, self.instances)
+            for watcher in self.watchers:
+                watcher(True, self.instances)
         await self.on_beat()
+        for beat in self.beats:
+            await beat()
 
     async def _beat_forever(self) -> None:
         while True:

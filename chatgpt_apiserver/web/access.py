@@ -15,8 +15,8 @@ from ..ops.logs import JsonFormatter, LineStamp, escape_controls, fast_handler, 
 
 access_log = logging.getLogger("chatgpt_apiserver.access")
 
-FIELDS = ("request_id", "client", "method", "path", "model", "stream", "controller", "attempts", "status", "bytes",
-          "time_ms", "ttfb_ms", "tokens", "upstream_request_id")
+FIELDS = ("request_id", "client", "peer", "method", "path", "model", "stream", "controller", "attempts", "status",
+          "bytes", "time_ms", "ttfb_ms", "tokens", "upstream_request_id")
 MESSAGE = " ".join(f"{name}=%s" for name in FIELDS)
 TEXT_LINE = f"%s,%03d INFO {access_log.name}: {MESSAGE}\n"
 
@@ -31,9 +31,9 @@ def route_of(handler: RequestHandler) -> str:
 
 def _values(entry: Entry) -> tuple[Any, ...]:
     values = entry[1:]
-    seconds, ttfb = values[10], values[11]
-    return (*values[:10], round(seconds * 1000, 2), round((ttfb if ttfb is not None else seconds) * 1000, 2),
-            *values[12:])
+    seconds, ttfb = values[11], values[12]
+    return (*values[:11], round(seconds * 1000, 2), round((ttfb if ttfb is not None else seconds) * 1000, 2),
+            *values[13:])
 
 
 _PLAIN = re.compile(r"[!#-<>-\[\]-~]+")  # printable ASCII but space, quote, backslash and =
@@ -53,8 +53,9 @@ def text_value(value: Any) -> str:
 
 def _text_values(values: tuple[Any, ...]) -> tuple[Any, ...]:
     # Only the method, the path and the model are the client's text; the other fields are numbers, or
-    # tokens checked against a safe charset already (request ids, controller names, the peer's address).
-    return (*values[:2], text_value(values[2]), text_value(values[3]), text_value(values[4]), *values[5:])
+    # tokens checked against a safe charset already (request ids, client and controller names, the peer's
+    # address).
+    return (*values[:3], text_value(values[3]), text_value(values[4]), text_value(values[5]), *values[6:])
 
 
 class _Lines:
@@ -91,7 +92,9 @@ def make_log_function(gateway: Gateway, enabled: Callable[[], bool]) -> Callable
         level = logging.INFO if status < 500 else logging.ERROR
         if not access_log.isEnabledFor(level):
             return
-        entry = (time.time(), getattr(handler, "request_id", "") or "-", request.remote_ip, request.method,
+        client = getattr(handler, "client", None)
+        entry = (time.time(), getattr(handler, "request_id", "") or "-", client.name if client is not None else "-",
+                 request.remote_ip, request.method,
                  request.path, getattr(handler, "model", "") or "-", bool(getattr(handler, "stream", False)),
                  controller, getattr(handler, "attempts", 0), status, getattr(handler, "bytes_out", 0), seconds,
                  getattr(handler, "ttfb", None), getattr(handler, "tokens", None),

@@ -12,6 +12,7 @@ from tornado.http1connection import HTTP1Connection
 from tornado.iostream import StreamClosedError
 
 from ..call import Call
+from ..clients.store import ClientTicket
 from ..endpoints.base import Endpoint
 from ..endpoints.usage import Usage
 from ..errors import ApiError, stream_error_event, typed_error_event
@@ -19,6 +20,7 @@ from ..gateway import Gateway
 from ..relay.attempts import Answer, client_error_body
 from ..relay.routing import open_answer, relayed_headers
 from ..relay.streams import BrokenAnswer, relay_bytes, relay_stream
+from ..scheduling.fair_queue import ANONYMOUS
 from ..transport.reply import joined
 from .base import REQUEST_ID, BaseHandler
 from .bodies import Bodies
@@ -56,6 +58,13 @@ class EndpointHandler(BaseHandler):
     _client_gone = False
     _abort_reason = ""
     _call: Optional[Call] = None
+    # The client's admission, and what settles it: the answer's usage, the tokens to settle its reservation
+    # against (0: no answer; None: an answer that did not say), whether it broke, the names to price it by.
+    _ticket: Optional[ClientTicket] = None
+    _usage: Optional[Usage] = None
+    _used: Optional[float] = 0.0
+    _broke = False
+    _upstream_model = ""
 
     def initialize(self, gateway: Gateway, bodies: Bodies, endpoints: Mapping[str, Endpoint]) -> None:  # type: ignore[override]
         super().initialize(gateway, bodies)
@@ -115,6 +124,10 @@ class EndpointHandler(BaseHandler):
                 raise
         finally:
             self._task = None
+            if self._ticket is not None:
+                gateway.clients.settle(self._ticket, self._usage, self._used,
+                                       self._broke or self.get_status() >= 400,
+                                       (self._upstream_model,) if self._upstream_model else ())
             gateway.leave(self)
 
     def _finish_aborted(self) -> None:
@@ -136,28 +149,49 @@ class EndpointHandler(BaseHandler):
                          self.request.query, self.request_id)
         self._call = call
         self.model, self.stream = call.model, call.stream
-        answer = await open_answer(self.gateway, call)
+        client = self.client
+        answer = await open_answer(self.gateway, call, client.tenant if client is not None else ANONYMOUS,
+                                   self._admit if client is not None else None)
         if self._client_gone:
             answer.close()
             return
         self.controller, self.attempts = answer.controller.name, answer.attempts
+        if call.model:
+            self._upstream_model = answer.controller.upstream_model(call.model)
         self._headers[CONTROLLER_HEADER] = answer.controller.name  # names are checked against a safe charset
         self.upstream_request_id = upstream_request_id(answer.reply.headers)
         if self.upstream_request_id:
             self._headers[UPSTREAM_ID_HEADER] = self.upstream_request_id  # a safe charset by REQUEST_ID
         if answer.splitter is not None:
             self._headers.update(STREAM_HEADERS)
+            self._used = None  # until the stream says
             result = await relay_stream(answer, call, self._send, self.gateway.secrets)
-            self.tokens = _tokens(result.usage)
+            self._account(result.usage)
+            self._broke = result.failed
         elif answer.binary:
+            self._used = None
             self._start_binary(answer)
             await relay_bytes(answer, self._send)
         else:
-            self.tokens = _tokens(answer.usage)
+            self._account(answer.usage)
+            if answer.usage is None and answer.status >= 400:
+                self._used = 0.0
             await self._finish_body(answer)
             return
         if not self._client_gone and not self._finished:
             self.finish()
+
+    async def _admit(self, tokens: float) -> None:
+        """The client's own admission (before any controller is asked); its refusal is raised as the answer."""
+        client, call = self.client, self._call
+        assert client is not None and call is not None
+        self._ticket = await self.gateway.clients.admit(client, call.model, call.label, tokens)
+        self._headers.update(self._ticket.headers)  # x-ratelimit-*: numbers and durations only
+
+    def _account(self, usage: Optional[Usage]) -> None:
+        self._usage = usage
+        self._used = float(usage.tokens) if usage is not None else None
+        self.tokens = _tokens(usage)
 
     def _start_binary(self, answer: Answer) -> None:
         self.set_status(answer.status)
@@ -232,7 +266,8 @@ class ModelHandler(BaseHandler):
     route = "models"
 
     async def get(self, model: str) -> None:
-        if model not in await self.gateway.models():
+        allowed = self.client.spec.models if self.client is not None else None
+        if model not in await self.gateway.models() or (allowed is not None and model not in allowed):
             raise ApiError(404, f"The model {model!r} does not exist or is not served by this gateway.",
                            param="model", code="model_not_found")
         self.write_json({"id": model, "object": "model", "created": 0, "owned_by": "chatgpt-apiserver"})

@@ -15,6 +15,7 @@ from .access import make_log_function
 from .api import EndpointHandler, ModelHandler
 from .bodies import Bodies
 from .handlers import (
+    AdminClientsHandler,
     AdminControllersHandler,
     HealthHandler,
     MetricsHandler,
@@ -50,6 +51,8 @@ def make_app(gateway: Gateway, bodies: Optional[Bodies] = None) -> Application:
         (r"/healthz/?", HealthHandler, deps),
         (r"/readyz/?", ReadyHandler, deps),
         (r"/admin/controllers/?", AdminControllersHandler, deps),
+        (r"/admin/clients/?", AdminClientsHandler, deps),
+        (r"/admin/clients/(?P<name>[^/]+)/?", AdminClientsHandler, deps),
         (r"/metrics/?", MetricsHandler, deps),
         (r"/(?:dashboard/?)?", StatusPageHandler, {**deps, "page": STATUS_PAGE.read_bytes()}),
     ]

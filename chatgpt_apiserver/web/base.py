@@ -19,11 +19,14 @@ from tornado.http1connection import HTTP1Connection
 from tornado.httputil import HTTPHeaders, format_timestamp
 from tornado.web import HTTPError, RequestHandler, stream_request_body
 
+from ..clients import Client
 from ..errors import ApiError
 from ..gateway import Gateway
 from .bodies import Bodies
 
-EXPOSED_HEADERS = "X-Request-Id, X-Upstream-Request-Id, X-Chatgpt-Apiserver-Controller, Retry-After"
+EXPOSED_HEADERS = ("X-Request-Id, X-Upstream-Request-Id, X-Chatgpt-Apiserver-Controller, Retry-After, "
+                   "x-ratelimit-limit-requests, x-ratelimit-remaining-requests, x-ratelimit-reset-requests, "
+                   "x-ratelimit-limit-tokens, x-ratelimit-remaining-tokens, x-ratelimit-reset-tokens")
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")  # used with fullmatch: no trailing newline
 _HTTP_METHODS = ("GET", "HEAD", "POST", "DELETE", "PATCH", "PUT", "OPTIONS")
 UNBOUNDED = 1 << 62  # Tornado's own body cap, once ours (declared length, then bytes counted) is in force
@@ -53,6 +56,7 @@ class BaseHandler(RequestHandler):
     access = "client"  # client: needs a client key when keys are set; admin: the admin key; open: anyone
     route = "other"  # the metrics label
     request_id = ""
+    client: Optional[Client] = None  # who is calling, when clients are configured
     # What the access log reports about this request; class defaults until a request sets them.
     model = ""
     stream = False
@@ -225,12 +229,16 @@ class BaseHandler(RequestHandler):
 
     def _authenticate(self) -> None:
         gateway = self.gateway
-        admin = self.access == "admin" and bool(gateway.admin_keys)
-        ring = gateway.admin_keys if admin else gateway.client_keys
-        if ring and not ring.check(self.request.headers.get("Authorization")):
-            which = "admin key" if admin else "API key"
-            raise ApiError(401, f"Missing or invalid {which}: send 'Authorization: Bearer <key>'.",
-                           code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+        authorization = self.request.headers.get("Authorization")
+        if self.access == "admin" and gateway.admin_keys:
+            if not gateway.admin_keys.check(authorization):
+                raise _unauthorized("admin key")
+            return
+        clients = gateway.clients
+        if clients.enabled:
+            self.client = clients.find(authorization)
+            if self.client is None:
+                raise _unauthorized("API key")
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         if isinstance(value, ApiError):
@@ -295,6 +303,11 @@ class BaseHandler(RequestHandler):
         self.set_status(status)
         self.set_header("Content-Type", "application/json")
         self.finish(orjson.dumps(value))
+
+
+def _unauthorized(which: str) -> ApiError:
+    return ApiError(401, f"Missing or invalid {which}: send 'Authorization: Bearer <key>'.", code="invalid_api_key",
+                    headers={"WWW-Authenticate": "Bearer"})
 
 
 def _overloaded() -> ApiError:

@@ -11,6 +11,7 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST
 from tornado.web import HTTPError
 
+from ..errors import ApiError
 from ..gateway import Gateway
 from ..state import StoreUnavailable
 from .base import BaseHandler
@@ -26,6 +27,9 @@ class ModelsHandler(BaseHandler):
 
     async def get(self, *args: Any) -> None:
         names = await self.gateway.models()
+        allowed = self.client.spec.models if self.client is not None else None
+        if allowed is not None:
+            names = [name for name in names if name in allowed]  # only what this client may use
         data = [{"id": name, "object": "model", "created": 0, "owned_by": "chatgpt-apiserver"} for name in names]
         self.write_json({"object": "list", "data": data})
 
@@ -41,6 +45,28 @@ class AdminControllersHandler(BaseHandler):
         self.write_json({"controllers": await gateway.describe(), "queue_length": gateway.scheduler.queue_length,
                          "in_flight": gateway.in_flight, "draining": gateway.draining,
                          "body_bytes_held": self.bodies.held})
+
+
+class AdminClientsHandler(BaseHandler):
+    """GET /admin/clients (or /admin/clients/{name}): each client's limits, live state, budget and usage."""
+
+    access = "admin"
+    route = "admin"
+
+    async def get(self, name: str = "") -> None:
+        gateway = self.gateway
+        clients = gateway.clients
+        if name and name not in clients.registry.by_name:
+            raise ApiError(404, f"No client is named {name!r}.", code="unknown_client")
+        try:
+            described = await clients.describe(lambda client: gateway.scheduler.waiting(client.tenant))
+        except StoreUnavailable:
+            raise ApiError(503, "The shared client state (Redis) is unavailable; retry shortly.",
+                           code="shared_state_unavailable", headers={"Retry-After": "1"}) from None
+        if name:
+            self.write_json(next(c for c in described["clients"] if c["name"] == name))
+            return
+        self.write_json(described)
 
 
 class MetricsHandler(BaseHandler):

@@ -1,0 +1,135 @@
+"""The client-state store: one interface, with local, Redis and fallback implementations side by side.
+
+A store holds, per client: its buckets (C1), its slots in flight (C2), the spending of the current budget
+period (C3) and its usage per model (C5), by the rules of `rules.py`. `local.py` keeps them in this process
+(and `state_file.py` on disk), `redis.py` in Redis for every instance, `fallback.py` applies the outage rule.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Optional
+
+from .rules import OK, REQUEST_KINDS, BucketRule
+
+# A usage row: requests, errors, prompt tokens, cached prompt tokens, completion tokens, cost in nano-dollars.
+USAGE_FIELDS = ("requests", "errors", "prompt", "cached", "completion", "nano")
+MAX_LABELS = 64  # usage rows kept per client: the models it uses, then "other"
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What admitting one client's request for one model involves (built once per client and model)."""
+
+    name: str
+    buckets: tuple[BucketRule, ...] = ()
+    max_concurrency: int = 0  # 0: unlimited
+    period: str = ""  # "day" or "month"; "" : no budget
+    budget_tokens: Optional[int] = None
+    budget_nano: Optional[int] = None
+
+    def amounts(self, tokens: float) -> tuple[float, ...]:
+        """C1: what an admission of `tokens` takes from each bucket."""
+        return tuple(1.0 if rule.reason in REQUEST_KINDS else tokens for rule in self.buckets)
+
+
+@dataclass(frozen=True, slots=True)
+class Period:
+    """The budget period an admission falls in: its name and when it ends (Unix seconds)."""
+
+    name: str
+    end: float
+
+
+NO_PERIOD = Period("", 0.0)
+
+
+@dataclass(slots=True)
+class ClientAdmission:
+    """The answer to "may this client make this request now?" (C4), with the levels after it (C6)."""
+
+    ok: bool
+    reason: str = OK
+    wait: float = 0.0
+    levels: tuple[Optional[float], ...] = ()
+    spent: tuple[int, int] = (0, 0)  # the period's tokens and nano-dollars, as the store saw them
+    store: Optional[ClientStore] = None  # the store that admitted it, when a fallback store chose one
+
+
+@dataclass(slots=True)
+class Charge:
+    """What a finished request adds to its client's state (C5)."""
+
+    label: str  # the model, its route for calls that name none, or "other"
+    used: Optional[float] = None  # tokens to settle the reservation against (None: unknown, keep it)
+    tokens: int = 0  # what the budget counts: the answer's total
+    prompt: int = 0
+    cached: int = 0
+    completion: int = 0
+    nano: int = 0  # cost in nano-dollars
+    requests: int = 1
+    errors: int = 0
+
+    @property
+    def row(self) -> tuple[int, int, int, int, int, int]:
+        """The usage row this charge adds (USAGE_FIELDS)."""
+        return self.requests, self.errors, self.prompt, self.cached, self.completion, self.nano
+
+
+@dataclass(slots=True)
+class ClientTicket:
+    """An admitted request of a client: what its settlement needs, and the headers its answer carries."""
+
+    plan: Plan
+    reserved: float
+    period: Period
+    store: Optional[ClientStore] = None
+    label: str = ""  # the usage row it counts in
+    headers: dict[str, str] = field(default_factory=dict)  # x-ratelimit-* (rule C6)
+    settled: bool = False
+
+
+@dataclass
+class ClientView:
+    """What the store holds for one client (the admin view and the status page)."""
+
+    in_flight: int = 0
+    levels: dict[str, float] = field(default_factory=dict)  # bucket field -> level now
+    period: str = ""
+    spent_tokens: int = 0
+    spent_nano: int = 0
+    usage: dict[str, list[int]] = field(default_factory=dict)  # label -> USAGE_FIELDS
+
+
+class ClientStore(ABC):
+    """Per-client state, behind one interface (see the module docstring)."""
+
+    @abstractmethod
+    def configure(self, plans: Sequence[Plan]) -> None:
+        """Take the clients now configured (one plan each, without model limits): drop the removed ones that hold
+        nothing, rebuild the buckets whose limits changed keeping their fill."""
+
+    async def start(self) -> None:
+        """Start background work."""
+
+    async def close(self) -> None:
+        """Stop background work."""
+
+    @abstractmethod
+    async def admit(self, plan: Plan, tokens: float, period: Period) -> ClientAdmission:
+        """C1-C4, atomically: take a slot and each bucket's amount, or refuse with the reason and wait."""
+
+    @abstractmethod
+    def settle(self, ticket: ClientTicket, charge: Charge) -> None:
+        """C5: end an admitted request."""
+
+    @abstractmethod
+    def held(self, name: str) -> int:
+        """Requests of client `name` in flight that this process admitted."""
+
+    @abstractmethod
+    async def views(self, plans: Sequence[Plan], period: dict[str, Period]) -> dict[str, ClientView]:
+        """Every client's state, from the store itself (with Redis: every instance's); `period` names each
+        client's current budget period."""

@@ -1,0 +1,169 @@
+"""Client budgets: tokens and dollars per UTC period, streams included, a stream in flight never cut, and
+spending that survives a restart with and without Redis."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import openai
+import orjson
+import pytest
+
+from .fake_upstream import Cue, FakeUpstream
+from .harness import Stack, openai_controller
+from .redis_server import RedisServer
+
+MESSAGES = [{"role": "user", "content": "Say hello"}]
+Api = Callable[..., openai.OpenAI]  # the `api` fixture
+PRICES = {"gpt-4o": {"input": 10_000, "output": 10_000}}  # $0.01 a token: a 12-token answer costs $0.12
+
+
+def chat(client: openai.OpenAI, **extra: Any) -> Any:
+    return client.chat.completions.with_raw_response.create(model="gpt-4o", messages=MESSAGES, **extra)
+
+
+def admin(stack: Stack, path: str = "/admin/clients/team") -> Any:
+    status, _headers, body = stack.request("GET", path, headers={"Authorization": "Bearer admin-key"})
+    assert status == 200, body
+    return orjson.loads(body)
+
+
+def config(fake: FakeUpstream, budget: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {"controllers": [openai_controller(fake)], "prices": PRICES, "admin_key": "admin-key",
+            "clients": [{"name": "team", "key": "team-key", "budget": budget},
+                        {"name": "other", "key": "other-key"}], **extra}
+
+
+def restart(stack: Stack, document: dict[str, Any]) -> None:
+    """Stop the gateway (it writes its state on the way out) and start a new one on the same config."""
+    assert stack.running is not None
+    stack.loop.run(stack.running.stop(grace=1.0))
+    stack.running = None
+    stack.gateway(document)
+
+
+def assert_out_of_budget(client: openai.OpenAI, spent: str) -> None:
+    with pytest.raises(openai.RateLimitError) as refused:
+        chat(client)
+    error = refused.value
+    assert error.status_code == 429 and error.code == "insufficient_quota"
+    assert error.body["type"] == "insufficient_quota"  # type: ignore[index]
+    assert "'team'" in error.message and spent in error.message and "renews at" in error.message
+    assert error.response.headers["x-should-retry"] == "false"  # the SDKs must not retry it
+    assert int(error.response.headers["retry-after"]) > 0
+
+
+def test_a_token_budget_runs_out_and_another_client_goes_on(stack: Stack, api: Api) -> None:
+    fake = stack.fake()
+    stack.gateway(config(fake, {"tokens": 20, "period": "day"}))
+    client = api("team-key")
+    chat(client)
+    chat(client)  # 12 tokens spent, under 20: admitted; it brings the day's spending to 24
+    assert_out_of_budget(client, "24 of 20 tokens")
+    assert len(fake.chat_requests) == 2
+    assert chat(api("other-key")).http_response.status_code == 200
+    view = admin(stack)
+    assert view["budget"]["tokens"] == {"limit": 20, "spent": 24, "left": 0}
+    assert view["budget"]["exhausted"] and view["budget"]["period"] == "day"
+    assert view["usage"]["models"]["gpt-4o"]["requests"] == 2 and view["refused"] == {"budget": 1}
+
+
+def test_streamed_tokens_count_and_a_stream_in_flight_is_never_cut(stack: Stack, api: Api) -> None:
+    fake = stack.fake()
+    stack.gateway(config(fake, {"tokens": 20}))
+    client = api("team-key")
+    fake.cue(Cue(mode="stream", events=10, interval=0.15))  # 1.5 s long; it will use 5 + 10 tokens
+    received: list[str] = []
+
+    def stream() -> None:
+        with client.chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True) as events:
+            received.extend(event.choices[0].delta.content or "" for event in events if event.choices)
+
+    reader = threading.Thread(target=stream)
+    reader.start()
+    deadline = time.monotonic() + 10
+    while not fake.chat_requests and time.monotonic() < deadline:
+        time.sleep(0.01)
+    chat(client)  # 12 tokens while the stream runs: the budget is nearly spent
+    reader.join()
+    assert "".join(received) == "".join(f"hello{i} " for i in range(10))  # the whole stream, not cut
+    assert_out_of_budget(client, "27 of 20 tokens")  # 12 + the stream's 15
+
+
+def test_a_dollar_budget_at_the_configured_price(stack: Stack, api: Api) -> None:
+    fake = stack.fake()
+    stack.gateway(config(fake, {"usd": 0.2}))
+    client = api("team-key")
+    chat(client)
+    chat(client)
+    assert_out_of_budget(client, "$0.24 of $0.20")
+    view = admin(stack)
+    assert view["usage"]["models"]["gpt-4o"]["cost_usd"] == pytest.approx(0.24)
+    assert view["budget"]["usd"]["spent"] == pytest.approx(0.24)
+
+
+def test_a_model_without_a_price_counts_tokens_and_says_it_has_no_cost(stack: Stack, api: Api) -> None:
+    fake = stack.fake()
+    stack.gateway(config(fake, {"usd": 0.2}))
+    client = api("team-key")
+    client.chat.completions.create(model="house-model", messages=MESSAGES)
+    described = admin(stack, "/admin/clients")
+    row = next(c for c in described["clients"] if c["name"] == "team")["usage"]["models"]["house-model"]
+    assert row["prompt_tokens"] == 5 and row["completion_tokens"] == 7
+    assert row["cost_usd"] is None and row["priced"] is False
+    assert described["unpriced_models"] == ["house-model"] and described["prices_as_of"]
+
+
+def test_budgets_and_usage_survive_a_restart_without_redis(stack: Stack, api: Api, tmp_path: Path) -> None:
+    fake = stack.fake()
+    document = config(fake, {"tokens": 20}, state_dir=str(tmp_path / "state"))
+    (tmp_path / "state").mkdir()
+    stack.gateway(document)
+    client = api("team-key")
+    chat(client)
+    chat(client)
+    assert_out_of_budget(client, "24 of 20 tokens")
+    restart(stack, document)
+    assert (tmp_path / "state" / "clients.json").exists()
+    assert_out_of_budget(api("team-key"), "24 of 20 tokens")
+    usage = admin(stack)["usage"]["models"]["gpt-4o"]
+    assert usage["requests"] == 2 and usage["completion_tokens"] == 14
+
+
+def test_a_dollar_budget_survives_a_restart_with_redis(stack: Stack, api: Api, redis_server: RedisServer) -> None:
+    fake = stack.fake()
+    document = config(fake, {"usd": 0.2}, redis_url=redis_server.url)
+    stack.gateway(document)
+    client = api("team-key")
+    chat(client)
+    chat(client)
+    assert_out_of_budget(client, "$0.24 of $0.20")
+    restart(stack, document)
+    assert_out_of_budget(api("team-key"), "$0.24 of $0.20")
+    usage = admin(stack)["usage"]["models"]["gpt-4o"]
+    assert usage["requests"] == 2 and usage["cost_usd"] == pytest.approx(0.24)
+    assert len(fake.chat_requests) == 2
+
+
+def test_a_token_budget_survives_a_restart_with_redis(stack: Stack, api: Api, redis_server: RedisServer) -> None:
+    fake = stack.fake()
+    document = config(fake, {"tokens": 20}, redis_url=redis_server.url)
+    stack.gateway(document)
+    chat(api("team-key"))
+    chat(api("team-key"))
+    restart(stack, document)
+    assert_out_of_budget(api("team-key"), "24 of 20 tokens")
+
+
+def test_a_dollar_budget_survives_a_restart_without_redis(stack: Stack, api: Api, tmp_path: Path) -> None:
+    fake = stack.fake()
+    document = config(fake, {"usd": 0.2}, state_dir=str(tmp_path))
+    stack.gateway(document)
+    chat(api("team-key"))
+    chat(api("team-key"))
+    restart(stack, document)
+    assert_out_of_budget(api("team-key"), "$0.24 of $0.20")

@@ -1,0 +1,149 @@
+"""Clients as tenants, end to end with the official openai client: their own limits and headers, allow-lists,
+model limits and budgets, on every kind of answer."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from .fake_upstream import Cue, FakeUpstream
+from .harness import Stack, openai_controller
+
+MESSAGES = [{"role": "user", "content": "Say hello"}]
+Api = Callable[..., openai.OpenAI]  # the `api` fixture: api(key) is an SDK client of the gateway
+
+
+def chat(client: openai.OpenAI, model: str = "gpt-4o", **extra: Any) -> Any:
+    return client.chat.completions.with_raw_response.create(model=model, messages=MESSAGES, **extra)
+
+
+def seconds(duration: str) -> float:
+    """OpenAI's (Go's) duration notation, e.g. 1m0s, 39.98s, 20ms."""
+    found = re.fullmatch(r"(?:(\d+)h)?(?:(\d+)m(?!s))?(?:([\d.]+)s)?(?:(\d+)ms)?", duration)
+    assert found and duration, duration
+    hours, minutes, secs, millis = (float(part) if part else 0.0 for part in found.groups())
+    return hours * 3600 + minutes * 60 + secs + millis / 1000
+
+
+def start(stack: Stack, clients: list[dict[str, Any]], fake: FakeUpstream, **config: Any) -> Stack:
+    return stack.gateway({"controllers": [openai_controller(fake)], "clients": clients, **config})
+
+
+def test_a_clients_rpm_gives_429_with_its_headers_while_another_client_is_unaffected(stack: Stack, api: Api) -> None:
+    fake = stack.fake()
+    start(stack, [{"name": "chat", "key": "chat-key", "rpm": 3},
+                  {"name": "notebooks", "key": "nb-key"}], fake)
+    chat_client = api("chat-key")
+    seen = []
+    for _ in range(3):
+        raw = chat(chat_client)
+        seen.append((raw.headers["x-ratelimit-limit-requests"], raw.headers["x-ratelimit-remaining-requests"],
+                     raw.headers["x-ratelimit-reset-requests"]))
+    assert [s[:2] for s in seen] == [("3", "2"), ("3", "1"), ("3", "0")]
+    # Until the bucket is full again, in OpenAI's notation: a request refills every 20 s.
+    assert seen[0][2] == "20s"
+    assert 38 < seconds(seen[1][2]) <= 40 and 56 < seconds(seen[2][2]) <= 60
+    with pytest.raises(openai.RateLimitError) as refused:
+        chat(chat_client)
+    error = refused.value
+    assert error.status_code == 429 and error.code == "rate_limit_exceeded"
+    assert "'chat'" in error.message and "3 requests per minute" in error.message
+    assert 1 <= int(error.response.headers["retry-after"]) <= 20  # a third of a minute refills one request
+    assert 0 < int(error.response.headers["retry-after-ms"]) <= 20_000
+    assert error.response.headers["x-ratelimit-remaining-requests"] == "0"
+    assert len(fake.chat_requests) == 3  # the refused request never reached the upstream
+    other = chat(api("nb-key"))
+    assert other.parse().choices[0].message.content == "hello"
+    assert "x-ratelimit-limit-requests" not in other.headers  # a client without limits gets none of them
+
+
+def test_a_clients_tpm_counts_the_reservation_then_the_usage_and_streams_carry_the_headers(stack: Stack,
+                                                                                         api: Api) -> None:
+    fake = stack.fake()
+    fake.default = Cue(mode="stream", events=3)
+    start(stack, [{"name": "writer", "key": "writer-key", "tpm": 1000}, {"name": "other", "key": "other-key"}], fake)
+    client = api("writer-key")
+    with client.chat.completions.with_streaming_response.create(
+            model="gpt-4o", messages=MESSAGES, stream=True, max_tokens=700) as response:
+        assert response.headers["x-ratelimit-limit-tokens"] == "1000"
+        remaining = int(response.headers["x-ratelimit-remaining-tokens"])
+        assert 250 <= remaining <= 300  # 700 reserved for the answer plus about a quarter of the body
+        assert "x-ratelimit-limit-requests" not in response.headers
+        assert b"[DONE]" in response.read()
+    # The stream used 8 tokens and gave the rest of its reservation back: another large request fits, and
+    # while it runs (slowly) its reservation holds the bucket.
+    fake.cue(Cue(mode="json", delay=1.5))
+    slow = threading.Thread(target=chat, args=(client,), kwargs={"max_tokens": 700})
+    slow.start()
+    deadline = time.monotonic() + 10
+    while len(fake.chat_requests) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    with pytest.raises(openai.RateLimitError) as refused:
+        chat(client, max_tokens=700)
+    assert "1,000 tokens per minute" in refused.value.message and "reserves" in refused.value.message
+    assert refused.value.response.headers["x-ratelimit-limit-tokens"] == "1000"
+    assert chat(api("other-key")).http_response.status_code == 200  # another client is unaffected
+    slow.join()
+    raw = chat(client, max_tokens=700)  # the slow answer used 12: its reservation came back
+    assert int(raw.headers["x-ratelimit-remaining-tokens"]) >= 250
+    assert len(fake.chat_requests) == 4
+
+
+def test_models_is_an_allow_list_and_model_limits_are_limits_of_their_own(stack: Stack, api: Api) -> None:
+    fake = stack.fake(model_ids=("gpt-4o", "gpt-4o-mini", "o3"))
+    start(stack, [{"name": "notebooks", "key": "nb-key", "models": ["gpt-4o", "gpt-4o-mini"],
+                   "model_limits": {"gpt-4o": {"rpm": 1}}}], fake)
+    client = api("nb-key")
+    with pytest.raises(openai.PermissionDeniedError) as denied:
+        chat(client, model="o3")
+    assert denied.value.status_code == 403 and denied.value.code == "model_not_allowed"
+    assert denied.value.body["type"] == "permission_error" and denied.value.body["param"] == "model"  # type: ignore[index]
+    assert "'o3'" in denied.value.message and "gpt-4o, gpt-4o-mini" in denied.value.message
+    assert [model.id for model in client.models.list()] == ["gpt-4o", "gpt-4o-mini"]
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("o3")
+    first = chat(client, model="gpt-4o")
+    assert first.headers["x-ratelimit-limit-requests"] == "1" and first.headers["x-ratelimit-remaining-requests"] == "0"
+    with pytest.raises(openai.RateLimitError) as refused:
+        chat(client, model="gpt-4o")
+    assert "for the model 'gpt-4o'" in refused.value.message
+    for _ in range(3):  # the other model has no limit of its own
+        assert chat(client, model="gpt-4o-mini").http_response.status_code == 200
+    assert [seen.json["model"] for seen in fake.chat_requests] == ["gpt-4o", *["gpt-4o-mini"] * 3]
+
+
+def test_limits_apply_on_every_endpoint(stack: Stack, api: Api) -> None:
+    fake = stack.fake()
+    start(stack, [{"name": "embedder", "key": "embed-key", "rpm": 2, "models": ["text-embedding-3-small"]}], fake)
+    client = api("embed-key")
+    for _ in range(2):
+        raw = client.embeddings.with_raw_response.create(model="text-embedding-3-small", input="hello")
+        assert raw.headers["x-ratelimit-limit-requests"] == "2"
+    with pytest.raises(openai.RateLimitError):
+        client.embeddings.create(model="text-embedding-3-small", input="hello")
+    with pytest.raises(openai.PermissionDeniedError):
+        client.responses.create(model="gpt-4o", input="hi")
+    assert len(fake.requests_to("/embeddings")) == 2 and not fake.requests_to("/responses")
+
+
+def test_keys_come_as_digests_env_vars_or_files_and_wrong_keys_get_401(stack: Stack, api: Api, tmp_path: Path) -> None:
+    fake = stack.fake()
+    (tmp_path / "nb.key").write_text("notebook-key\n")  # next to the config file the Stack writes
+    digest = hashlib.sha256(b"digest-key").hexdigest()
+    stack.gateway({"controllers": [openai_controller(fake)], "clients": [
+        {"name": "by-digest", "key_sha256": digest}, {"name": "by-env", "key_env": "TEAM_KEY"},
+        {"name": "by-file", "key_file": "nb.key"}]}, env={"TEAM_KEY": "env-team-key"})
+    for key in ("digest-key", "env-team-key", "notebook-key"):
+        assert chat(api(key)).http_response.status_code == 200
+    for wrong in (digest, "some-other-key"):  # the digest itself is not a key
+        with pytest.raises(openai.AuthenticationError):
+            chat(api(wrong))
+    assert len(fake.chat_requests) == 3
