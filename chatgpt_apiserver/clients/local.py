@@ -120,6 +120,9 @@ class LocalClientStore(ClientStore):
     def admit_now(self, plan: Plan, tokens: float, period: Period) -> ClientAdmission:
         """`admit` without a coroutine (the local store never waits on I/O)."""
         client = self._client(plan.name)
+        if not plan.limited:  # nothing to check: only counted in flight
+            client.in_flight += 1
+            return ClientAdmission(True)
         now = self.clock()
         buckets = [self._bucket(client, rule.field, rule.rate, rule.capacity, now) for rule in plan.buckets]
         levels = tuple(bucket.refill(now) for bucket in buckets)

@@ -30,6 +30,11 @@ class Plan:
     budget_tokens: Optional[int] = None
     budget_nano: Optional[int] = None
 
+    @property
+    def limited(self) -> bool:
+        """Whether admitting involves any check (buckets, concurrency or a budget), not only counting."""
+        return bool(self.buckets or self.max_concurrency or self.period)
+
     def amounts(self, tokens: float) -> tuple[float, ...]:
         """C1: what an admission of `tokens` takes from each bucket."""
         return tuple(1.0 if rule.reason in REQUEST_KINDS else tokens for rule in self.buckets)
