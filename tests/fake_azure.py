@@ -14,6 +14,7 @@ when `quota` is set, a prompt containing `FILTERED_WORD` refused with the conten
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import secrets
 import ssl
@@ -88,6 +89,7 @@ class FakeAzure(FakeUpstream):
         self.quota: dict[str, str] = {}  # x-ratelimit-remaining-* headers sent on every answer
         self.calls: list[Seen] = []  # every request as it came (full URI), refused ones included
         self.refused: list[str] = []  # why each refused request was refused
+        self.refusal_delay = 0.0  # seconds a refusal takes (so that requests sent together are refused together)
 
     @property
     def endpoint(self) -> str:
@@ -161,7 +163,7 @@ class AzureChecks(RequestHandler):
 
     fake: FakeAzure
 
-    def prepare(self) -> None:
+    async def prepare(self) -> None:
         fake, request = self.fake, self.request
         fake.calls.append(Seen(request.uri or request.path, dict(request.headers), request.body))
         self.set_header("apim-request-id", str(uuid.uuid4()))
@@ -171,6 +173,8 @@ class AzureChecks(RequestHandler):
         if refused is not None:
             status, body, why = refused
             fake.refused.append(why)
+            if fake.refusal_delay:
+                await asyncio.sleep(fake.refusal_delay)
             self.set_status(status)
             self.set_header("Content-Type", "application/json")
             self.finish(body)

@@ -118,6 +118,15 @@ def test_classic_urls_relay_the_clients_body_byte_for_byte(stack: Stack) -> None
     assert status == 200 and fake.calls[0].body == body
 
 
+def test_a_clients_api_version_never_goes_upstream_beside_the_controllers(stack: Stack) -> None:
+    fake = east(stack, "classic")
+    status, _, _ = stack.request("POST", "/v1/embeddings?api-version=1999-01-01&x=1",
+                                 {"model": "text-embedding-3-small", "input": "hi"})
+    assert status == 200 and fake.refused == []
+    path, _, query = fake.calls[0].path.partition("?")
+    assert path.endswith("/embeddings") and query == f"api-version={API_VERSION}&x=1"
+
+
 def test_the_responses_api_is_served_over_v1_only(stack: Stack, gateway_client: Client) -> None:
     classic = start_azure(stack, "classic", ("gpt4o-east",))
     v1 = start_azure(stack, "v1", ("gpt4o-v1",), api_version=None)

@@ -7,6 +7,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -156,10 +157,24 @@ def test_every_instance_sharing_redis_stops_asking_for_a_missing_deployment(
 
 def test_only_missing_deployments_disable_a_model(stack: Stack) -> None:
     east, west = two_regions(stack)
+    # A 404 on a classic URL is the controller's (a wrong endpoint, front path or api_version): the gateway
+    # built the URL. It fails over, and counts against east, but disables no model.
     east.cue(Cue(mode="status", status=404, body=b'{"error": {"code": "404", "message": "Resource not found"}}'))
     status, headers, _ = chat(stack)
-    assert status == 404 and headers["x-chatgpt-apiserver-controller"] == "east"  # relayed: not a missing deployment
-    assert "disabled_models" not in admin(stack)["east"] and west.calls == []
+    assert status == 200 and headers["x-chatgpt-apiserver-controller"] == "west"
+    assert "disabled_models" not in admin(stack)["east"] and len(west.calls) == 1
+
+
+def test_a_model_whose_only_deployment_is_missing_gets_503s_never_a_500(stack: Stack) -> None:
+    east = start_azure(stack, "east", ())  # gpt-4o is declared, but the resource has no such deployment
+    stack.gateway({"controllers": [azure_controller(east, GPT)]})
+    for _ in range(3):
+        status, headers, body = chat(stack)
+        error = orjson.loads(body)["error"]
+        assert status in (500, 503) and error["code"] != "internal_error", body
+        assert headers["x-should-retry"] == "false" or status == 500
+    assert status == 503 and error["code"] == "upstream_unavailable" and "retry-after" not in headers
+    assert "gpt-4o" in error["message"] and len(east.calls) == 1  # asked once: then off until a reload
 
 
 def write_token(path: Path, token: str) -> None:
@@ -207,6 +222,24 @@ def test_a_401_reads_the_token_file_again_and_retries_once_on_the_same_controlle
     assert status == 200 and headers["x-chatgpt-apiserver-controller"] == "east"
     assert bearers(fake) == [first, first, second] and fake.refused == ["a wrong bearer token"]
     assert admin(stack)["east"]["state"] == "ok"
+
+
+def test_requests_refused_together_after_a_renewal_are_all_retried_with_the_new_token(stack: Stack,
+                                                                                     tmp_path: Path) -> None:
+    first, second = "eyJ0eXAiOiJKV1QifQ.eyJ0b2tlbiI6MX0.old-token", "eyJ0eXAiOiJKV1QifQ.eyJ0b2tlbiI6Mn0.new-token"
+    fake, token_file = token_gateway(stack, tmp_path, first)
+    assert chat(stack)[0] == 200
+    stamp = token_file.stat()
+    token_file.write_text(second + "\n")  # looks unchanged until a 401 makes it read (as above)
+    os.utime(token_file, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    fake.tokens = {second}
+    time.sleep(1.1)
+    fake.refusal_delay = 0.3  # every request is sent with the old token before the first refusal comes back
+    with ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(lambda _: chat(stack)[0], range(8)))
+    assert statuses == [200] * 8
+    assert admin(stack)["east"]["state"] == "ok"
+    assert bearers(fake).count(first) >= 2  # several were refused together, and each tried again
 
 
 def test_a_refused_token_that_was_not_renewed_disables_the_controller_for_a_while(stack: Stack,

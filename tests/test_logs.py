@@ -17,7 +17,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from chatgpt_apiserver.ops.logs import BufferedHandler, configure_logging
+from chatgpt_apiserver.controllers.token_file import TokenFile
+from chatgpt_apiserver.ops.logs import MAX_SECRETS, BufferedHandler, configure_logging, use_secrets
 from chatgpt_apiserver.server import reload
 from chatgpt_apiserver.web.access import FIELDS
 
@@ -107,6 +108,23 @@ def test_header_values_and_reloaded_keys_are_redacted(stack: Stack,
     text = written(handler, out, until="the new key")
     assert HEADER_SECRET not in text and NEW_KEY not in text
     assert text.count("[redacted]") == 2
+
+
+def test_renewed_tokens_never_push_the_configured_keys_out_of_the_scrubber(
+        tmp_path: Path, log_output: tuple[str, io.StringIO, BufferedHandler]) -> None:
+    _fmt, out, handler = log_output
+    use_secrets((NEW_KEY.encode(),))  # a configured key, known from the start
+    path = tmp_path / "token"
+    tokens = TokenFile(path, "east")
+    for number in range(MAX_SECRETS + 50):  # a token renewed every 30 minutes for a month and more
+        path.write_text(f"renewed-token-{number:05d}\n")
+        assert tokens.refresh(force=True)
+    log = logging.getLogger("chatgpt_apiserver.test")
+    log.warning("key %s, token %s, the one before %s", NEW_KEY, tokens.token.reveal() if tokens.token else "",
+                f"renewed-token-{MAX_SECRETS + 48:05d}")
+    text = written(handler, out, until="the one before")
+    assert NEW_KEY not in text and "renewed-token-" not in text and text.count("[redacted]") == 3
+    assert len(handler.secrets) < 10
 
 
 def test_a_traceback_and_extra_fields_with_a_key_are_redacted(

@@ -33,6 +33,15 @@ V1_ROUTES = frozenset((
 MISSING_DEPLOYMENT = b"DeploymentNotFound"
 
 
+def _without_api_version(path: str) -> str:
+    """`path` without any `api-version` of the client's query."""
+    path_only, mark, query = path.partition("?")
+    if not mark or "api-version" not in query.lower():
+        return path
+    kept = [pair for pair in query.split("&") if pair.split("=", 1)[0].lower() != "api-version"]
+    return f"{path_only}?{'&'.join(kept)}" if kept else path_only
+
+
 class AzureController(HttpController):
     """One Azure OpenAI resource (one region); its deployments are its models."""
 
@@ -70,15 +79,20 @@ class AzureController(HttpController):
     def classify(self, status: int, body: bytes) -> Verdict:
         if status == 404 and MISSING_DEPLOYMENT in body:
             return Verdict.NO_MODEL
+        if status == 404 and self.classic:
+            # The gateway builds every classic URL (no client-given id in it): a 404 means a wrong endpoint,
+            # front path or api_version, which another controller may not share.
+            return Verdict.FAULT
         return super().classify(status, body)
 
     def path_for(self, call: Call) -> str:
+        path = _without_api_version(call.upstream_path)  # the controller's own api_version is the one sent
         if not self.classic:
-            return call.upstream_path
+            return path
         prefix = self._prefixes.get(call.model)
         if prefix is None:  # routing only sends the models of its deployments; never guess one
             raise UpstreamError("protocol", f"controller {self.name} has no deployment for model {call.model!r}")
-        return prefix + call.upstream_path
+        return prefix + path
 
     def headers_for(self, call: Call, body: bytes) -> tuple[tuple[str, str], ...]:
         headers = super().headers_for(call, body)
@@ -99,10 +113,16 @@ class AzureController(HttpController):
         return super().key_values()
 
     async def send(self, call: Call, body: bytes) -> Reply:
+        # The token this request carries: headers_for reads the same one, with no await in between.
+        sent_with = self._token.current() if self._token is not None else None
         reply = await super().send(call, body)
-        if reply.status == 401 and self._token is not None and self._token.refresh(force=True):
-            # The agent renewed the token since it was last read: read the refusal (to keep the connection)
-            # and try once more, on this same controller.
+        if reply.status != 401 or self._token is None:
+            return reply
+        self._token.refresh(force=True)
+        if self._token.token is not sent_with and self._token.token is not None:
+            # The agent renewed the token since this request was sent (this read found it, or a request
+            # refused before this one did): read the refusal (to keep the connection) and try once more,
+            # on this same controller.
             with contextlib.suppress(UpstreamError):
                 await reply.read()
             reply.close()

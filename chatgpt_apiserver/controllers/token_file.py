@@ -33,6 +33,7 @@ class TokenFile:
         self._problem = ""  # the last problem logged, so a lasting one is logged once
         self.token: Optional[Secret] = None
         self.changes = 0  # how often a new token was taken up
+        self._previous: Optional[Secret] = None  # the token before the current one
         self.refresh(force=True)
 
     def current(self) -> Optional[Secret]:
@@ -62,9 +63,12 @@ class TokenFile:
         self._stamp, self._problem = stamp, ""
         if self.token is not None and text == self.token.reveal():
             return False
+        # Scrubbed from every log line from now on, with the token before it (lines may still name that one);
+        # the one before that gives up its place, so that renewals never push configured keys out.
+        older, self._previous = self._previous, self.token
         self.token = Secret(text)
         self.changes += 1
-        use_secrets((text.encode(),))  # scrubbed from every log line from now on
+        use_secrets((text.encode(),), (older.reveal().encode(),) if older is not None else ())
         if self.changes > 1:
             log.info("controller %s: the bearer token in %s changed; using the new one", self.owner, self.path)
         return True

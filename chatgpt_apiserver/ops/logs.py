@@ -228,14 +228,17 @@ def fast_handler() -> Optional[BufferedHandler]:
     return None
 
 
-def use_secrets(secrets: tuple[bytes, ...]) -> None:
+def use_secrets(secrets: tuple[bytes, ...], forget: tuple[bytes, ...] = ()) -> None:
     """Scrub these values (every key and secret header value in use) from every line from now on.
 
     Values known before stay known: a key a reload removed is still a key, and lines logged before the
-    reload may not be written yet. The newest MAX_SECRETS are kept.
+    reload may not be written yet. The newest MAX_SECRETS are kept. `forget`: values no longer worth a place
+    (a token renewed twice since; renewals would otherwise push the configured keys out).
     """
     for handler in _installed():
         known = dict.fromkeys(handler.secrets)
+        for value in forget:
+            known.pop(value, None)
         for value in secrets:
             known.pop(value, None)
             known[value] = None

@@ -246,9 +246,12 @@ class Scheduler:
                         headers={"Retry-After": str(retry)})
 
     def _unavailable(self, model: str, earliest: float) -> ApiError:
-        headers = {"Retry-After": str(max(1, math.ceil(earliest)))} if math.isfinite(earliest) else {}
-        headers["x-should-retry"] = "false"  # no candidate can take it before then: an SDK's retry would not help
-        when = f"; the earliest is probed again in {max(1, math.ceil(earliest))}s" if headers else ""
+        # No candidate can take it before then (or ever, until a reload): an SDK's retry would not help.
+        headers = {"x-should-retry": "false"}
+        when = ""
+        if math.isfinite(earliest):
+            headers["Retry-After"] = str(max(1, math.ceil(earliest)))
+            when = f"; the earliest is probed again in {headers['Retry-After']}s"
         return ApiError(503, f"Every controller for model {model!r} is failing or disabled{when}.",
                         code="upstream_unavailable", headers=headers)
 
