@@ -113,7 +113,8 @@ class Clients:
         headers = rate_limit_headers(left_of(plan.buckets, admission.levels, True),
                                      left_of(plan.buckets, admission.levels, False)) if plan.buckets else {}
         if not admission.ok:
-            self.tally.refused(client.name, admission.reason)
+            if client.name in self.registry.by_name:  # (not when a reload removed it meanwhile)
+                self.tally.refused(client.name, admission.reason)
             raise self._refusal(client, admission, period, model, tokens, headers)
         return ClientTicket(plan, tokens, period, admission.store, label, headers)
 
@@ -170,6 +171,8 @@ class Clients:
             charge.nano = PriceTable.nano(price, usage) if price is not None else 0
         self.store.settle(ticket, charge)
         name = ticket.plan.name
+        if name not in self.registry.by_name:
+            return  # removed by a reload while this request ran: its metrics went with it
         self.tally.count(name, charge)
         seen = self.seen_spent.get(name)
         if seen is not None and seen[0] == ticket.period.name:
