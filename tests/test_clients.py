@@ -147,3 +147,28 @@ def test_keys_come_as_digests_env_vars_or_files_and_wrong_keys_get_401(stack: St
         with pytest.raises(openai.AuthenticationError):
             chat(api(wrong))
     assert len(fake.chat_requests) == 3
+
+
+def test_an_allow_list_refuses_requests_that_name_no_model_but_not_follow_ups(stack: Stack, api: Api) -> None:
+    fake = stack.fake()
+    start(stack, [{"name": "limited", "key": "limited-key", "models": ["gpt-4o"]},
+                  {"name": "open", "key": "open-key"}], fake)
+    client = api("limited-key")
+    # Left to the upstream's default model, these could spend on any model: the allow-list cannot vouch for it.
+    for request in (lambda: client.moderations.create(input="hello"),
+                    lambda: client.images.generate(prompt="a cat"),
+                    lambda: client.responses.create(input="hi")):
+        with pytest.raises(openai.PermissionDeniedError) as denied:
+            request()
+        error = denied.value
+        assert error.code == "model_not_allowed" and error.body["param"] == "model"  # type: ignore[index]
+        assert "names no model" in error.message and "'limited'" in error.message and "gpt-4o" in error.message
+    assert not fake.requests_to("/moderations") and not fake.requests_to("/images/generations")
+    assert api("open-key").moderations.create(input="hello").results  # a client without an allow-list may
+    # Follow-ups name the stored response or conversation they act on, not a model: nothing new is spent on one.
+    made = client.responses.create(model="gpt-4o", input="hi")
+    assert client.responses.retrieve(made.id).id == made.id
+    assert client.responses.input_items.list(made.id).data is not None
+    conversation = client.conversations.create(metadata={"topic": "demo"})  # stores items, runs no model
+    assert client.conversations.retrieve(conversation.id).id == conversation.id
+    assert client.conversations.delete(conversation.id).deleted

@@ -93,13 +93,20 @@ class Clients:
             found = self._periods[kind] = Period(*period_of(kind, now))
         return found
 
-    async def admit(self, client: Client, model: str, label: str, tokens: float) -> ClientTicket:
-        """Admit a request of `client` for `model` reserving `tokens`, or raise the client's own refusal."""
+    async def admit(self, client: Client, model: str, label: str, tokens: float,
+                    takes_model: bool = True) -> ClientTicket:
+        """Admit a request of `client` for `model` reserving `tokens`, or raise the client's own refusal.
+
+        `takes_model`: the endpoint's request names a model (one that names none is left to the upstream's
+        default, which an allow-list cannot vouch for); False for follow-ups routed by the id they name."""
         spec = client.spec
-        if spec.models is not None and model and model not in spec.models:
+        if spec.models is not None and (model not in spec.models if model else takes_model):
             self.tally.refused(client.name, "model")
+            allowed = ", ".join(sorted(spec.models))
             raise ApiError(403, f"The client {client.name!r} may not use the model {model!r}; it may use "
-                                f"{', '.join(sorted(spec.models))}.", type="permission_error", param="model",
+                                f"{allowed}." if model else
+                           f"The request names no model, and the client {client.name!r} may only use its models "
+                           f"({allowed}); name one in 'model'.", type="permission_error", param="model",
                            code="model_not_allowed")
         plan = client.plan(model)
         period = self.period(plan.period)
