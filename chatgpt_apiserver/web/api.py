@@ -12,6 +12,7 @@ from tornado.http1connection import HTTP1Connection
 from tornado.iostream import StreamClosedError
 
 from ..call import Call
+from ..clients.estimates import unreported_usage
 from ..clients.store import ClientTicket
 from ..endpoints.base import Endpoint
 from ..endpoints.usage import Usage
@@ -65,6 +66,10 @@ class EndpointHandler(BaseHandler):
     _used: Optional[float] = 0.0
     _broke = False
     _upstream_model = ""
+    _answered = False  # a controller answered (else: refused, failed over to the end, or cut short first)
+    _gave_up = False  # the gateway answered with its own error: nothing reached the client from upstream
+    _counting = False  # a client's stream: its events are counted, for a charge if it reports no usage
+    _events = 0
 
     def initialize(self, gateway: Gateway, bodies: Bodies, endpoints: Mapping[str, Endpoint]) -> None:  # type: ignore[override]
         super().initialize(gateway, bodies)
@@ -105,6 +110,7 @@ class EndpointHandler(BaseHandler):
         try:
             await self._handle(ids)
         except ApiError as error:
+            self._gave_up = True
             if error.attempts:
                 self.attempts, self.controller = error.attempts, error.controller
             self.send_api_error(error)
@@ -125,10 +131,19 @@ class EndpointHandler(BaseHandler):
         finally:
             self._task = None
             if self._ticket is not None:
-                gateway.clients.settle(self._ticket, self._usage, self._used,
-                                       self._broke or self.get_status() >= 400,
-                                       (self._upstream_model,) if self._upstream_model else ())
+                self._settle(self._ticket)
             gateway.leave(self)
+
+    def _settle(self, ticket: ClientTicket) -> None:
+        """Settle the client's admission. An answer that never said what it used is charged an estimate: a
+        stream by the events relayed, a request cut short while the upstream had it by its reservation."""
+        usage, used, call = self._usage, self._used, self._call
+        if usage is None and call is not None and not self._gave_up and (
+                self._counting or (not self._answered and call.attempted)):
+            usage = unreported_usage(ticket.reserved, len(call.body), self._events if self._counting else None)
+            used = float(usage.tokens)
+        self.gateway.clients.settle(ticket, usage, used, self._broke or self.get_status() >= 400,
+                                    (self._upstream_model,) if self._upstream_model else ())
 
     def _finish_aborted(self) -> None:
         if self._finished:
@@ -153,8 +168,11 @@ class EndpointHandler(BaseHandler):
         answer = await open_answer(self.gateway, call, client.tenant if client is not None else ANONYMOUS,
                                    self._admit if client is not None else None)
         if self._client_gone:
+            if answer.usage is not None:
+                self._account(answer.usage)
             answer.close()
             return
+        self._answered = True
         self.controller, self.attempts = answer.controller.name, answer.attempts
         if call.model:
             self._upstream_model = answer.controller.upstream_model(call.model)
@@ -165,6 +183,7 @@ class EndpointHandler(BaseHandler):
         if answer.splitter is not None:
             self._headers.update(STREAM_HEADERS)
             self._used = None  # until the stream says
+            self._counting = self._ticket is not None
             result = await relay_stream(answer, call, self._send, self.gateway.secrets)
             self._account(result.usage)
             self._broke = result.failed
@@ -204,6 +223,8 @@ class EndpointHandler(BaseHandler):
         if self.ttfb is None:
             self.ttfb = self.request.request_time()
             self.gateway.metrics.ttft.observe(self.ttfb)
+        if self._counting:
+            self._events += data.count(b"data:")  # one per event, in both stream styles
         if last:
             # A whole stream in hand at once leaves in one write, with a Content-Length; else this is the last chunk.
             await self._sent(self.finish(data))
