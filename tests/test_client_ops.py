@@ -203,3 +203,36 @@ def test_the_state_file_is_written_atomically_and_an_unreadable_one_is_set_aside
     StateFile(tmp_path, fresh).load()
     assert not fresh.clients and (tmp_path / "clients.json.unreadable").exists()
     assert not (tmp_path / "clients.json").exists()
+
+
+def test_without_an_admin_key_no_client_key_opens_the_admin_views_or_metrics(
+        stack: Stack, api: Api, caplog: pytest.LogCaptureFixture) -> None:
+    fake = stack.fake()
+    stack.gateway({"controllers": [openai_controller(fake)], "client_keys": ["plain-key"],
+                   "clients": [{"name": "one", "key": "one-key"}, {"name": "two", "key": "two-key"}]})
+    api("two-key").chat.completions.create(model="gpt-4o", messages=BODY["messages"])  # type: ignore[arg-type]
+    for path in ("/admin/clients", "/admin/clients/two", "/admin/controllers", "/metrics"):
+        for key in ("one-key", "plain-key"):  # a tenant must not see the others' usage
+            status, body = admin(stack, path, key=key)
+            assert status == 403, (path, key)
+            error = body["error"]
+            assert error["code"] == "admin_key_required" and error["type"] == "permission_error"
+            assert "admin_key" in error["message"] and "two" not in error["message"]
+        assert admin(stack, path, key="wrong-key")[0] == 401
+    assert api("one-key").models.list().data is not None  # the API itself is unaffected
+    settings = stack.settings({"controllers": [openai_controller(fake)],
+                               "clients": [{"name": "one", "key": "one-key", "budget": {"usd": 5}},
+                                           {"name": "two", "key": "two-key", "budget": {"usd": 5, "tokens": 9}}]})
+    shown = render(settings)
+    assert "warnings:" in shown and "admin_key is not set" in shown
+    assert stack.running is not None
+    caplog.set_level(logging.WARNING)
+    argv = ["--config-file", str(stack.tmp_path / "chatgpt-apiserver.json"), "--port", "0"]
+    assert stack.loop.run(reload(stack.running, argv))  # logged at start (cli.main) and at every reload
+    assert any("admin_key is not set" in record.getMessage() for record in caplog.records)
+
+
+def test_plain_client_keys_without_an_admin_key_still_open_the_admin_views(stack: Stack) -> None:
+    stack.gateway({"controllers": [{"type": "mock"}], "client_keys": ["plain-key"]})
+    assert admin(stack, "/admin/controllers", key="plain-key")[0] == 200  # as documented for plain keys
+    assert "warnings:" not in render(stack.settings({"controllers": [{"type": "mock"}], "client_keys": ["k"]}))

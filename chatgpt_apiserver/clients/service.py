@@ -65,6 +65,7 @@ class Clients:
                    for spec in settings.clients]
         before = set(self.registry.by_name)
         self.registry = Registry(clients)
+        self.named = any(client.spec.named for client in clients)  # (then only an admin_key opens /admin)
         self.store.configure([client.plans[""] for client in clients])
         removed = before - set(self.registry.by_name)
         self.tally.forget(removed)

@@ -67,7 +67,19 @@ def render(settings: Settings) -> str:
             elif spec.api_key_source:
                 lines.append(f"      credential from {spec.api_key_source}")
     lines += _clients(settings)
+    found = warnings(settings)
+    if found:
+        lines += ["", "warnings:", *(f"  - {warning}" for warning in found)]
     return "\n".join(lines)
+
+
+def warnings(settings: Settings) -> list[str]:
+    """What is valid but probably not meant (printed by --check-config, logged at start and reload)."""
+    found = []
+    if not settings.admin_key and any(spec.named for spec in settings.clients):
+        found.append("clients are configured and admin_key is not set: /admin/* and /metrics refuse every key "
+                     "(a client key would show every client's usage); set admin_key to open them")
+    return found
 
 
 def _setting(value: Any) -> str:

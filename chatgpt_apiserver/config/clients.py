@@ -65,6 +65,11 @@ class ClientSpec:
     budget: Optional[Budget] = None
 
     @property
+    def named(self) -> bool:
+        """Whether it is an entry of `clients` (not one of the plain `client_keys`)."""
+        return self.key_source != "client_keys"
+
+    @property
     def limited(self) -> bool:
         """Whether the client has rate limits of its own (its answers then carry x-ratelimit-* headers)."""
         return bool(self.limits.rpm or self.limits.tpm or self.model_limits)
