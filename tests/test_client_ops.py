@@ -225,6 +225,7 @@ def test_without_an_admin_key_no_client_key_opens_the_admin_views_or_metrics(
                                            {"name": "two", "key": "two-key", "budget": {"usd": 5, "tokens": 9}}]})
     shown = render(settings)
     assert "warnings:" in shown and "admin_key is not set" in shown
+    assert "client one: its budget is in USD only" in shown and "client two:" not in shown
     assert stack.running is not None
     caplog.set_level(logging.WARNING)
     argv = ["--config-file", str(stack.tmp_path / "chatgpt-apiserver.json"), "--port", "0"]

@@ -213,5 +213,5 @@ def test_the_server_warns_at_start_when_clients_have_no_admin_key(tmp_path: Path
     finally:
         blocker.close()
     assert done.returncode == 1
-    assert "admin_key is not set" in done.stderr
+    assert "admin_key is not set" in done.stderr and "client team: its budget is in USD only" in done.stderr
     assert "team-key" not in done.stderr

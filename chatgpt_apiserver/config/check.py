@@ -79,6 +79,10 @@ def warnings(settings: Settings) -> list[str]:
     if not settings.admin_key and any(spec.named for spec in settings.clients):
         found.append("clients are configured and admin_key is not set: /admin/* and /metrics refuse every key "
                      "(a client key would show every client's usage); set admin_key to open them")
+    for spec in settings.clients:
+        if spec.budget is not None and spec.budget.tokens is None:
+            found.append(f"client {spec.name}: its budget is in USD only; models without a price cost nothing, "
+                         f"so they are not limited by it (add a tokens amount, or prices for them)")
     return found
 
 
