@@ -172,3 +172,29 @@ def test_an_allow_list_refuses_requests_that_name_no_model_but_not_follow_ups(st
     conversation = client.conversations.create(metadata={"topic": "demo"})  # stores items, runs no model
     assert client.conversations.retrieve(conversation.id).id == conversation.id
     assert client.conversations.delete(conversation.id).deleted
+
+
+def test_answers_that_admit_nothing_carry_the_clients_levels_as_they_stand(stack: Stack, api: Api) -> None:
+    fake = stack.fake(model_ids=("gpt-4o", "o3"))
+    start(stack, [{"name": "team", "key": "team-key", "rpm": 5, "tpm": 10_000, "models": ["gpt-4o"]}], fake)
+    client = api("team-key")
+    assert chat(client).headers["x-ratelimit-remaining-requests"] == "4"
+    status, headers, body = stack.request("POST", "/v1/chat/completions", {"model": "gpt-4o"},
+                                          headers={"Authorization": "Bearer team-key"})
+    assert status == 400 and b"messages" in body
+    seen = [headers]
+    with pytest.raises(openai.PermissionDeniedError) as denied:
+        chat(client, model="o3")
+    seen.append(denied.value.response.headers)
+    seen.append(client.models.with_raw_response.list().headers)
+    seen.append(client.models.with_raw_response.retrieve("gpt-4o").headers)
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.models.retrieve("o3")
+    seen.append(missing.value.response.headers)
+    for answer in seen:
+        found = {name.lower(): value for name, value in answer.items()}
+        assert found["x-ratelimit-limit-requests"] == "5" and found["x-ratelimit-remaining-requests"] == "4"
+        assert found["x-ratelimit-limit-tokens"] == "10000" and int(found["x-ratelimit-remaining-tokens"]) > 9000
+        assert 0 < seconds(found["x-ratelimit-reset-requests"]) <= 12
+    assert chat(client).headers["x-ratelimit-remaining-requests"] == "3"  # none of them took a request
+    assert len(fake.chat_requests) == 2

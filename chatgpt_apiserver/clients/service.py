@@ -126,6 +126,19 @@ class Clients:
             raise self._refusal(client, admission, period, model, tokens, headers)
         return ClientTicket(plan, tokens, period, admission.store, label, headers)
 
+    async def levels(self, client: Client, model: str = "") -> dict[str, str]:
+        """The x-ratelimit-* headers of `client` as its buckets stand, taking nothing (rule C6, for answers
+        that admitted nothing: a bad request, a refused model, the model list)."""
+        plan = client.plan(model)
+        if not plan.buckets:
+            return {}
+        try:
+            found = (await self.store.views([plan], {plan.name: NO_PERIOD}))[plan.name].levels
+        except StoreUnavailable:
+            return {}
+        levels = tuple(found.get(rule.field, rule.capacity) for rule in plan.buckets)
+        return rate_limit_headers(left_of(plan.buckets, levels, True), left_of(plan.buckets, levels, False))
+
     def _refusal(self, client: Client, admission: ClientAdmission, period: Period, model: str, tokens: float,
                  headers: dict[str, str]) -> ApiError:
         name, reason = client.name, admission.reason

@@ -113,6 +113,11 @@ class EndpointHandler(BaseHandler):
             self._gave_up = True
             if error.attempts:
                 self.attempts, self.controller = error.attempts, error.controller
+            if self._ticket is None and self.client is not None and not any(
+                    name.startswith("x-ratelimit-") for name in error.headers):
+                # Refused before the client's admission (a bad request, a model it may not use): its levels as
+                # they stand, as every answer to a client with limits carries them.
+                error.headers.update(await self.rate_limit_levels(self._call.model if self._call else ""))
             self.send_api_error(error)
         except StreamClosedError:  # a write found the client gone, perhaps before on_connection_close ran
             log.info("client went away; request %s ended", self.request_id)
@@ -289,7 +294,10 @@ class ModelHandler(BaseHandler):
 
     async def get(self, model: str) -> None:
         allowed = self.client.spec.models if self.client is not None else None
+        headers = await self.rate_limit_levels()
         if model not in await self.gateway.models() or (allowed is not None and model not in allowed):
             raise ApiError(404, f"The model {model!r} does not exist or is not served by this gateway.",
-                           param="model", code="model_not_found")
+                           param="model", code="model_not_found", headers=headers)
+        for name, value in headers.items():
+            self.set_header(name, value)
         self.write_json({"id": model, "object": "model", "created": 0, "owned_by": "chatgpt-apiserver"})

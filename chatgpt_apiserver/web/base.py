@@ -245,6 +245,13 @@ class BaseHandler(RequestHandler):
                                     "admin_key is set. Set admin_key and use it here.", type="permission_error",
                                code="admin_key_required")
 
+    async def rate_limit_levels(self, model: str = "") -> dict[str, str]:
+        """The client's own x-ratelimit-* headers as its buckets stand (for answers that took nothing)."""
+        client = self.client
+        if client is None or not client.spec.limited:
+            return {}
+        return await self.gateway.clients.levels(client, model)
+
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         if isinstance(value, ApiError):
             return  # an answer, not a fault
