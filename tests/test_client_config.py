@@ -75,7 +75,8 @@ def test_every_client_mistake_is_named_at_once(tmp_path: Path) -> None:
         {"name": "budget", "key": "k5", "budget": {"period": "week"}},
         {"name": "env", "key_env": "MISSING"},
         {"name": "file", "key_file": "missing.key"},
-        "not an object"], "prices": {"m": {"output": 1}, "n": {"input": -1}}})
+        "not an object",
+        {"name": "key-1", "key": "k6"}], "prices": {"m": {"output": 1}, "n": {"input": -1}}})
     text = "\n".join(found)
     for expected in ("clients[0].key", "set exactly one of key, key_sha256, key_env, key_file",
                      "clients[1].key", "given 2 ways", "clients[2].name", "clients[4].name", "already used by "
@@ -83,8 +84,11 @@ def test_every_client_mistake_is_named_at_once(tmp_path: Path) -> None:
                      "clients[6].rpm", "clients[6].tpm", "clients[6].max_concurrency", "clients[6].priority",
                      "clients[6].share", "clients[6].colour", "clients[7].model_limits", "o3 not in its models",
                      "clients[8].budget", "clients[9].key_env", "env var MISSING", "clients[10].key_file",
-                     "clients[11]", "prices.m.input", "prices.n.input"):
+                     "clients[11]", "prices.m.input", "prices.n.input",
+                     "clients[12].name in", "'key-1': names starting with 'key-' are reserved for the plain "
+                     "client_keys"):
         assert expected in text, expected
+    assert "client_keys[0].name" not in text  # a setting that does not exist
     assert "k1" not in text and "same-key" not in text  # a mistake names the entry, never its key
 
 

@@ -21,6 +21,7 @@ from ..secret import Secret
 from .controllers import _report  # one wording of voluptuous errors for every entry
 from .files import resolve
 
+PLAIN_PREFIX = "key-"  # the plain client_keys are clients named key-1, key-2, ... by their place in the list
 NAME = re.compile(r"[A-Za-z0-9_.:@-]{1,64}")  # safe as a metric label, a header value and a Redis hash tag
 PRIORITIES = ("interactive", "batch")
 PERIODS = ("day", "month")
@@ -121,6 +122,9 @@ def _models(value: Any) -> frozenset[str]:
 def _name(value: Any) -> str:
     if not isinstance(value, str) or not NAME.fullmatch(value):
         raise vol.Invalid("expected 1-64 letters, digits or _.:@- (the name is a metric label)")
+    if value.startswith(PLAIN_PREFIX):
+        raise vol.Invalid(f"{value!r}: names starting with {PLAIN_PREFIX!r} are reserved for the plain client_keys "
+                          f"({PLAIN_PREFIX}1 is the first of them, {PLAIN_PREFIX}2 the second, ...)")
     return value
 
 
@@ -257,7 +261,7 @@ def build_clients(entries: Any, plain_keys: Sequence[Secret], base: Path, where:
                        RateLimit(entry.get("rpm"), entry.get("tpm")), entry.get("max_concurrency"), models,
                        model_limits, entry.get("budget")), prefix)
     for index, key in enumerate(plain_keys):
-        add(ClientSpec(f"key-{index + 1}", key_digest(key.reveal()), "client_keys"), f"client_keys[{index}]")
+        add(ClientSpec(f"{PLAIN_PREFIX}{index + 1}", key_digest(key.reveal()), "client_keys"), f"client_keys[{index}]")
     return specs
 
 
