@@ -238,3 +238,11 @@ def test_a_request_the_client_leaves_while_the_upstream_works_is_charged_its_res
     assert 115 <= view["budget"]["tokens"]["spent"] <= 140
     assert view["usage"]["models"]["gpt-4o"]["completion_tokens"] == view["budget"]["tokens"]["spent"] - \
         view["usage"]["models"]["gpt-4o"]["prompt_tokens"]
+
+
+def test_a_small_dollar_budget_is_shown_with_its_digits(stack: Stack, api: Api) -> None:
+    fake = stack.fake()
+    stack.gateway(config(fake, {"usd": 0.00005}))
+    client = api("team-key")
+    chat(client)
+    assert_out_of_budget(client, "($0.12 of $0.00005)")  # not "$0.12 of $0.00"

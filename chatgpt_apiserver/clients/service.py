@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Optional
 
+from ..config.clients import usd
 from ..endpoints.usage import Usage
 from ..errors import ApiError
 from ..state.store import StoreUnavailable
@@ -150,7 +151,7 @@ class Clients:
             if budget.tokens is not None and spent_tokens >= budget.tokens:
                 parts.append(f"{spent_tokens:,} of {budget.tokens:,} tokens")
             if budget.usd is not None and spent_nano >= round(budget.usd * 1e9):
-                parts.append(f"${spent_nano / 1e9:,.2f} of ${budget.usd:,.2f}")
+                parts.append(f"{usd(spent_nano / 1e9)} of {usd(budget.usd)}")
             renews = max(1, math.ceil(period.end - self.wall()))
             return ApiError(429, f"The client {name!r} has used its budget for this {budget.period} "
                                  f"({' and '.join(parts)}); it renews at {_when(period.end)}.",

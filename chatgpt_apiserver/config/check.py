@@ -6,6 +6,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from ..secret import Secret
+from .clients import plain, usd
 from .options import OPTIONS
 from .settings import Settings
 
@@ -101,22 +102,22 @@ def _clients(settings: Settings) -> list[str]:
     """The clients, with where each key comes from (never the key or its digest)."""
     lines = ["", f"clients ({len(settings.clients)}):"]
     for spec in settings.clients:
-        parts = [f"priority={spec.priority}", f"share={spec.share:g}"]
+        parts = [f"priority={spec.priority}", f"share={plain(spec.share)}"]
         for name, value in (("rpm", spec.limits.rpm), ("tpm", spec.limits.tpm),
                             ("max_concurrency", spec.max_concurrency)):
             if value is not None:
-                parts.append(f"{name}={value:g}")
+                parts.append(f"{name}={plain(value)}")
         lines.append(f"  - {spec.name}: {' '.join(parts)}")
         lines.append(f"      key from {spec.key_source}")
         if spec.models is not None:
             lines.append(f"      models={', '.join(sorted(spec.models))}")
         for model, limit in sorted(spec.model_limits.items()):
-            shown = " ".join(f"{k}={v:g}" for k, v in (("rpm", limit.rpm), ("tpm", limit.tpm)) if v is not None)
+            shown = " ".join(f"{k}={plain(v)}" for k, v in (("rpm", limit.rpm), ("tpm", limit.tpm)) if v is not None)
             lines.append(f"      model_limits[{model}]: {shown}")
         if spec.budget is not None:
             budget = spec.budget
             amounts = [f"{budget.tokens} tokens" if budget.tokens is not None else "",
-                       f"${budget.usd:g}" if budget.usd is not None else ""]
+                       usd(budget.usd) if budget.usd is not None else ""]
             lines.append(f"      budget per {budget.period}: {' and '.join(a for a in amounts if a)}")
     if settings.prices:
         lines.append(f"prices from the config: {', '.join(sorted(settings.prices))}")

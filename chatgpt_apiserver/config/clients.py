@@ -8,6 +8,7 @@ repr leaves the digest out, and errors name the entry, never its key.
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,6 +40,20 @@ class RateLimit:
 
     rpm: Optional[float] = None
     tpm: Optional[float] = None
+
+
+def usd(value: float) -> str:
+    """Dollars for people: cents ($40.00, $0.24), or three significant digits below a dollar ($0.00001)."""
+    decimals = 2
+    if value and abs(value) < 1:
+        decimals = min(9, max(2, 2 - math.floor(math.log10(abs(value)))))
+    whole, _, fraction = f"{value:,.{decimals}f}".partition(".")
+    return f"${whole}.{fraction.rstrip('0').ljust(2, '0')}"
+
+
+def plain(value: float) -> str:
+    """A configured number as written: integers without an exponent (2000000, not 2e+06)."""
+    return str(int(value)) if value == int(value) else repr(float(value))
 
 
 @dataclass(frozen=True)
