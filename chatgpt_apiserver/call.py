@@ -24,6 +24,7 @@ class Call:
     path: str = ""  # the upstream path with its ids and the client's query ("" : the endpoint's own path)
     content_type: str = "application/json"  # a form's, with its boundary
     owner_of: Optional[str] = None  # a resp_/conv_ id: only the controller that holds it can answer
+    attempted: bool = False  # an attempt began: the upstream may have it (and bill it)
 
     @property
     def upstream_path(self) -> str:

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from typing import Optional, TextIO
 
-from .config.check import render
+from .config.check import render, warnings
 from .config.clients import key_digest
 from .config.files import ConfigError
 from .config.settings import Settings, parse_settings
@@ -71,6 +71,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     configure_logging(settings.log_level, settings.log_format, secrets=secrets)
     if settings.demo:
         log.warning(DEMO_BANNER)
+    for warning in warnings(settings):
+        log.warning("config: %s", warning)
     try:
         return run_server(settings, argv)
     except OSError as error:

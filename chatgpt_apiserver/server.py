@@ -15,6 +15,7 @@ from typing import Optional
 from tornado.netutil import bind_sockets
 from tornado.web import Application
 
+from .config.check import warnings
 from .config.files import ConfigError
 from .config.options import OPTIONS
 from .config.settings import Settings, parse_settings
@@ -109,6 +110,8 @@ async def reload(running: Running, argv: Sequence[str]) -> bool:
                             option.key, change)
         await running.gateway.reload(settings)
         apply_server_settings(running, settings)
+        for warning in warnings(settings):
+            log.warning("reload: %s", warning)
         return True
     finally:
         notify("READY=1")

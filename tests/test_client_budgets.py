@@ -167,3 +167,82 @@ def test_a_dollar_budget_survives_a_restart_without_redis(stack: Stack, api: Api
     chat(api("team-key"))
     restart(stack, document)
     assert_out_of_budget(api("team-key"), "$0.24 of $0.20")
+
+
+def wait_for_requests(stack: Stack, count: int) -> Any:
+    """The client's admin view once `count` of its requests have settled (a cut one settles just after)."""
+    deadline = time.monotonic() + 10
+    while True:
+        view = admin(stack)
+        if view["usage"]["total"]["requests"] >= count or time.monotonic() > deadline:
+            return view
+        time.sleep(0.02)
+
+
+def test_a_stream_the_client_cuts_short_is_charged_what_it_was_sent(stack: Stack, api: Api) -> None:
+    fake = stack.fake()
+    stack.gateway(config(fake, {"tokens": 10_000, "usd": 100}))
+    client = api("team-key")
+    fake.cue(Cue(mode="stream", events=30, interval=0.1))  # 3 s; its usage event would come last
+    with client.chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True, max_tokens=500) as events:
+        for count, _event in enumerate(events):
+            if count == 3:
+                break  # the client hangs up before the final usage event
+    view = wait_for_requests(stack, 1)
+    row = view["usage"]["models"]["gpt-4o"]
+    # Charged an estimate: a quarter of its body as the prompt, a token per event it was sent.
+    assert 15 <= row["prompt_tokens"] <= 40 and 4 <= row["completion_tokens"] <= 10
+    spent = row["prompt_tokens"] + row["completion_tokens"]
+    assert view["budget"]["tokens"]["spent"] == spent
+    assert view["budget"]["usd"]["spent"] == pytest.approx(spent * 0.01)  # priced like reported usage
+
+
+def test_a_stream_from_an_upstream_that_reports_no_usage_is_charged_an_estimate(stack: Stack, api: Api) -> None:
+    fake = stack.fake()
+    document = config(fake, {"tokens": 30})
+    document["controllers"] = [openai_controller(fake, stream_usage=False)]
+    stack.gateway(document)
+    client = api("team-key")
+    fake.cue(Cue(mode="stream", events=10))
+    with client.chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True) as events:
+        assert len([event for event in events if event.choices]) == 12  # role, 10 deltas, finish
+    view = wait_for_requests(stack, 1)
+    row = view["usage"]["models"]["gpt-4o"]
+    assert row["completion_tokens"] == 13  # a token per event, [DONE] included
+    assert view["budget"]["tokens"]["spent"] == row["prompt_tokens"] + 13 >= 30  # a quarter of the body, ~20
+    assert_out_of_budget(client, "of 30 tokens")
+
+
+def test_a_request_the_client_leaves_while_the_upstream_works_is_charged_its_reservation(
+        stack: Stack, api: Api) -> None:
+    fake = stack.fake()
+    document = config(fake, {"tokens": 10_000}, max_queue_wait=30)
+    document["controllers"] = [openai_controller(fake, max_concurrency=1)]
+    stack.gateway(document)
+    fake.cue(Cue(delay=2.0), Cue(delay=2.0))
+    busy = threading.Thread(target=chat, args=(api("other-key"),))  # holds the one slot for 2 s
+    busy.start()
+    deadline = time.monotonic() + 10
+    while not fake.chat_requests and time.monotonic() < deadline:
+        time.sleep(0.01)
+    with pytest.raises(openai.APITimeoutError):  # it left while waiting in the queue: nothing went upstream
+        chat(api("team-key", timeout=0.5), max_tokens=100)
+    busy.join()
+    view = wait_for_requests(stack, 1)
+    assert view["budget"]["tokens"]["spent"] == 0 and len(fake.chat_requests) == 1
+    with pytest.raises(openai.APITimeoutError):
+        chat(api("team-key", timeout=0.5), max_tokens=100)
+    assert len(fake.chat_requests) == 2
+    view = wait_for_requests(stack, 2)
+    # The upstream may have written (and billed) the whole answer: the reservation, the prompt plus max_tokens.
+    assert 115 <= view["budget"]["tokens"]["spent"] <= 140
+    assert view["usage"]["models"]["gpt-4o"]["completion_tokens"] == view["budget"]["tokens"]["spent"] - \
+        view["usage"]["models"]["gpt-4o"]["prompt_tokens"]
+
+
+def test_a_small_dollar_budget_is_shown_with_its_digits(stack: Stack, api: Api) -> None:
+    fake = stack.fake()
+    stack.gateway(config(fake, {"usd": 0.00005}))
+    client = api("team-key")
+    chat(client)
+    assert_out_of_budget(client, "($0.12 of $0.00005)")  # not "$0.12 of $0.00"

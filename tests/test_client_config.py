@@ -75,7 +75,8 @@ def test_every_client_mistake_is_named_at_once(tmp_path: Path) -> None:
         {"name": "budget", "key": "k5", "budget": {"period": "week"}},
         {"name": "env", "key_env": "MISSING"},
         {"name": "file", "key_file": "missing.key"},
-        "not an object"], "prices": {"m": {"output": 1}, "n": {"input": -1}}})
+        "not an object",
+        {"name": "key-1", "key": "k6"}], "prices": {"m": {"output": 1}, "n": {"input": -1}}})
     text = "\n".join(found)
     for expected in ("clients[0].key", "set exactly one of key, key_sha256, key_env, key_file",
                      "clients[1].key", "given 2 ways", "clients[2].name", "clients[4].name", "already used by "
@@ -83,8 +84,11 @@ def test_every_client_mistake_is_named_at_once(tmp_path: Path) -> None:
                      "clients[6].rpm", "clients[6].tpm", "clients[6].max_concurrency", "clients[6].priority",
                      "clients[6].share", "clients[6].colour", "clients[7].model_limits", "o3 not in its models",
                      "clients[8].budget", "clients[9].key_env", "env var MISSING", "clients[10].key_file",
-                     "clients[11]", "prices.m.input", "prices.n.input"):
+                     "clients[11]", "prices.m.input", "prices.n.input",
+                     "clients[12].name in", "'key-1': names starting with 'key-' are reserved for the plain "
+                     "client_keys"):
         assert expected in text, expected
+    assert "client_keys[0].name" not in text  # a setting that does not exist
     assert "k1" not in text and "same-key" not in text  # a mistake names the entry, never its key
 
 
@@ -115,13 +119,15 @@ def test_hash_key_prints_the_digest_of_stdin_without_a_config(tmp_path: Path) ->
 def test_check_config_shows_clients_but_never_a_key_or_digest(tmp_path: Path) -> None:
     digest = hashlib.sha256((KEY + "-hashed").encode()).hexdigest()
     settings, _ = parse_settings(write(tmp_path, {"controllers": [MOCK], "client_keys": [KEY + "-plain"], "clients": [
-        {"name": "inline", "key": KEY, "rpm": 60, "budget": {"usd": 5, "period": "day"}},
+        {"name": "inline", "key": KEY, "rpm": 60, "tpm": 2_000_000, "budget": {"usd": 5, "period": "day"}},
+        {"name": "tiny", "key": KEY + "-tiny", "budget": {"usd": 0.00001, "tokens": 1_000_000}},
         {"name": "hashed", "key_sha256": digest, "priority": "batch", "share": 2,
          "models": ["gpt-4o"], "model_limits": {"gpt-4o": {"tpm": 1000}}}]}), {})
     shown = render(settings)
-    assert "- inline: priority=interactive share=1 rpm=60" in shown and "budget per day: $5" in shown
+    assert "- inline: priority=interactive share=1 rpm=60 tpm=2000000" in shown and "budget per day: $5.00" in shown
+    assert "budget per month: 1000000 tokens and $0.00001" in shown  # no exponents, no $0.00
     assert "- hashed: priority=batch share=2" in shown and "model_limits[gpt-4o]: tpm=1000" in shown
-    assert "key from clients[1].key_sha256 in" in shown and "- key-1:" in shown
+    assert "key from clients[2].key_sha256 in" in shown and "- key-1:" in shown
     for secret in (KEY, digest, KEY[:12], hashlib.sha256(KEY.encode()).hexdigest(),
                    hashlib.sha256((KEY + "-plain").encode()).hexdigest()):
         assert secret not in shown

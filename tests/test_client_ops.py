@@ -53,7 +53,18 @@ def test_reload_adds_and_removes_a_client_under_load_without_dropping_a_request(
     fake.default = Cue(delay=0.02)
     clients = [{"name": "steady", "key": "steady-key", "rpm": 100_000}, {"name": "leaving", "key": "leaving-key"}]
     stack.gateway({"controllers": [openai_controller(fake)], "clients": clients, "admin_key": "admin-key"})
+    assert stack.running is not None
+    gateway = stack.running.gateway
     argv = ["--config-file", str(stack.tmp_path / "chatgpt-apiserver.json"), "--port", "0"]
+    # The leaving client's request goes first and is held upstream, so it is surely in flight across the reload.
+    fake.cue(Cue(delay=2.0))
+    leaving: list[int] = []
+    slow = threading.Thread(target=lambda: leaving.append(post(stack.port, "leaving-key")[0]))
+    slow.start()
+    deadline = time.monotonic() + 10
+    while not fake.chat_requests and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(fake.chat_requests) == 1
     statuses: list[int] = []
     stop = threading.Event()
 
@@ -64,31 +75,41 @@ def test_reload_adds_and_removes_a_client_under_load_without_dropping_a_request(
     workers = [threading.Thread(target=load) for _ in range(4)]
     for worker in workers:
         worker.start()
-    fake.cue(Cue(delay=1.0))
-    slow = threading.Thread(target=lambda: statuses.append(post(stack.port, "leaving-key")[0]))
-    slow.start()  # in flight across the reload that removes its client
-    time.sleep(0.5)
-    before = len(statuses)
-    (stack.tmp_path / "chatgpt-apiserver.json").write_bytes(orjson.dumps({
-        "controllers": [openai_controller(fake)], "admin_key": "admin-key",
-        "clients": [clients[0], {"name": "arriving", "key": "arriving-key"}]}))
-    assert stack.running is not None
-    store = stack.running.gateway.clients.store
-    bucket = store.clients["steady"].buckets["r"].bucket  # type: ignore[attr-defined]
-    assert stack.loop.run(reload(stack.running, argv))
-    assert store.clients["steady"].buckets["r"].bucket is bucket  # type: ignore[attr-defined]
-    assert post(stack.port, "leaving-key")[0] == 401  # its key stopped working at once
-    assert post(stack.port, "arriving-key")[0] == 200
-    time.sleep(0.5)
-    stop.set()
-    for worker in [*workers, slow]:
-        worker.join(30)
-    assert len(statuses) > before + 10 and set(statuses) == {200}  # nothing dropped, the slow one included
+    try:
+        time.sleep(0.3)
+        before = len(statuses)
+        (stack.tmp_path / "chatgpt-apiserver.json").write_bytes(orjson.dumps({
+            "controllers": [openai_controller(fake)], "admin_key": "admin-key",
+            "clients": [clients[0], {"name": "arriving", "key": "arriving-key"}]}))
+        store = gateway.clients.store
+        bucket = store.clients["steady"].buckets["r"].bucket  # type: ignore[attr-defined]
+        assert store.held("leaving") == 1 and not leaving
+        assert stack.loop.run(reload(stack.running, argv))
+        assert store.held("leaving") == 1 and not leaving  # still in flight after the reload
+        assert store.clients["steady"].buckets["r"].bucket is bucket  # type: ignore[attr-defined]
+        assert post(stack.port, "leaving-key")[0] == 401  # its key stopped working at once
+        assert post(stack.port, "arriving-key")[0] == 200
+        slow.join(30)
+        assert leaving == [200]  # the removed client's request in flight finished well
+        deadline = time.monotonic() + 5
+        while store.held("leaving") and time.monotonic() < deadline:  # it settles just after its last byte
+            time.sleep(0.01)
+        assert store.held("leaving") == 0
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join(30)
+    assert len(statuses) > before + 10 and set(statuses) == {200}  # nothing dropped
     status, described = admin(stack, "/admin/clients")
     names = [client["name"] for client in described["clients"]]
     assert status == 200 and names == ["steady", "arriving"]
-    # The steady client's counts went on across the reload (the slow request was the leaving client's).
-    assert described["clients"][0]["usage"]["total"]["requests"] == len(statuses) - 1
+    # The steady client's counts went on across the reload.
+    assert described["clients"][0]["usage"]["total"]["requests"] == len(statuses)
+    # The leaving client's request settled after the reload: its metrics did not come back with it.
+    metrics = stack.request("GET", "/metrics", headers={"Authorization": "Bearer admin-key"})[2].decode()
+    assert 'client_requests_total{client="steady"' in metrics, metrics
+    assert 'client="leaving"' not in metrics
 
 
 def test_the_admin_view_metrics_and_access_log_name_clients_never_keys(
@@ -182,3 +203,37 @@ def test_the_state_file_is_written_atomically_and_an_unreadable_one_is_set_aside
     StateFile(tmp_path, fresh).load()
     assert not fresh.clients and (tmp_path / "clients.json.unreadable").exists()
     assert not (tmp_path / "clients.json").exists()
+
+
+def test_without_an_admin_key_no_client_key_opens_the_admin_views_or_metrics(
+        stack: Stack, api: Api, caplog: pytest.LogCaptureFixture) -> None:
+    fake = stack.fake()
+    stack.gateway({"controllers": [openai_controller(fake)], "client_keys": ["plain-key"],
+                   "clients": [{"name": "one", "key": "one-key"}, {"name": "two", "key": "two-key"}]})
+    api("two-key").chat.completions.create(model="gpt-4o", messages=BODY["messages"])  # type: ignore[arg-type]
+    for path in ("/admin/clients", "/admin/clients/two", "/admin/controllers", "/metrics"):
+        for key in ("one-key", "plain-key"):  # a tenant must not see the others' usage
+            status, body = admin(stack, path, key=key)
+            assert status == 403, (path, key)
+            error = body["error"]
+            assert error["code"] == "admin_key_required" and error["type"] == "permission_error"
+            assert "admin_key" in error["message"] and "two" not in error["message"]
+        assert admin(stack, path, key="wrong-key")[0] == 401
+    assert api("one-key").models.list().data is not None  # the API itself is unaffected
+    settings = stack.settings({"controllers": [openai_controller(fake)],
+                               "clients": [{"name": "one", "key": "one-key", "budget": {"usd": 5}},
+                                           {"name": "two", "key": "two-key", "budget": {"usd": 5, "tokens": 9}}]})
+    shown = render(settings)
+    assert "warnings:" in shown and "admin_key is not set" in shown
+    assert "client one: its budget is in USD only" in shown and "client two:" not in shown
+    assert stack.running is not None
+    caplog.set_level(logging.WARNING)
+    argv = ["--config-file", str(stack.tmp_path / "chatgpt-apiserver.json"), "--port", "0"]
+    assert stack.loop.run(reload(stack.running, argv))  # logged at start (cli.main) and at every reload
+    assert any("admin_key is not set" in record.getMessage() for record in caplog.records)
+
+
+def test_plain_client_keys_without_an_admin_key_still_open_the_admin_views(stack: Stack) -> None:
+    stack.gateway({"controllers": [{"type": "mock"}], "client_keys": ["plain-key"]})
+    assert admin(stack, "/admin/controllers", key="plain-key")[0] == 200  # as documented for plain keys
+    assert "warnings:" not in render(stack.settings({"controllers": [{"type": "mock"}], "client_keys": ["k"]}))

@@ -147,3 +147,54 @@ def test_keys_come_as_digests_env_vars_or_files_and_wrong_keys_get_401(stack: St
         with pytest.raises(openai.AuthenticationError):
             chat(api(wrong))
     assert len(fake.chat_requests) == 3
+
+
+def test_an_allow_list_refuses_requests_that_name_no_model_but_not_follow_ups(stack: Stack, api: Api) -> None:
+    fake = stack.fake()
+    start(stack, [{"name": "limited", "key": "limited-key", "models": ["gpt-4o"]},
+                  {"name": "open", "key": "open-key"}], fake)
+    client = api("limited-key")
+    # Left to the upstream's default model, these could spend on any model: the allow-list cannot vouch for it.
+    for request in (lambda: client.moderations.create(input="hello"),
+                    lambda: client.images.generate(prompt="a cat"),
+                    lambda: client.responses.create(input="hi")):
+        with pytest.raises(openai.PermissionDeniedError) as denied:
+            request()
+        error = denied.value
+        assert error.code == "model_not_allowed" and error.body["param"] == "model"  # type: ignore[index]
+        assert "names no model" in error.message and "'limited'" in error.message and "gpt-4o" in error.message
+    assert not fake.requests_to("/moderations") and not fake.requests_to("/images/generations")
+    assert api("open-key").moderations.create(input="hello").results  # a client without an allow-list may
+    # Follow-ups name the stored response or conversation they act on, not a model: nothing new is spent on one.
+    made = client.responses.create(model="gpt-4o", input="hi")
+    assert client.responses.retrieve(made.id).id == made.id
+    assert client.responses.input_items.list(made.id).data is not None
+    conversation = client.conversations.create(metadata={"topic": "demo"})  # stores items, runs no model
+    assert client.conversations.retrieve(conversation.id).id == conversation.id
+    assert client.conversations.delete(conversation.id).deleted
+
+
+def test_answers_that_admit_nothing_carry_the_clients_levels_as_they_stand(stack: Stack, api: Api) -> None:
+    fake = stack.fake(model_ids=("gpt-4o", "o3"))
+    start(stack, [{"name": "team", "key": "team-key", "rpm": 5, "tpm": 10_000, "models": ["gpt-4o"]}], fake)
+    client = api("team-key")
+    assert chat(client).headers["x-ratelimit-remaining-requests"] == "4"
+    status, headers, body = stack.request("POST", "/v1/chat/completions", {"model": "gpt-4o"},
+                                          headers={"Authorization": "Bearer team-key"})
+    assert status == 400 and b"messages" in body
+    seen = [headers]
+    with pytest.raises(openai.PermissionDeniedError) as denied:
+        chat(client, model="o3")
+    seen.append(denied.value.response.headers)
+    seen.append(client.models.with_raw_response.list().headers)
+    seen.append(client.models.with_raw_response.retrieve("gpt-4o").headers)
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.models.retrieve("o3")
+    seen.append(missing.value.response.headers)
+    for answer in seen:
+        found = {name.lower(): value for name, value in answer.items()}
+        assert found["x-ratelimit-limit-requests"] == "5" and found["x-ratelimit-remaining-requests"] == "4"
+        assert found["x-ratelimit-limit-tokens"] == "10000" and int(found["x-ratelimit-remaining-tokens"]) > 9000
+        assert 0 < seconds(found["x-ratelimit-reset-requests"]) <= 12
+    assert chat(client).headers["x-ratelimit-remaining-requests"] == "3"  # none of them took a request
+    assert len(fake.chat_requests) == 2

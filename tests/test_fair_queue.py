@@ -141,3 +141,16 @@ def test_walking_the_queue_gives_the_order_it_is_served_in_even_with_stale_heads
     assert stale > 10  # the walk below meets stale entries
     order = [item.label for item in walked]
     assert len(order) == len(walked) == len(served) and order == serve_all(served)
+
+
+def test_a_tenant_moved_to_the_other_class_by_a_reload_waits_in_that_class() -> None:
+    queue: FairQueue[Item] = FairQueue()
+    push(queue, Tenant("team"), 2)  # waiting as an interactive client when a reload makes it a batch one
+    push(queue, Tenant("nightly", batch=True), 2)
+    moved = Tenant("team", batch=True)
+    for index in range(2):
+        queue.push(Item(moved, f"moved{index}"))
+    assert queue.waiting(Tenant("team")) == 2 and queue.waiting(moved) == 2
+    # Its new requests take their batch turns, between the other batch client's; its earlier ones keep theirs.
+    assert [item.label for item in queue] == ["team0", "team1", "nightly0", "moved0", "nightly1", "moved1"]
+    assert serve_all(queue) == ["team0", "team1", "nightly0", "moved0", "nightly1", "moved1"]

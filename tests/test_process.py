@@ -197,3 +197,21 @@ def test_running_out_of_descriptors_backs_off_and_recovers(tmp_path: Path) -> No
     assert "cannot accept connections: Too many open files (EMFILE)" in text
     assert "Traceback" not in text
     assert process.returncode == 0
+
+
+def test_the_server_warns_at_start_when_clients_have_no_admin_key(tmp_path: Path) -> None:
+    config = tmp_path / "c.json"
+    config.write_bytes(orjson.dumps({"controllers": [{"type": "mock"}],
+                                     "clients": [{"name": "team", "key": "team-key", "budget": {"usd": 1}}]}))
+    blocker = socket.socket()  # the server stops right after its start-up checks: it cannot listen here
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen()
+    try:
+        done = subprocess.run([sys.executable, "-m", "chatgpt_apiserver", "--config-file", str(config), "--port",
+                               str(blocker.getsockname()[1])], env=clean_env(), capture_output=True, text=True,
+                              timeout=60)
+    finally:
+        blocker.close()
+    assert done.returncode == 1
+    assert "admin_key is not set" in done.stderr and "client team: its budget is in USD only" in done.stderr
+    assert "team-key" not in done.stderr

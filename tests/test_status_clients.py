@@ -76,7 +76,8 @@ def test_the_status_page_shows_clients_with_usage_against_budget(stack: Stack, t
     fake.default = Cue(mode="json")
     stack.gateway({"controllers": [openai_controller(fake)], "admin_key": "admin-secret",
                    "prices": {"gpt-4o": {"input": 10_000, "output": 10_000}},
-                   "clients": [{"name": "chat-frontend", "key": "chat-key", "rpm": 600, "share": 3},
+                   "clients": [{"name": "chat-frontend", "key": "chat-key", "rpm": 600, "share": 3,
+                                "budget": {"usd": 0.00005}},
                                {"name": "embed-nightly", "key": "embed-key", "priority": "batch",
                                 "budget": {"tokens": 20, "usd": 1}}]})
     for key in ("chat-key", "embed-key", "embed-key"):
@@ -115,6 +116,7 @@ def test_the_status_page_shows_clients_with_usage_against_budget(stack: Stack, t
     assert 'data-client="chat-frontend"' in html and 'data-client="embed-nightly"' in html
     assert "interactive, share 3" in html and "batch, share 1" in html
     assert 'data-budget="tokens"' in html and "24 / 20 tokens" in html and "$0.24 / $1.00" in html
+    assert "$0.12 / $0.00005" in html  # a small budget keeps its digits
     assert "bar spent over" in html  # the spent token budget shows as over
     assert "requests " in html and "600" in html  # the frontend's own request bucket
     assert "chat-key" not in html and "embed-key" not in html and "admin-secret" not in html

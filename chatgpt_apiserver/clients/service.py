@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Optional
 
+from ..config.clients import usd
 from ..endpoints.usage import Usage
 from ..errors import ApiError
 from ..state.store import StoreUnavailable
@@ -65,6 +66,7 @@ class Clients:
                    for spec in settings.clients]
         before = set(self.registry.by_name)
         self.registry = Registry(clients)
+        self.named = any(client.spec.named for client in clients)  # (then only an admin_key opens /admin)
         self.store.configure([client.plans[""] for client in clients])
         removed = before - set(self.registry.by_name)
         self.tally.forget(removed)
@@ -93,13 +95,20 @@ class Clients:
             found = self._periods[kind] = Period(*period_of(kind, now))
         return found
 
-    async def admit(self, client: Client, model: str, label: str, tokens: float) -> ClientTicket:
-        """Admit a request of `client` for `model` reserving `tokens`, or raise the client's own refusal."""
+    async def admit(self, client: Client, model: str, label: str, tokens: float,
+                    takes_model: bool = True) -> ClientTicket:
+        """Admit a request of `client` for `model` reserving `tokens`, or raise the client's own refusal.
+
+        `takes_model`: the endpoint's request names a model (one that names none is left to the upstream's
+        default, which an allow-list cannot vouch for); False for follow-ups routed by the id they name."""
         spec = client.spec
-        if spec.models is not None and model and model not in spec.models:
+        if spec.models is not None and (model not in spec.models if model else takes_model):
             self.tally.refused(client.name, "model")
+            allowed = ", ".join(sorted(spec.models))
             raise ApiError(403, f"The client {client.name!r} may not use the model {model!r}; it may use "
-                                f"{', '.join(sorted(spec.models))}.", type="permission_error", param="model",
+                                f"{allowed}." if model else
+                           f"The request names no model, and the client {client.name!r} may only use its models "
+                           f"({allowed}); name one in 'model'.", type="permission_error", param="model",
                            code="model_not_allowed")
         plan = client.plan(model)
         period = self.period(plan.period)
@@ -113,9 +122,23 @@ class Clients:
         headers = rate_limit_headers(left_of(plan.buckets, admission.levels, True),
                                      left_of(plan.buckets, admission.levels, False)) if plan.buckets else {}
         if not admission.ok:
-            self.tally.refused(client.name, admission.reason)
+            if client.name in self.registry.by_name:  # (not when a reload removed it meanwhile)
+                self.tally.refused(client.name, admission.reason)
             raise self._refusal(client, admission, period, model, tokens, headers)
         return ClientTicket(plan, tokens, period, admission.store, label, headers)
+
+    async def levels(self, client: Client, model: str = "") -> dict[str, str]:
+        """The x-ratelimit-* headers of `client` as its buckets stand, taking nothing (rule C6, for answers
+        that admitted nothing: a bad request, a refused model, the model list)."""
+        plan = client.plan(model)
+        if not plan.buckets:
+            return {}
+        try:
+            found = (await self.store.views([plan], {plan.name: NO_PERIOD}))[plan.name].levels
+        except StoreUnavailable:
+            return {}
+        levels = tuple(found.get(rule.field, rule.capacity) for rule in plan.buckets)
+        return rate_limit_headers(left_of(plan.buckets, levels, True), left_of(plan.buckets, levels, False))
 
     def _refusal(self, client: Client, admission: ClientAdmission, period: Period, model: str, tokens: float,
                  headers: dict[str, str]) -> ApiError:
@@ -128,7 +151,7 @@ class Clients:
             if budget.tokens is not None and spent_tokens >= budget.tokens:
                 parts.append(f"{spent_tokens:,} of {budget.tokens:,} tokens")
             if budget.usd is not None and spent_nano >= round(budget.usd * 1e9):
-                parts.append(f"${spent_nano / 1e9:,.2f} of ${budget.usd:,.2f}")
+                parts.append(f"{usd(spent_nano / 1e9)} of {usd(budget.usd)}")
             renews = max(1, math.ceil(period.end - self.wall()))
             return ApiError(429, f"The client {name!r} has used its budget for this {budget.period} "
                                  f"({' and '.join(parts)}); it renews at {_when(period.end)}.",
@@ -170,6 +193,8 @@ class Clients:
             charge.nano = PriceTable.nano(price, usage) if price is not None else 0
         self.store.settle(ticket, charge)
         name = ticket.plan.name
+        if name not in self.registry.by_name:
+            return  # removed by a reload while this request ran: its metrics went with it
         self.tally.count(name, charge)
         seen = self.seen_spent.get(name)
         if seen is not None and seen[0] == ticket.period.name:

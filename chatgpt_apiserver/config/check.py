@@ -6,6 +6,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from ..secret import Secret
+from .clients import plain, usd
 from .options import OPTIONS
 from .settings import Settings
 
@@ -67,7 +68,23 @@ def render(settings: Settings) -> str:
             elif spec.api_key_source:
                 lines.append(f"      credential from {spec.api_key_source}")
     lines += _clients(settings)
+    found = warnings(settings)
+    if found:
+        lines += ["", "warnings:", *(f"  - {warning}" for warning in found)]
     return "\n".join(lines)
+
+
+def warnings(settings: Settings) -> list[str]:
+    """What is valid but probably not meant (printed by --check-config, logged at start and reload)."""
+    found = []
+    if not settings.admin_key and any(spec.named for spec in settings.clients):
+        found.append("clients are configured and admin_key is not set: /admin/* and /metrics refuse every key "
+                     "(a client key would show every client's usage); set admin_key to open them")
+    for spec in settings.clients:
+        if spec.budget is not None and spec.budget.tokens is None:
+            found.append(f"client {spec.name}: its budget is in USD only; models without a price cost nothing, "
+                         f"so they are not limited by it (add a tokens amount, or prices for them)")
+    return found
 
 
 def _setting(value: Any) -> str:
@@ -85,22 +102,22 @@ def _clients(settings: Settings) -> list[str]:
     """The clients, with where each key comes from (never the key or its digest)."""
     lines = ["", f"clients ({len(settings.clients)}):"]
     for spec in settings.clients:
-        parts = [f"priority={spec.priority}", f"share={spec.share:g}"]
+        parts = [f"priority={spec.priority}", f"share={plain(spec.share)}"]
         for name, value in (("rpm", spec.limits.rpm), ("tpm", spec.limits.tpm),
                             ("max_concurrency", spec.max_concurrency)):
             if value is not None:
-                parts.append(f"{name}={value:g}")
+                parts.append(f"{name}={plain(value)}")
         lines.append(f"  - {spec.name}: {' '.join(parts)}")
         lines.append(f"      key from {spec.key_source}")
         if spec.models is not None:
             lines.append(f"      models={', '.join(sorted(spec.models))}")
         for model, limit in sorted(spec.model_limits.items()):
-            shown = " ".join(f"{k}={v:g}" for k, v in (("rpm", limit.rpm), ("tpm", limit.tpm)) if v is not None)
+            shown = " ".join(f"{k}={plain(v)}" for k, v in (("rpm", limit.rpm), ("tpm", limit.tpm)) if v is not None)
             lines.append(f"      model_limits[{model}]: {shown}")
         if spec.budget is not None:
             budget = spec.budget
             amounts = [f"{budget.tokens} tokens" if budget.tokens is not None else "",
-                       f"${budget.usd:g}" if budget.usd is not None else ""]
+                       usd(budget.usd) if budget.usd is not None else ""]
             lines.append(f"      budget per {budget.period}: {' and '.join(a for a in amounts if a)}")
     if settings.prices:
         lines.append(f"prices from the config: {', '.join(sorted(settings.prices))}")

@@ -8,6 +8,7 @@ repr leaves the digest out, and errors name the entry, never its key.
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from ..secret import Secret
 from .controllers import _report  # one wording of voluptuous errors for every entry
 from .files import resolve
 
+PLAIN_PREFIX = "key-"  # the plain client_keys are clients named key-1, key-2, ... by their place in the list
 NAME = re.compile(r"[A-Za-z0-9_.:@-]{1,64}")  # safe as a metric label, a header value and a Redis hash tag
 PRIORITIES = ("interactive", "batch")
 PERIODS = ("day", "month")
@@ -38,6 +40,20 @@ class RateLimit:
 
     rpm: Optional[float] = None
     tpm: Optional[float] = None
+
+
+def usd(value: float) -> str:
+    """Dollars for people: cents ($40.00, $0.24), or three significant digits below a dollar ($0.00001)."""
+    decimals = 2
+    if value and abs(value) < 1:
+        decimals = min(9, max(2, 2 - math.floor(math.log10(abs(value)))))
+    whole, _, fraction = f"{value:,.{decimals}f}".partition(".")
+    return f"${whole}.{fraction.rstrip('0').ljust(2, '0')}"
+
+
+def plain(value: float) -> str:
+    """A configured number as written: integers without an exponent (2000000, not 2e+06)."""
+    return str(int(value)) if value == int(value) else repr(float(value))
 
 
 @dataclass(frozen=True)
@@ -63,6 +79,11 @@ class ClientSpec:
     models: Optional[frozenset[str]] = None  # the allow-list; None: every model
     model_limits: Mapping[str, RateLimit] = field(default_factory=dict)
     budget: Optional[Budget] = None
+
+    @property
+    def named(self) -> bool:
+        """Whether it is an entry of `clients` (not one of the plain `client_keys`)."""
+        return self.key_source != "client_keys"
 
     @property
     def limited(self) -> bool:
@@ -116,6 +137,9 @@ def _models(value: Any) -> frozenset[str]:
 def _name(value: Any) -> str:
     if not isinstance(value, str) or not NAME.fullmatch(value):
         raise vol.Invalid("expected 1-64 letters, digits or _.:@- (the name is a metric label)")
+    if value.startswith(PLAIN_PREFIX):
+        raise vol.Invalid(f"{value!r}: names starting with {PLAIN_PREFIX!r} are reserved for the plain client_keys "
+                          f"({PLAIN_PREFIX}1 is the first of them, {PLAIN_PREFIX}2 the second, ...)")
     return value
 
 
@@ -252,7 +276,7 @@ def build_clients(entries: Any, plain_keys: Sequence[Secret], base: Path, where:
                        RateLimit(entry.get("rpm"), entry.get("tpm")), entry.get("max_concurrency"), models,
                        model_limits, entry.get("budget")), prefix)
     for index, key in enumerate(plain_keys):
-        add(ClientSpec(f"key-{index + 1}", key_digest(key.reveal()), "client_keys"), f"client_keys[{index}]")
+        add(ClientSpec(f"{PLAIN_PREFIX}{index + 1}", key_digest(key.reveal()), "client_keys"), f"client_keys[{index}]")
     return specs
 
 

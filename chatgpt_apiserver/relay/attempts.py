@@ -203,6 +203,7 @@ async def attempt(lease: Lease, call: Call, gateway: Gateway) -> Answer | Failur
     """One attempt on the leased controller; its state learns from the outcome."""
     controller = lease.controller
     settings = gateway.settings
+    call.attempted = True
     deadline = Deadline()
     started = deadline.loop.time()
     # A stream's headers come at once; a non-streamed answer's come when it is complete, so only the

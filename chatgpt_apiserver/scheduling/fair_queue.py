@@ -58,7 +58,9 @@ class FairQueue(Generic[Q]):
 
     def __init__(self) -> None:
         self._classes: tuple[_Class[Q], _Class[Q]] = (_Class(), _Class())  # interactive, batch
-        self._lines: dict[str, deque[Q]] = {}  # tenant name -> its waiting requests (only tenants with some)
+        # (class, tenant name) -> its waiting requests (only tenants with some). The class is part of the key: a
+        # reload that moves a client to the other class while its requests wait starts it a line there.
+        self._lines: dict[tuple[bool, str], deque[Q]] = {}
         self._seq = itertools.count()
         self._size = 0
 
@@ -70,7 +72,7 @@ class FairQueue(Generic[Q]):
 
     def waiting(self, tenant: Tenant) -> int:
         """Requests of `tenant` waiting now."""
-        line = self._lines.get(tenant.name)
+        line = self._lines.get((tenant.batch, tenant.name))
         return len(line) if line is not None else 0
 
     def push(self, item: Q) -> None:
@@ -81,9 +83,10 @@ class FairQueue(Generic[Q]):
         """
         tenant = item.tenant
         klass = self._classes[tenant.batch]
-        line = self._lines.get(tenant.name)
+        key = (tenant.batch, tenant.name)
+        line = self._lines.get(key)
         if line is None:
-            line = self._lines[tenant.name] = deque()
+            line = self._lines[key] = deque()
         start = line[-1].finish if line else klass.clock
         item.finish = start + 1.0 / tenant.share
         item.seq = next(self._seq)
@@ -96,7 +99,7 @@ class FairQueue(Generic[Q]):
         """Take `item` out; `served`: it got its turn, and the class's clock moves to its finish time.
         False if it was not waiting."""
         tenant = item.tenant
-        line = self._lines.get(tenant.name)
+        line = self._lines.get((tenant.batch, tenant.name))
         if line is None:
             return False
         klass = self._classes[tenant.batch]
@@ -113,7 +116,7 @@ class FairQueue(Generic[Q]):
         if served and item.finish > klass.clock:
             klass.clock = item.finish
         if not line:
-            del self._lines[tenant.name]
+            del self._lines[(tenant.batch, tenant.name)]
         self._size -= 1
         self._tidy(klass)
         return True

@@ -12,6 +12,7 @@ from tornado.http1connection import HTTP1Connection
 from tornado.iostream import StreamClosedError
 
 from ..call import Call
+from ..clients.estimates import unreported_usage
 from ..clients.store import ClientTicket
 from ..endpoints.base import Endpoint
 from ..endpoints.usage import Usage
@@ -65,6 +66,10 @@ class EndpointHandler(BaseHandler):
     _used: Optional[float] = 0.0
     _broke = False
     _upstream_model = ""
+    _answered = False  # a controller answered (else: refused, failed over to the end, or cut short first)
+    _gave_up = False  # the gateway answered with its own error: nothing reached the client from upstream
+    _counting = False  # a client's stream: its events are counted, for a charge if it reports no usage
+    _events = 0
 
     def initialize(self, gateway: Gateway, bodies: Bodies, endpoints: Mapping[str, Endpoint]) -> None:  # type: ignore[override]
         super().initialize(gateway, bodies)
@@ -105,8 +110,14 @@ class EndpointHandler(BaseHandler):
         try:
             await self._handle(ids)
         except ApiError as error:
+            self._gave_up = True
             if error.attempts:
                 self.attempts, self.controller = error.attempts, error.controller
+            if self._ticket is None and self.client is not None and not any(
+                    name.startswith("x-ratelimit-") for name in error.headers):
+                # Refused before the client's admission (a bad request, a model it may not use): its levels as
+                # they stand, as every answer to a client with limits carries them.
+                error.headers.update(await self.rate_limit_levels(self._call.model if self._call else ""))
             self.send_api_error(error)
         except StreamClosedError:  # a write found the client gone, perhaps before on_connection_close ran
             log.info("client went away; request %s ended", self.request_id)
@@ -125,10 +136,19 @@ class EndpointHandler(BaseHandler):
         finally:
             self._task = None
             if self._ticket is not None:
-                gateway.clients.settle(self._ticket, self._usage, self._used,
-                                       self._broke or self.get_status() >= 400,
-                                       (self._upstream_model,) if self._upstream_model else ())
+                self._settle(self._ticket)
             gateway.leave(self)
+
+    def _settle(self, ticket: ClientTicket) -> None:
+        """Settle the client's admission. An answer that never said what it used is charged an estimate: a
+        stream by the events relayed, a request cut short while the upstream had it by its reservation."""
+        usage, used, call = self._usage, self._used, self._call
+        if usage is None and call is not None and not self._gave_up and (
+                self._counting or (not self._answered and call.attempted)):
+            usage = unreported_usage(ticket.reserved, len(call.body), self._events if self._counting else None)
+            used = float(usage.tokens)
+        self.gateway.clients.settle(ticket, usage, used, self._broke or self.get_status() >= 400,
+                                    (self._upstream_model,) if self._upstream_model else ())
 
     def _finish_aborted(self) -> None:
         if self._finished:
@@ -153,8 +173,11 @@ class EndpointHandler(BaseHandler):
         answer = await open_answer(self.gateway, call, client.tenant if client is not None else ANONYMOUS,
                                    self._admit if client is not None else None)
         if self._client_gone:
+            if answer.usage is not None:
+                self._account(answer.usage)
             answer.close()
             return
+        self._answered = True
         self.controller, self.attempts = answer.controller.name, answer.attempts
         if call.model:
             self._upstream_model = answer.controller.upstream_model(call.model)
@@ -165,6 +188,7 @@ class EndpointHandler(BaseHandler):
         if answer.splitter is not None:
             self._headers.update(STREAM_HEADERS)
             self._used = None  # until the stream says
+            self._counting = self._ticket is not None
             result = await relay_stream(answer, call, self._send, self.gateway.secrets)
             self._account(result.usage)
             self._broke = result.failed
@@ -185,7 +209,8 @@ class EndpointHandler(BaseHandler):
         """The client's own admission (before any controller is asked); its refusal is raised as the answer."""
         client, call = self.client, self._call
         assert client is not None and call is not None
-        self._ticket = await self.gateway.clients.admit(client, call.model, call.label, tokens)
+        self._ticket = await self.gateway.clients.admit(client, call.model, call.label, tokens,
+                                                        call.endpoint.model_field is not None)
         self._headers.update(self._ticket.headers)  # x-ratelimit-*: numbers and durations only
 
     def _account(self, usage: Optional[Usage]) -> None:
@@ -203,6 +228,8 @@ class EndpointHandler(BaseHandler):
         if self.ttfb is None:
             self.ttfb = self.request.request_time()
             self.gateway.metrics.ttft.observe(self.ttfb)
+        if self._counting:
+            self._events += data.count(b"data:")  # one per event, in both stream styles
         if last:
             # A whole stream in hand at once leaves in one write, with a Content-Length; else this is the last chunk.
             await self._sent(self.finish(data))
@@ -267,7 +294,10 @@ class ModelHandler(BaseHandler):
 
     async def get(self, model: str) -> None:
         allowed = self.client.spec.models if self.client is not None else None
+        headers = await self.rate_limit_levels()
         if model not in await self.gateway.models() or (allowed is not None and model not in allowed):
             raise ApiError(404, f"The model {model!r} does not exist or is not served by this gateway.",
-                           param="model", code="model_not_found")
+                           param="model", code="model_not_found", headers=headers)
+        for name, value in headers.items():
+            self.set_header(name, value)
         self.write_json({"id": model, "object": "model", "created": 0, "owned_by": "chatgpt-apiserver"})

@@ -239,6 +239,18 @@ class BaseHandler(RequestHandler):
             self.client = clients.find(authorization)
             if self.client is None:
                 raise _unauthorized("API key")
+            if self.access == "admin" and clients.named:
+                # Every client's usage is there: one client's key must not show it the others'.
+                raise ApiError(403, "The admin views and /metrics are closed: clients are configured and no "
+                                    "admin_key is set. Set admin_key and use it here.", type="permission_error",
+                               code="admin_key_required")
+
+    async def rate_limit_levels(self, model: str = "") -> dict[str, str]:
+        """The client's own x-ratelimit-* headers as its buckets stand (for answers that took nothing)."""
+        client = self.client
+        if client is None or not client.spec.limited:
+            return {}
+        return await self.gateway.clients.levels(client, model)
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         if isinstance(value, ApiError):

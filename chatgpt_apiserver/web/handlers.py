@@ -31,6 +31,8 @@ class ModelsHandler(BaseHandler):
         if allowed is not None:
             names = [name for name in names if name in allowed]  # only what this client may use
         data = [{"id": name, "object": "model", "created": 0, "owned_by": "chatgpt-apiserver"} for name in names]
+        for header, value in (await self.rate_limit_levels()).items():
+            self.set_header(header, value)
         self.write_json({"object": "list", "data": data})
 
 
