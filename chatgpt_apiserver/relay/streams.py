@@ -54,7 +54,6 @@ async def relay_stream(answer: Answer, call: Call, send: Send, secrets: tuple[by
     splitter = answer.splitter
     assert splitter is not None
     typed = call.endpoint.streams is Streams.TYPED
-    plain = not typed  # a typed stream's every event may end it: those are all parsed
     ends = call.endpoint.stream_ends
     pending = answer.first_events
     out: list[bytes] = []  # what this read's events put on the wire
@@ -72,13 +71,6 @@ async def relay_stream(answer: Answer, call: Call, send: Send, secrets: tuple[by
                         ended = True
                         await send(b"".join(out), True)
                         return result
-                    if plain and data[:1] == b"{" and data[-1:] == b"}" and b'"usage"' not in data \
-                            and b'"error"' not in data:
-                        # A whole object that holds no usage and no error: relayed as it came, unparsed, and
-                        # judged by its ends as a whole answer is. Anything else is parsed below.
-                        out.append(event)
-                        result.events += 1
-                        continue
                     parsed = read_event(data)
                     if is_error_event(parsed):
                         # Already in the upstream's error shape: pass it on (scrubbed) and end there.
