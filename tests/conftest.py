@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -10,9 +11,11 @@ from typing import Any, Optional
 
 import pytest
 
+from .fake_upstream import FakeUpstream
 from .harness import LoopThread, Stack
 from .raw_upstream import RawUpstream
 from .redis_server import RedisServer
+from .test_tls import make_certificates
 
 
 @pytest.fixture(autouse=True)
@@ -64,6 +67,27 @@ def stack(loop_thread: LoopThread, tmp_path: Path) -> Iterator[Stack]:
     built = Stack(loop_thread, tmp_path)
     yield built
     built.close()
+
+
+@pytest.fixture(scope="module")
+def shared_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One Redis for a module's many small cases (each uses keys of its own)."""
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def tls_upstream(stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeUpstream:
+    """A fake upstream on HTTPS with a certificate from a throwaway CA, which the gateway is made to trust."""
+    ca, cert, key = make_certificates(tmp_path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(str(cert), str(key))
+    fake = FakeUpstream("tls")
+    stack.loop.call(fake.start, context)
+    stack.fakes.append(fake)
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca))  # the gateway's CA store: the test CA
+    return fake
 
 
 @pytest.fixture

@@ -4,8 +4,6 @@ streaming both ways, credentials from the proxy URL, and refusals."""
 from __future__ import annotations
 
 import base64
-import ssl
-from pathlib import Path
 
 import openai
 import orjson
@@ -14,7 +12,6 @@ import pytest
 from .fake_proxy import FakeProxy
 from .fake_upstream import Cue, FakeUpstream
 from .harness import Stack, openai_controller
-from .test_tls import make_certificates
 
 BODY = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
 KEY = "sk-proxied-0123456789abcdef"
@@ -26,18 +23,6 @@ def proxy(stack: Stack) -> FakeProxy:
     stack.loop.run(started.start())
     yield started  # type: ignore[misc]
     stack.loop.run(started.stop())
-
-
-@pytest.fixture
-def tls_upstream(stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeUpstream:
-    ca, cert, key = make_certificates(tmp_path)
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(str(cert), str(key))
-    fake = FakeUpstream("tls")
-    stack.loop.call(fake.start, context)
-    stack.fakes.append(fake)
-    monkeypatch.setenv("SSL_CERT_FILE", str(ca))  # the gateway's CA store: the test CA
-    return fake
 
 
 def tls_controller(fake: FakeUpstream, proxy_url: str, name: str = "tls", **extra: object) -> dict[str, object]:

@@ -261,13 +261,6 @@ async def run_case(case: Case, store: ControllerStore, clock: Clock) -> None:
             raise AssertionError(op)
 
 
-@pytest.fixture(scope="module")
-def shared_redis(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
-    yield server
-    server.stop()
-
-
 @pytest.mark.parametrize("kind", ["local", "redis"])
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
 def test_rules(case: Case, kind: str, shared_redis: RedisServer) -> None:
