@@ -75,6 +75,26 @@ def chunk(model: str, delta: dict[str, Any], n: int = 1, finish: Optional[str] =
     return b"data: " + orjson.dumps(body) + b"\n\n"
 
 
+
+async def follow_common_cue(handler: Any, cue: Cue) -> bool:
+    """What every endpoint does with a cue's delay, headers, stall and status; True if that was the answer."""
+    if cue.delay:
+        await asyncio.sleep(cue.delay)
+    for name, value in cue.headers.items():
+        handler.set_header(name, value)
+    if cue.mode == "stall":
+        await handler.closed.wait()
+        return True
+    if cue.mode == "status":
+        handler.set_status(cue.status)
+        handler.set_header("Content-Type", "application/json")
+        handler.finish(cue.body if cue.body is not None else orjson.dumps(
+            {"error": {"message": f"fake error {cue.status}", "type": "server_error", "param": None,
+                       "code": None}}))
+        return True
+    return False
+
+
 class ChatHandler(RequestHandler):
     """POST /v1/chat/completions following the fake's current cue."""
 
@@ -103,19 +123,7 @@ class ChatHandler(RequestHandler):
         model = payload.get("model", "unknown")
         cue = fake.model_cues.get(model) or fake.next_cue()
         n = payload.get("n") or 1
-        if cue.delay:
-            await asyncio.sleep(cue.delay)
-        for name, value in cue.headers.items():
-            self.set_header(name, value)
-        if cue.mode == "stall":
-            await self.closed.wait()
-            return
-        if cue.mode == "status":
-            self.set_status(cue.status)
-            self.set_header("Content-Type", "application/json")
-            self.finish(cue.body if cue.body is not None else orjson.dumps(
-                {"error": {"message": f"fake error {cue.status}", "type": "server_error", "param": None,
-                           "code": None}}))
+        if await follow_common_cue(self, cue):
             return
         if cue.mode == "malformed":
             self.set_header("Content-Type", "application/json")

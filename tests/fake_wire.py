@@ -35,7 +35,7 @@ from tornado.httputil import HTTPFile
 from tornado.iostream import StreamClosedError
 from tornado.web import RequestHandler
 
-from .fake_upstream import Cue, Seen
+from .fake_upstream import Cue, Seen, follow_common_cue
 
 if TYPE_CHECKING:
     from .fake_upstream import FakeUpstream
@@ -249,19 +249,7 @@ class FakeHandler(RequestHandler):
             self._error(error)
             return
         cue = fake.model_cues.get(call.model) or fake.next_cue()
-        if cue.delay:
-            await asyncio.sleep(cue.delay)
-        for name, value in cue.headers.items():
-            self.set_header(name, value)
-        if cue.mode == "stall":
-            await self.closed.wait()
-            return
-        if cue.mode == "status":
-            self.set_status(cue.status)
-            self.set_header("Content-Type", "application/json")
-            self.finish(cue.body if cue.body is not None else orjson.dumps(
-                {"error": {"message": f"fake error {cue.status}", "type": "server_error", "param": None,
-                           "code": None}}))
+        if await follow_common_cue(self, cue):
             return
         try:
             reply = await endpoint(call, cue)

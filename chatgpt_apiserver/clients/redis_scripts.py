@@ -7,17 +7,11 @@ hash per client: field F holds a level, F@ the time it was written.
 
 from __future__ import annotations
 
-from ..state.redis_scripts import KEY_TTL_MS
+from ..state.redis_scripts import KEY_TTL_MS, LUA_NOW
 
 USAGE_TTL_MS = 400 * 86_400_000  # a client's usage counts are kept for 400 days after their last change
 
-_HEAD = """
-local now = tonumber(ARGV[1])
-if now < 0 then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
--- C1: a bucket's level now (rate per ms)
+_HEAD = LUA_NOW + """-- C1: a bucket's level now (rate per ms)
 local function level(key, f, rate, cap)
   local h = redis.call('HMGET', key, f, f .. '@')
   local lv, ts = tonumber(h[1]), tonumber(h[2])

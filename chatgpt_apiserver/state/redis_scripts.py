@@ -10,13 +10,16 @@ from __future__ import annotations
 KEY_TTL_MS = 3_600_000  # every key expires an hour after its last use
 FOREVER_TTL_MS = 7 * 86_400_000  # a disable "until a reload" is forgotten after a week
 
-_HEAD = """
+# Every script's clock: the caller's milliseconds, or Redis's own when the caller passes a negative time.
+LUA_NOW = """
 local now = tonumber(ARGV[1])
 if now < 0 then
   local t = redis.call('TIME')
   now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
-local function keep(key) redis.call('PEXPIRE', key, @TTL@) end
+"""
+
+_HEAD = LUA_NOW + """local function keep(key) redis.call('PEXPIRE', key, @TTL@) end
 -- R1, R2: a bucket's level now, its capacity and its rate (a correction may have lowered both).
 local function bucket(key, rate, cap)
   local h = redis.call('HMGET', key, 'level', 'ts', 'cap', 'rate')
