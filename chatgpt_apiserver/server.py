@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -33,6 +34,10 @@ log = logging.getLogger("chatgpt_apiserver.server")
 HARD_BODY_CAP_FACTOR = 2
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)  # drain, then exit
 RELOAD_SIGNAL = signal.SIGHUP  # re-read the config
+# The request path frees what it allocates by reference counting, yet at CPython's default (700 net new
+# containers) the cyclic collector ran every ~40 streams at c=32, ~3 % of the CPU, re-scanning everything
+# built at start-up. Collect at this many instead, over what was allocated since start-up only.
+GC_GEN0_THRESHOLD = 10_000
 
 
 @dataclass
@@ -87,6 +92,17 @@ async def start_server(settings: Settings, gateway: Optional[Gateway] = None) ->
     return running
 
 
+def settle_heap() -> None:
+    """After start-up or a reload: collect, then freeze what is alive (the config, the schemas, the gateway)
+    out of the cyclic collector's scans, and let it run less often (`GC_GEN0_THRESHOLD`). Unfreezing first
+    lets the collection free a previous config that a reload left behind in reference cycles."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
+
+
 async def reload(running: Running, argv: Sequence[str]) -> bool:
     """SIGHUP: re-read and validate the config; swap it in if valid, else keep serving the old one."""
     notify(f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
@@ -110,6 +126,7 @@ async def reload(running: Running, argv: Sequence[str]) -> bool:
                             option.key, change)
         await running.gateway.reload(settings)
         apply_server_settings(running, settings)
+        settle_heap()
         for warning in warnings(settings):
             log.warning("reload: %s", warning)
         return True
@@ -131,6 +148,7 @@ def apply_server_settings(running: Running, settings: Settings) -> None:
 async def serve(settings: Settings, argv: Sequence[str] = ()) -> int:
     """Serve until SIGTERM or SIGINT (SIGHUP reloads), then drain; return the exit status."""
     running = await start_server(settings)
+    settle_heap()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in STOP_SIGNALS:

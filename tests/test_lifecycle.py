@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import http.client
 import signal
 import socket
@@ -10,10 +11,15 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Optional
 
 import orjson
+import pytest
+
+from chatgpt_apiserver.server import settle_heap
 
 from .fake_upstream import Cue, FakeUpstream
 from .harness import Stack, openai_controller
@@ -246,3 +252,38 @@ def test_a_drain_closes_keep_alive_connections_and_says_so(stack: Stack) -> None
     assert time.monotonic() - started < 5  # the drain ended with its last request, not at its 20 s timeout
     for sock in (idle, streaming, late):
         sock.close()
+
+
+@pytest.fixture
+def gc_restored() -> Iterator[None]:
+    """settle_heap changes process-wide collector settings: put the suite's back afterwards."""
+    thresholds = gc.get_threshold()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)
+
+
+class Node:
+    """Something that lives in a reference cycle, as much of a gateway's state does."""
+
+    def __init__(self) -> None:
+        self.me = self
+
+
+def test_settle_heap_frees_a_config_that_a_reload_left_in_cycles(gc_restored: None) -> None:
+    old = Node()
+    alive = weakref.ref(old)
+    settle_heap()  # start-up: `old` is frozen with the rest of the config
+    del old  # a reload replaced it; only its own cycle holds it now
+    settle_heap()  # the reload's settling
+    assert alive() is None, "a frozen config left in a cycle by a reload is never collected"
+
+
+def test_settled_heap_leaves_a_burst_of_live_objects_to_reference_counting(gc_restored: None) -> None:
+    settle_heap()
+    collections = gc.get_stats()[0]["collections"]
+    burst = [{"choices": [{"delta": {"content": "tok"}}]} for _ in range(1_500)]  # ~32 streams' parsed events
+    del burst
+    assert gc.get_stats()[0]["collections"] == collections, "the cyclic collector ran during a burst"
