@@ -3,6 +3,7 @@ slowly is not, however long one write takes."""
 
 from __future__ import annotations
 
+import http.client
 import socket
 import time
 
@@ -100,3 +101,21 @@ def test_a_slow_client_that_keeps_reading_is_never_cut_off(stack: Stack) -> None
     finally:
         sock.close()
     assert b"data: [DONE]" in received and time.monotonic() - started > 2
+
+
+def test_client_connections_keep_nagle_off_after_an_answer(stack: Stack) -> None:
+    """Tornado turns Nagle back on after each answer (and off only as one finishes); the gateway keeps it off
+    for the connection's life, so a stream's next event never waits for the client's ACK."""
+    fake = stack.fake()
+    stack.gateway({"controllers": [openai_controller(fake)]})
+    connection = http.client.HTTPConnection("127.0.0.1", stack.port, timeout=10)
+    for body in (BODY, STREAM):
+        connection.request("POST", "/v1/chat/completions", body=orjson.dumps(body))
+        response = connection.getresponse()
+        assert response.status == 200
+        response.read()
+    assert stack.running is not None
+    server_sides = [conn.stream.socket for conn in stack.running.server._connections]
+    assert len(server_sides) == 1  # the kept-alive connection, between requests
+    assert server_sides[0].getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    connection.close()

@@ -234,11 +234,7 @@ class EndpointHandler(BaseHandler):
             # A whole stream in hand at once leaves in one write, with a Content-Length; else this is the last chunk.
             await self._sent(self.finish(data))
             return
-        if not self._headers_written:
-            connection = self.request.connection
-            if isinstance(connection, HTTP1Connection):
-                connection.stream.set_nodelay(True)  # the stream goes on: each later event leaves at once
-        self.write(data)
+        self.write(data)  # (Nagle is off on client connections: each event leaves at once)
         await self._sent(self.flush())
 
     async def _sent(self, flushed: asyncio.Future[None]) -> None:

@@ -13,6 +13,7 @@ the socket at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import time
@@ -50,13 +51,21 @@ CLIENT_READ_SIZE = 16 * 1024
 
 
 class ClientStream(IOStream):
-    """A client connection's stream: a request head over the limit is answered with 431 before it closes.
+    """A client connection's stream: Nagle's algorithm off for its whole life, and a request head over the
+    limit answered with 431 before it closes.
 
-    Tornado closes the stream itself when a head outgrows `max_header_size`, with no answer; this is the
+    Tornado turns Nagle off only as an answer finishes and back on after it, two `setsockopt` calls per
+    request, and meanwhile a stream's events could wait for the client's ACK of the previous write. The
+    gateway writes whole events (or whole answers), so it is set once, at accept, and kept.
+
+    Tornado closes the stream itself when a head outgrows `max_header_size`, with no answer; `close` is the
     one moment that still has the socket.
     """
 
     head_answer: Optional[bytes] = None  # set while the connection waits for a request head
+
+    def set_nodelay(self, value: bool) -> None:
+        """Kept on: see the class."""
 
     def close(self, exc_info: Any = False) -> None:
         if isinstance(exc_info, UnsatisfiableReadError) and self.head_answer and not self.closed():
@@ -104,6 +113,8 @@ class SlowClientServer(HTTPServer):
             self._handlers[sock.fileno()] = Acceptor(sock, self._accepted).remove
 
     def _accepted(self, connection: socket.socket, address: Any) -> None:
+        with contextlib.suppress(OSError):  # the client has already gone: the stream's first read will say so
+            connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         stream = ClientStream(connection, max_buffer_size=self.max_buffer_size,
                               read_chunk_size=self.read_chunk_size or CLIENT_READ_SIZE)
         self.handle_stream(stream, address)
