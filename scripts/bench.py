@@ -33,6 +33,8 @@ from bench_upstream import EMBEDDINGS as EMBEDDINGS_ANSWER
 
 ROOT = Path(__file__).resolve().parent.parent
 ROUND = 20  # streams per round when direct and gateway streams alternate
+PAIRED_ROUNDS = {False: 15, True: 4}  # rounds of servers measured side by side (full run, --quick)
+PAIRED_ROUND_SECONDS = 2
 PYTHON = sys.executable
 SCRIPTS = ROOT / "scripts"
 MESSAGES_2 = [{"role": "system", "content": "You are a helpful assistant."},
@@ -200,23 +202,44 @@ class Bench:
             self.results["l_clients"] = self.with_clients()
         if self.wants("m"):
             self.results["m_fair_queue"] = self.fair_queue()
+        if self.wants("o"):
+            self.results["o_twins"] = self.twins()
         return self.results
 
     def paired(self, ports: dict[str, int], payload: dict[str, Any] | None = None, key: str = "") -> dict[str, float]:
-        """Throughput at c=32 of several gateways running side by side, measured in alternating rounds,
-        so that a slow moment of the machine does not land on one of them only; medians per gateway. Each
-        round starts with the next gateway: three identical gateways measured always in the same order gave
-        the first one ~10% more than the others."""
+        """Throughput at c=32 of several servers running side by side, measured in alternating rounds,
+        so that a slow moment of the machine does not land on one of them only; medians per server. Each
+        round starts with the next server: three identical gateways measured always in the same order gave
+        the first one ~10% more than the others. Many short rounds rather than a few long ones: with six
+        rounds of 4 s two identical gateways came out up to 10% apart, with fifteen of 2 s within 2%
+        (figure (o) measures it in every run)."""
         payload = payload or body()
         order = list(ports.items())
-        rounds = -(-(3 if self.quick else 5) // len(order)) * len(order)  # each gateway first equally often
+        rounds = -(-PAIRED_ROUNDS[self.quick] // len(order)) * len(order)  # each server first equally often
         seen: dict[str, list[float]] = {label: [] for label in ports}
+        errors = dict.fromkeys(ports, 0.0)
         for port in ports.values():
-            wrk(port, payload, 32, 2, bearer=key)
+            wrk(port, payload, 32, 2)
         for number in range(rounds):
             for label, port in order[number % len(order):] + order[:number % len(order)]:
-                seen[label].append(wrk(port, payload, 32, self.seconds(4), bearer=key)["rps"])
-        return {f"{label}_rps": statistics.median(values) for label, values in seen.items()}
+                measured = wrk(port, payload, 32, PAIRED_ROUND_SECONDS, bearer=key)
+                seen[label].append(measured["rps"])
+                errors[label] += measured["errors"]
+        return {**{f"{label}_rps": statistics.median(values) for label, values in seen.items()},
+                **{f"{label}_errors": count for label, count in errors.items()}}
+
+    def twins(self) -> dict[str, float]:
+        """(o) The instrument itself: two identical gateways measured like (g), (h), (l) and (n). A ratio
+        away from 1.00 is the machine's noise in this run, the margin to read those figures with."""
+        first, first_port = self.gateway()
+        second, second_port = self.gateway()
+        try:
+            figures = self.paired({"first": first_port, "second": second_port})
+        finally:
+            stop(first)
+            stop(second)
+        figures["ratio"] = figures["second_rps"] / figures["first_rps"]
+        return figures
 
     def stream_throughput(self, port: int) -> dict[str, float]:
         """(n) Streams/s of 7-event streams at c=32 (five deltas, usage, [DONE], sent by the upstream in one
@@ -333,15 +356,15 @@ class Bench:
                 "direct_p50_ms": statistics.median(direct50), "direct_p99_ms": statistics.median(direct99)}
 
     def throughput(self, port: int) -> dict[str, float]:
-        via = wrk(port, body(), 32, self.seconds(10))
+        """(b) The gateway against the bare Tornado handler, side by side in alternating rounds."""
         reference, ref_port = self.reference()
         try:
-            wrk(ref_port, body(), 32, 2)
-            ceiling = wrk(ref_port, body(), 32, self.seconds(10))
+            figures = self.paired({"gateway": port, "reference": ref_port})
         finally:
             stop(reference)
-        return {"gateway_rps": via["rps"], "reference_rps": ceiling["rps"], "ratio": via["rps"] / ceiling["rps"],
-                "errors": via["errors"]}
+        figures["ratio"] = figures["gateway_rps"] / figures["reference_rps"]
+        figures["errors"] = figures["gateway_errors"]
+        return figures
 
     def queueing(self, port: int) -> dict[str, float]:
         payload = body(delay_ms=100)
@@ -480,6 +503,7 @@ TARGETS = [
     ("(l') ... each with rpm, tpm, budget: ratio", ("l_clients", "limited_ratio"), None, None, "{:.2f}"),
     ("(m) fair queue, 10k waiting: enqueue (us)", ("m_fair_queue", "enqueue_us"), None, None, "{:.2f}"),
     ("(m) fair queue, 10k waiting: dequeue (us)", ("m_fair_queue", "dequeue_us"), None, None, "{:.2f}"),
+    ("(o) two identical gateways: ratio (noise)", ("o_twins", "ratio"), None, None, "{:.3f}"),
     ("fake upstream / gateway speed", ("upstream_check", "ratio"), ">=", 5.0, "{:.1f}"),
 ]
 
@@ -513,8 +537,8 @@ def main() -> int:
     parser.add_argument("--output", default=str(ROOT / "bench-results.json"))
     args = parser.parse_args()
     only = frozenset(args.only.replace(",", ""))
-    if only - set("abcdefghijklmn"):
-        parser.error("--only takes letters from a to n")
+    if only - set("abcdefghijklmno"):
+        parser.error("--only takes letters from a to o")
     with tempfile.TemporaryDirectory() as workdir:
         bench = Bench(args.quick, Path(workdir), only)
         try:
