@@ -61,11 +61,11 @@ def wait_port(port: int, timeout: float = 30.0) -> None:
     raise RuntimeError(f"nothing listens on {port}")
 
 
-def start(cmd: list[str], core: int, log: Path | None = None, env: dict[str, str] | None = None
-          ) -> subprocess.Popen[bytes]:
+def start(cmd: list[str], core: int, log: Path | None = None, env: dict[str, str] | None = None,
+          cwd: Path = ROOT) -> subprocess.Popen[bytes]:
     out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - the child owns it
     return subprocess.Popen(["taskset", "-c", str(core), *cmd], stdout=out, stderr=out,
-                            env={**os.environ, **(env or {})}, cwd=ROOT)
+                            env={**os.environ, **(env or {})}, cwd=cwd)
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
@@ -129,6 +129,7 @@ class Bench:
         self.only = only  # figure letters; empty: all of them
         self.workdir = workdir
         self.results: dict[str, Any] = {"quick": quick, "machine": machine()}
+        self.worktrees: list[Path] = []  # checkouts of other commits (compare), removed at the end
         self.upstream_port = free_port()
         self.upstream = start([PYTHON, str(SCRIPTS / "bench_upstream.py"), str(self.upstream_port)], core=1)
         wait_port(self.upstream_port)
@@ -137,7 +138,10 @@ class Bench:
         return max(2.0, full / 4) if self.quick else full
 
     def gateway(self, *extra: str, log: bool = False, limited: bool = False,
-                clients: list[dict[str, Any]] | None = None) -> tuple[subprocess.Popen[bytes], int]:
+                clients: list[dict[str, Any]] | None = None, checkout: tuple[Path, str] = (ROOT, PYTHON)
+                ) -> tuple[subprocess.Popen[bytes], int]:
+        """A gateway with two controllers on the fast upstream; `checkout`: the source tree and the Python of
+        another commit (see `compare`)."""
         port = free_port()
         config = self.workdir / f"gateway-{port}.json"
         base = f"http://127.0.0.1:{self.upstream_port}/v1"
@@ -148,10 +152,11 @@ class Bench:
             {"type": "openai", "name": "bench-b", **limits,
              "config": {"api_key": "sk-bench-b-000000000000", "base_url": base}},
         ]}))
-        args = [PYTHON, "-m", "chatgpt_apiserver", "--config-file", str(config), "--port", str(port),
+        tree, python = checkout
+        args = [python, "-m", "chatgpt_apiserver", "--config-file", str(config), "--port", str(port),
                 "--upstream-max-connections", "20000", "--log-level", "info" if log else "warning",
                 "--access-log", "true" if log else "false", *extra]
-        process = start(args, core=0, log=self.workdir / ("gateway-logged.log" if log else "gateway.log"))
+        process = start(args, core=0, log=self.workdir / ("gateway-logged.log" if log else "gateway.log"), cwd=tree)
         wait_port(port)
         return process, port
 
@@ -461,8 +466,41 @@ class Bench:
                 "latency_ratio": long["p50_ms"] / short["p50_ms"], "rps_2": short_rps, "rps_100": long_rps,
                 "cost_ratio": short_rps / long_rps}
 
+    def compare(self, revisions: list[str]) -> dict[str, Any]:
+        """(b) and (n) of other commits in the same run: each is checked out into the work directory with
+        its own virtualenv (installed from its own setup.py), and its gateway is measured side by side with
+        this tree's and with bare Tornado, non-streamed and then streamed."""
+        checkouts = {"this tree": (ROOT, PYTHON)}
+        for revision in revisions:
+            tree = self.workdir / f"rev-{revision}"
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(tree), revision],
+                           check=True)
+            self.worktrees.append(tree)
+            venv = self.workdir / f"venv-{revision}"
+            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+            installed = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check",
+                                        str(tree)], check=False, capture_output=True, text=True)
+            if installed.returncode:
+                raise RuntimeError(f"installing {revision} failed:\n{installed.stderr}")
+            checkouts[revision] = (tree, str(venv / "bin" / "python"))
+        figures: dict[str, Any] = {}
+        for name, payload in (("b", body()), ("n", body(stream=True, events=5))):
+            servers = {label: self.gateway(checkout=checkout) for label, checkout in checkouts.items()}
+            reference, ref_port = self.reference()
+            try:
+                rps = self.paired({**{label: port for label, (_, port) in servers.items()},
+                                   "bare Tornado": ref_port}, payload)
+            finally:
+                for process in [reference, *(process for process, _ in servers.values())]:
+                    stop(process)
+            figures[name] = {label: {"rps": rps[f"{label}_rps"], "ratio": rps[f"{label}_rps"] / rps["bare Tornado_rps"]}
+                             for label in checkouts}
+        return figures
+
     def close(self) -> None:
         stop(self.upstream)
+        for tree in self.worktrees:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False)
 
 
 def machine() -> dict[str, Any]:
@@ -534,6 +572,9 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="a one-minute smoke run")
     parser.add_argument("--only", default="", metavar="LETTERS",
                         help="measure only these figures, e.g. 'ad' for (a) and (d); for working on one figure")
+    parser.add_argument("--compare", nargs="+", default=[], metavar="REVISION",
+                        help="instead of the figures: (b) and (n) of these commits (e.g. 94fb45b) side by side with "
+                             "this tree's, in the same rounds")
     parser.add_argument("--output", default=str(ROOT / "bench-results.json"))
     args = parser.parse_args()
     only = frozenset(args.only.replace(",", ""))
@@ -542,6 +583,13 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as workdir:
         bench = Bench(args.quick, Path(workdir), only)
         try:
+            if args.compare:
+                compared = bench.compare(args.compare)
+                for name, title in (("b", "(b) non-streamed, c=32"), ("n", "(n) 7-event streams, c=32")):
+                    print(title)
+                    for label, figure in compared[name].items():
+                        print(f"  {label:<20} {figure['rps']:>8.0f} req/s   {figure['ratio']:.2f} of bare Tornado")
+                return 0
             results = bench.run()
         finally:
             bench.close()
