@@ -108,14 +108,19 @@ def test_client_connections_keep_nagle_off_after_an_answer(stack: Stack) -> None
     for the connection's life, so a stream's next event never waits for the client's ACK."""
     fake = stack.fake()
     stack.gateway({"controllers": [openai_controller(fake)]})
+    running = stack.running
+    assert running is not None
     connection = http.client.HTTPConnection("127.0.0.1", stack.port, timeout=10)
-    for body in (BODY, STREAM):
-        connection.request("POST", "/v1/chat/completions", body=orjson.dumps(body))
-        response = connection.getresponse()
-        assert response.status == 200
-        response.read()
-    assert stack.running is not None
-    server_sides = [conn.stream.socket for conn in stack.running.server._connections]
-    assert len(server_sides) == 1  # the kept-alive connection, between requests
-    assert server_sides[0].getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
-    connection.close()
+    try:
+        for body in (BODY, STREAM):
+            connection.request("POST", "/v1/chat/completions", body=orjson.dumps(body))
+            response = connection.getresponse()
+            assert response.status == 200
+            response.read()
+        # Read on the loop thread, which owns the server's connections.
+        flags = stack.loop.call(lambda: [conn.stream.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+                                         for conn in running.server._connections])
+        assert len(flags) == 1  # the kept-alive connection, between requests
+        assert flags[0] != 0
+    finally:
+        connection.close()

@@ -19,7 +19,7 @@ from typing import Any, Optional
 import orjson
 import pytest
 
-from chatgpt_apiserver.server import settle_heap
+from chatgpt_apiserver.server import release_heap, settle_heap
 
 from .fake_upstream import Cue, FakeUpstream
 from .harness import Stack, openai_controller
@@ -272,18 +272,28 @@ class Node:
         self.me = self
 
 
-def test_settle_heap_frees_a_config_that_a_reload_left_in_cycles(gc_restored: None) -> None:
+def test_a_reload_frees_a_config_frozen_at_start_up_and_left_in_cycles(gc_restored: None) -> None:
     old = Node()
     alive = weakref.ref(old)
     settle_heap()  # start-up: `old` is frozen with the rest of the config
     del old  # a reload replaced it; only its own cycle holds it now
-    settle_heap()  # the reload's settling
+    release_heap()
     assert alive() is None, "a frozen config left in a cycle by a reload is never collected"
 
 
-def test_settled_heap_leaves_a_burst_of_live_objects_to_reference_counting(gc_restored: None) -> None:
+def test_what_is_alive_during_a_reload_stays_collectable(gc_restored: None) -> None:
+    settle_heap()
+    retiring = Node()  # a retiring controller, a request in flight: alive while the reload settles
+    alive = weakref.ref(retiring)
+    release_heap()
+    del retiring  # it finishes later, leaving a cycle
+    gc.collect()
+    assert alive() is None, "an object alive during a reload was frozen and can never be collected"
+
+
+def test_a_settled_heap_leaves_a_burst_of_live_objects_to_reference_counting(gc_restored: None) -> None:
     settle_heap()
     collections = gc.get_stats()[0]["collections"]
-    burst = [{"choices": [{"delta": {"content": "tok"}}]} for _ in range(1_500)]  # ~32 streams' parsed events
+    burst = [{"delta": {"content": "tok"}} for _ in range(600)]  # 1,201 live containers, over CPython's 700
     del burst
     assert gc.get_stats()[0]["collections"] == collections, "the cyclic collector ran during a burst"
