@@ -33,7 +33,7 @@ from bench_upstream import EMBEDDINGS as EMBEDDINGS_ANSWER
 
 ROOT = Path(__file__).resolve().parent.parent
 ROUND = 20  # streams per round when direct and gateway streams alternate
-PAIRED_ROUNDS = {False: 15, True: 4}  # rounds of servers measured side by side (full run, --quick)
+PAIRED_ROUNDS = {False: 15, True: 4}  # at least this many rounds side by side (full run, --quick): see paired()
 PAIRED_ROUND_SECONDS = 2
 PYTHON = sys.executable
 SCRIPTS = ROOT / "scripts"
@@ -156,8 +156,13 @@ class Bench:
         args = [python, "-m", "chatgpt_apiserver", "--config-file", str(config), "--port", str(port),
                 "--upstream-max-connections", "20000", "--log-level", "info" if log else "warning",
                 "--access-log", "true" if log else "false", *extra]
-        process = start(args, core=0, log=self.workdir / ("gateway-logged.log" if log else "gateway.log"), cwd=tree)
-        wait_port(port)
+        log_file = self.workdir / f"gateway-{port}.log"
+        process = start(args, core=0, log=log_file, cwd=tree)
+        try:
+            wait_port(port)
+        except RuntimeError:
+            stop(process)
+            raise RuntimeError(f"the gateway from {tree} did not start:\n{log_file.read_text()[-2000:]}") from None
         return process, port
 
     def reference(self) -> tuple[subprocess.Popen[bytes], int]:
@@ -216,33 +221,36 @@ class Bench:
         so that a slow moment of the machine does not land on one of them only; medians per server. Each
         round starts with the next server: three identical gateways measured always in the same order gave
         the first one ~10% more than the others. Many short rounds rather than a few long ones: with six
-        rounds of 4 s two identical gateways came out up to 10% apart, with fifteen of 2 s within 2%
-        (figure (o) measures it in every run)."""
+        rounds of 4 s two identical gateways came out up to 10% apart, with fifteen of 2 s within 2% in a
+        quiet run (figure (o) measures it in every run). A server that answers any request with an error
+        fails the figure: a fast refusal is not throughput."""
         payload = payload or body()
         order = list(ports.items())
         rounds = -(-PAIRED_ROUNDS[self.quick] // len(order)) * len(order)  # each server first equally often
         seen: dict[str, list[float]] = {label: [] for label in ports}
         errors = dict.fromkeys(ports, 0.0)
         for port in ports.values():
-            wrk(port, payload, 32, 2)
+            wrk(port, payload, 32, 2, bearer=key)
         for number in range(rounds):
             for label, port in order[number % len(order):] + order[:number % len(order)]:
                 measured = wrk(port, payload, 32, PAIRED_ROUND_SECONDS, bearer=key)
                 seen[label].append(measured["rps"])
                 errors[label] += measured["errors"]
-        return {**{f"{label}_rps": statistics.median(values) for label, values in seen.items()},
-                **{f"{label}_errors": count for label, count in errors.items()}}
+        failing = {label: count for label, count in errors.items() if count}
+        if failing:
+            raise RuntimeError(f"non-2xx answers while measuring side by side: {failing}")
+        return {f"{label}_rps": statistics.median(values) for label, values in seen.items()}
 
     def twins(self) -> dict[str, float]:
         """(o) The instrument itself: two identical gateways measured like (g), (h), (l) and (n). A ratio
         away from 1.00 is the machine's noise in this run, the margin to read those figures with."""
-        first, first_port = self.gateway()
-        second, second_port = self.gateway()
+        servers: list[tuple[subprocess.Popen[bytes], int]] = []
         try:
-            figures = self.paired({"first": first_port, "second": second_port})
+            servers += [self.gateway(), self.gateway()]
+            figures = self.paired({"first": servers[0][1], "second": servers[1][1]})
         finally:
-            stop(first)
-            stop(second)
+            for process, _ in servers:
+                stop(process)
         figures["ratio"] = figures["second_rps"] / figures["first_rps"]
         return figures
 
@@ -368,7 +376,6 @@ class Bench:
         finally:
             stop(reference)
         figures["ratio"] = figures["gateway_rps"] / figures["reference_rps"]
-        figures["errors"] = figures["gateway_errors"]
         return figures
 
     def queueing(self, port: int) -> dict[str, float]:
@@ -467,40 +474,52 @@ class Bench:
                 "cost_ratio": short_rps / long_rps}
 
     def compare(self, revisions: list[str]) -> dict[str, Any]:
-        """(b) and (n) of other commits in the same run: each is checked out into the work directory with
-        its own virtualenv (installed from its own setup.py), and its gateway is measured side by side with
-        this tree's and with bare Tornado, non-streamed and then streamed."""
+        """(b) and (n) of other commits in the same run: each is checked out into the work directory with a
+        virtualenv of its own, installed from its own setup.py under the versions this tree's virtualenv
+        holds (so that only the code differs), and its gateway is measured side by side with this tree's
+        and with bare Tornado, non-streamed and then streamed."""
+        constraints = self.workdir / "constraints.txt"
+        frozen = subprocess.run([PYTHON, "-m", "pip", "freeze", "--exclude-editable"], capture_output=True,
+                                text=True, check=True)
+        constraints.write_text(frozen.stdout)
         checkouts = {"this tree": (ROOT, PYTHON)}
-        for revision in revisions:
-            tree = self.workdir / f"rev-{revision}"
+        for number, revision in enumerate(dict.fromkeys(revisions)):
+            tree = self.workdir / f"revision-{number}"
+            self.worktrees.append(tree)
             subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(tree), revision],
                            check=True)
-            self.worktrees.append(tree)
-            venv = self.workdir / f"venv-{revision}"
+            venv = self.workdir / f"venv-{number}"
             subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
             installed = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check",
-                                        str(tree)], check=False, capture_output=True, text=True)
+                                        "-c", str(constraints), str(tree)], check=False, capture_output=True,
+                                       text=True)
             if installed.returncode:
                 raise RuntimeError(f"installing {revision} failed:\n{installed.stderr}")
             checkouts[revision] = (tree, str(venv / "bin" / "python"))
         figures: dict[str, Any] = {}
         for name, payload in (("b", body()), ("n", body(stream=True, events=5))):
-            servers = {label: self.gateway(checkout=checkout) for label, checkout in checkouts.items()}
-            reference, ref_port = self.reference()
+            servers: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
             try:
-                rps = self.paired({**{label: port for label, (_, port) in servers.items()},
-                                   "bare Tornado": ref_port}, payload)
+                for label, checkout in checkouts.items():
+                    servers[label] = self.gateway(checkout=checkout)
+                servers["bare Tornado"] = self.reference()
+                rps = self.paired({label: port for label, (_, port) in servers.items()}, payload)
             finally:
-                for process in [reference, *(process for process, _ in servers.values())]:
+                for process, _ in servers.values():
                     stop(process)
             figures[name] = {label: {"rps": rps[f"{label}_rps"], "ratio": rps[f"{label}_rps"] / rps["bare Tornado_rps"]}
                              for label in checkouts}
         return figures
 
     def close(self) -> None:
-        stop(self.upstream)
-        for tree in self.worktrees:
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False)
+        try:
+            stop(self.upstream)
+        finally:
+            for tree in self.worktrees:
+                subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False,
+                               capture_output=True)
+            if self.worktrees:
+                subprocess.run(["git", "-C", str(ROOT), "worktree", "prune"], check=False)
 
 
 def machine() -> dict[str, Any]:
@@ -569,12 +588,12 @@ def table(results: dict[str, Any]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="a one-minute smoke run")
+    parser.add_argument("--quick", action="store_true", help="a smoke run of a few minutes")
     parser.add_argument("--only", default="", metavar="LETTERS",
                         help="measure only these figures, e.g. 'ad' for (a) and (d); for working on one figure")
     parser.add_argument("--compare", nargs="+", default=[], metavar="REVISION",
                         help="instead of the figures: (b) and (n) of these commits (e.g. 94fb45b) side by side with "
-                             "this tree's, in the same rounds")
+                             "this tree's, in the same rounds (--only does not apply)")
     parser.add_argument("--output", default=str(ROOT / "bench-results.json"))
     args = parser.parse_args()
     only = frozenset(args.only.replace(",", ""))
@@ -585,10 +604,12 @@ def main() -> int:
         try:
             if args.compare:
                 compared = bench.compare(args.compare)
+                Path(args.output).write_text(json.dumps({"compare": compared, "machine": machine()}, indent=2) + "\n")
                 for name, title in (("b", "(b) non-streamed, c=32"), ("n", "(n) 7-event streams, c=32")):
                     print(title)
                     for label, figure in compared[name].items():
                         print(f"  {label:<20} {figure['rps']:>8.0f} req/s   {figure['ratio']:.2f} of bare Tornado")
+                print(f"\nwrote {args.output}")
                 return 0
             results = bench.run()
         finally:
