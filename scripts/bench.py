@@ -246,7 +246,8 @@ class Bench:
         away from 1.00 is the machine's noise in this run, the margin to read those figures with."""
         servers: list[tuple[subprocess.Popen[bytes], int]] = []
         try:
-            servers += [self.gateway(), self.gateway()]
+            for _ in range(2):
+                servers.append(self.gateway())  # one at a time: a failed second start still stops the first
             figures = self.paired({"first": servers[0][1], "second": servers[1][1]})
         finally:
             for process, _ in servers:
@@ -257,7 +258,10 @@ class Bench:
     def stream_throughput(self, port: int) -> dict[str, float]:
         """(n) Streams/s of 7-event streams at c=32 (five deltas, usage, [DONE], sent by the upstream in one
         go) against the bare Tornado handler writing the same seven events with a flush each."""
-        payload = body(stream=True, events=5)
+        return self.against_reference(port, body(stream=True, events=5))
+
+    def against_reference(self, port: int, payload: dict[str, Any]) -> dict[str, float]:
+        """The gateway on `port` and the bare Tornado handler side by side; `ratio` is gateway / Tornado."""
         reference, ref_port = self.reference()
         try:
             figures = self.paired({"gateway": port, "reference": ref_port}, payload)
@@ -370,13 +374,7 @@ class Bench:
 
     def throughput(self, port: int) -> dict[str, float]:
         """(b) The gateway against the bare Tornado handler, side by side in alternating rounds."""
-        reference, ref_port = self.reference()
-        try:
-            figures = self.paired({"gateway": port, "reference": ref_port})
-        finally:
-            stop(reference)
-        figures["ratio"] = figures["gateway_rps"] / figures["reference_rps"]
-        return figures
+        return self.against_reference(port, body())
 
     def queueing(self, port: int) -> dict[str, float]:
         payload = body(delay_ms=100)

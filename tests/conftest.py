@@ -11,11 +11,11 @@ from typing import Any, Optional
 
 import pytest
 
+from .certificates import make_certificates
 from .fake_upstream import FakeUpstream
 from .harness import LoopThread, Stack
 from .raw_upstream import RawUpstream
 from .redis_server import RedisServer
-from .test_tls import make_certificates
 
 
 @pytest.fixture(autouse=True)

@@ -75,7 +75,6 @@ def chunk(model: str, delta: dict[str, Any], n: int = 1, finish: Optional[str] =
     return b"data: " + orjson.dumps(body) + b"\n\n"
 
 
-
 async def follow_common_cue(handler: Any, cue: Cue) -> bool:
     """What every endpoint does with a cue's delay, headers, stall and status; True if that was the answer."""
     if cue.delay:
