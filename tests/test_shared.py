@@ -19,6 +19,7 @@ from chatgpt_apiserver.controllers.mock import MockController
 from chatgpt_apiserver.state import Policy, Ticket
 from chatgpt_apiserver.state.redis import RedisStore
 from chatgpt_apiserver.state.redis_link import RedisLink
+from chatgpt_apiserver.state.redis_wire import Address, Packed, RespConnection, pack
 
 from .fake_upstream import Cue, FakeUpstream
 from .harness import Stack, openai_controller
@@ -268,3 +269,24 @@ def test_password_and_database_from_the_url(tmp_path: Path) -> None:
         assert b"authed" not in server.command("KEYS", "*")
     finally:
         server.stop()
+
+
+def test_a_packed_run_of_arguments_is_sent_as_those_arguments(redis_server: RedisServer) -> None:
+    """Keys and limits encoded once (`Packed`) make the same command as the arguments one by one: Redis
+    counts them as such (a wrong count is a protocol error) and stores what they say."""
+    plain = pack(b"HSET", b"packed:h", b"f1", b"v1", "f2", 2.5, b"f3", b"")
+    assert pack(b"HSET", Packed(b"packed:h", b"f1"), b"v1", Packed("f2", 2.5), b"f3", Packed(b"")) == plain
+
+    async def run() -> Any:
+        connection = await RespConnection.open(Address.parse(redis_server.url))
+        try:
+            first, second = await asyncio.gather(*connection.send([
+                pack(b"HSET", Packed(b"packed:h", b"f1"), b"v1", Packed("f2", 2.5), b"f3", Packed(b"")),
+                pack(b"HGETALL", Packed(b"packed:h"))]))
+            return first, second
+        finally:
+            connection.close()
+
+    created, stored = asyncio.run(run())
+    assert created == 3
+    assert dict(zip(stored[::2], stored[1::2], strict=True)) == {b"f1": b"v1", b"f2": b"2.5", b"f3": b""}

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
+from operator import add
 from typing import Any, Optional
 
 from ..state.buckets import TokenBucket
@@ -67,8 +68,7 @@ class LocalClient:
             if len(self.usage) >= MAX_LABELS - (OTHER not in self.usage):
                 label = OTHER
             counts = self.usage.setdefault(label, [0] * len(USAGE_FIELDS))
-        for index, value in enumerate(row):
-            counts[index] += value
+        counts[:] = map(add, counts, row)
 
 
 class LocalClientStore(ClientStore):
@@ -154,9 +154,9 @@ class LocalClientStore(ClientStore):
         client = self.clients.get(plan.name)
         if client is None:
             return  # removed by a reload while this request ran, and nothing else held
-        now = self.clock()
         client.in_flight = max(0, client.in_flight - 1)
-        if charge.used is not None:
+        if charge.used is not None and plan.buckets:
+            now = self.clock()
             delta = ticket.reserved - charge.used
             for rule in plan.buckets:
                 held = client.buckets.get(rule.field)

@@ -4,6 +4,7 @@ only, never keys). Prometheus sums instances; `GET /admin/clients` shows the sto
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from operator import add
 from typing import TYPE_CHECKING
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -36,8 +37,7 @@ class Tally:
             if len(rows) >= MAX_LABELS - (OTHER not in rows):
                 label = OTHER
             row = rows.setdefault(label, [0] * len(USAGE_FIELDS))
-        for index, value in enumerate(charge.row):
-            row[index] += value
+        row[:] = map(add, row, charge.row)
 
     def refused(self, client: str, reason: str) -> None:
         """A request refused by the client's own limits (reason: model, budget, busy, requests, tokens, ...)."""

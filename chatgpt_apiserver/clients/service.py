@@ -183,14 +183,17 @@ class Clients:
         if ticket.settled:
             return
         ticket.settled = True
-        charge = Charge(ticket.label, used, errors=int(error))
-        if usage is not None:
-            price = self.prices.find(ticket.label, *models)
-            if len(self.priced) < MAX_PRICED or ticket.label in self.priced:
-                self.priced[ticket.label] = price is not None
-            charge.tokens, charge.prompt, charge.cached, charge.completion = (
-                usage.tokens, usage.prompt, min(usage.cached, usage.prompt), usage.completion)
-            charge.nano = PriceTable.nano(price, usage) if price is not None else 0
+        label = ticket.label
+        if usage is None:
+            charge = Charge(label, used, errors=int(error))
+        else:
+            price = self.prices.find(label, *models)
+            priced = self.priced
+            if len(priced) < MAX_PRICED or label in priced:
+                priced[label] = price is not None
+            prompt = usage.prompt
+            charge = Charge(label, used, usage.tokens, prompt, min(usage.cached, prompt), usage.completion,
+                            PriceTable.nano(price, usage) if price is not None else 0, 1, int(error))
         self.store.settle(ticket, charge)
         name = ticket.plan.name
         if name not in self.registry.by_name:

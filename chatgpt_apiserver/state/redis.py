@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional
 
 from .redis_link import HEARTBEAT_TTL_MS, RedisLink
+from .redis_wire import Packed
 from .rules import FOREVER, Policy
 from .store import (
     ADMITTED,
@@ -73,6 +74,11 @@ class Mirror:
     limits: Limits
     keys: dict[str, bytes]
     constants: tuple[bytes, ...]  # req_rate req_cap tok_rate tok_cap (per ms)
+    # The same, and the keys of the two hot-path scripts, encoded once for the wire.
+    packed_constants: Packed
+    take_keys: Packed
+    settle_keys: Packed
+    concurrency: Packed
     requests: Optional[MirroredBucket] = None
     tokens: Optional[MirroredBucket] = None
     in_flight: int = 0
@@ -110,6 +116,8 @@ class RedisStore(ControllerStore):
         self.policy = Policy()
         self.mirrors: dict[str, Mirror] = {}
         self.controllers: list[Controller] = []
+        self._instance = Packed(link.instance)
+        self._timing = self._timing_of(self.policy)
         self.link.on_beat = self.beat
 
     @property
@@ -120,8 +128,14 @@ class RedisStore(ControllerStore):
     def _now(self) -> bytes:
         return NOW if self.redis_clock is None else b"%d" % round(self.redis_clock() * 1000)
 
+    @staticmethod
+    def _timing_of(policy: Policy) -> Packed:
+        """The probe timeout and the heartbeat TTL in ms, as the take script reads them."""
+        return Packed(b"%d" % round(policy.probe_timeout * 1000), b"%d" % round(policy.heartbeat_ttl * 1000))
+
     def configure(self, controllers: Sequence[Controller], policy: Policy) -> None:
         self.policy = policy
+        self._timing = self._timing_of(policy)
         self.controllers = list(controllers)
         mirrors = {}
         for controller in controllers:
@@ -146,7 +160,9 @@ class RedisStore(ControllerStore):
         constants = (repr((limits.rpm or 0) / 60_000).encode(), repr(float(limits.request_burst or limits.rpm or 0))
                      .encode(), repr((limits.tpm or 0) / 60_000).encode(),
                      repr(float(limits.token_burst or limits.tpm or 0)).encode())
-        return Mirror(limits, keys, constants)
+        return Mirror(limits, keys, constants, Packed(*constants), Packed(*self._all_keys_of(keys)),
+                      Packed(keys["req"], keys["tok"], keys["inflight"], keys["seen"], keys["brk"]),
+                      Packed(b"%d" % (limits.max_concurrency or 0)))
 
     def mirror(self, controller: Controller) -> Mirror:
         """The mirror of `controller` (made on first use)."""
@@ -156,7 +172,10 @@ class RedisStore(ControllerStore):
         return found
 
     def _all_keys(self, m: Mirror) -> tuple[bytes, ...]:
-        k = m.keys
+        return self._all_keys_of(m.keys)
+
+    @staticmethod
+    def _all_keys_of(k: dict[str, bytes]) -> tuple[bytes, ...]:
         return k["req"], k["tok"], k["inflight"], k["seen"], k["cool"], k["off"], k["brk"]
 
     # --- admission ---------------------------------------------------------------------------------
@@ -164,11 +183,8 @@ class RedisStore(ControllerStore):
     async def admit(self, controller: Controller, model: str, tokens: float) -> Admission:
         model = scope_of(controller, model)
         m = self.mirror(controller)
-        policy = self.policy
-        reply = await self.link.call("take", self._all_keys(m), (
-            self._now(), self.link.instance, model, *m.constants, _opt(tokens),
-            b"%d" % (m.limits.max_concurrency or 0), b"%d" % round(policy.probe_timeout * 1000),
-            b"%d" % round(policy.heartbeat_ttl * 1000)))
+        reply = await self.link.call("take", m.take_keys, (
+            self._now(), self._instance, model, m.packed_constants, _opt(tokens), m.concurrency, self._timing))
         ok, wait_ms, reason, probe, why, req, tok, total, fails, scope = reply
         now = self.clock()
         self._learn_levels(m, _number(req), _number(tok), now)
@@ -224,8 +240,8 @@ class RedisStore(ControllerStore):
             for each in (WHOLE, scope):
                 m.probing.pop(each, None)
         r = rate
-        self.link.send("settle", (m.keys["req"], m.keys["tok"], m.keys["inflight"], m.keys["seen"], m.keys["brk"]), (
-            self._now(), self.link.instance, scope, _opt(ticket.reserved), *m.constants,
+        self.link.send("settle", m.settle_keys, (
+            self._now(), self._instance, scope, _opt(ticket.reserved), m.packed_constants,
             _opt(r.remaining_requests if r else None), _opt(r.remaining_tokens if r else None),
             _opt(r.limit_requests if r else None), _opt(r.limit_tokens if r else None),
             b"%d" % round(max(0.0, rate_age) * 1000), b"1" if ticket.probe else b"0", _opt(used_tokens)))

@@ -18,7 +18,7 @@ from typing import Any, Optional
 import hiredis
 
 from .redis_scripts import SCRIPTS
-from .redis_wire import Address, RespConnection, pack
+from .redis_wire import Address, Packed, RespConnection, pack
 from .store import StoreUnavailable
 
 log = logging.getLogger("chatgpt_apiserver.state")
@@ -73,7 +73,8 @@ class RedisLink:
         return f"{self.prefix}:{{{name}}}:{kind}".encode()
 
     async def call(self, script: str, keys: Sequence[Any], args: Sequence[Any]) -> Any:
-        """One script call and its reply; raises StoreUnavailable when Redis does not answer in time."""
+        """One script call and its reply; raises StoreUnavailable when Redis does not answer in time. `keys`
+        and runs of `args` may come as `Packed` (encoded once by their owner)."""
         if not self.available:
             raise StoreUnavailable("Redis is unreachable")
         future = asyncio.get_running_loop().create_future()
@@ -139,7 +140,9 @@ class RedisLink:
                 connection = self._connection
                 if connection is None or connection.closed:
                     connection = self._connection = await RespConnection.open(self._address)
-        commands = [pack(b"EVALSHA", self._shas[script], len(keys), *keys, *args)
+        shas = self._shas
+        commands = [pack(b"EVALSHA", shas[script], keys.arguments, keys, *args) if keys.__class__ is Packed
+                    else pack(b"EVALSHA", shas[script], len(keys), *keys, *args)
                     for script, keys, args, _f, _c in batch]
         return list(await asyncio.gather(*connection.send(commands)))
 

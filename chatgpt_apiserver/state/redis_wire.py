@@ -16,9 +16,30 @@ def bulk(value: Any) -> bytes:
     return b"$%d\r\n%s\r\n" % (len(data), data)
 
 
+class Packed(bytes):
+    """A run of arguments encoded once (keys, limits): `pack` sends it as it is, as `arguments` arguments."""
+
+    arguments: int
+
+    def __new__(cls, *parts: Any) -> Packed:
+        packed = super().__new__(cls, b"".join(bulk(part) for part in parts))
+        packed.arguments = len(parts)
+        return packed
+
+
 def pack(*parts: Any) -> bytes:
-    """One command in Redis's wire format (RESP)."""
-    return b"*%d\r\n" % len(parts) + b"".join(bulk(part) for part in parts)
+    """One command in Redis's wire format (RESP); a `Packed` part stands for the arguments it holds."""
+    out: list[bytes] = []
+    count = 0
+    for part in parts:
+        if part.__class__ is Packed:
+            out.append(part)
+            count += part.arguments
+            continue
+        data = part if part.__class__ is bytes else str(part).encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+        count += 1
+    return b"*%d\r\n" % count + b"".join(out)
 
 
 @dataclass(frozen=True)
