@@ -472,10 +472,11 @@ class Bench:
                 "cost_ratio": short_rps / long_rps}
 
     def compare(self, revisions: list[str]) -> dict[str, Any]:
-        """(b) and (n) of other commits in the same run: each is checked out into the work directory with a
-        virtualenv of its own, installed from its own setup.py under the versions this tree's virtualenv
-        holds (so that only the code differs), and its gateway is measured side by side with this tree's
-        and with bare Tornado, non-streamed and then streamed."""
+        """(b), (n), (g) and (h) of other commits in the same run: each is checked out into the work directory
+        with a virtualenv of its own, installed from its own setup.py under the versions this tree's
+        virtualenv holds (so that only the code differs), and its gateway is measured side by side with this
+        tree's and with bare Tornado, non-streamed and then streamed; then (g) and (h), each commit against
+        itself (`_compare_features`)."""
         constraints = self.workdir / "constraints.txt"
         frozen = subprocess.run([PYTHON, "-m", "pip", "freeze", "--exclude-editable"], capture_output=True,
                                 text=True, check=True)
@@ -507,6 +508,40 @@ class Bench:
                     stop(process)
             figures[name] = {label: {"rps": rps[f"{label}_rps"], "ratio": rps[f"{label}_rps"] / rps["bare Tornado_rps"]}
                              for label in checkouts}
+        figures.update(self._compare_features(checkouts))
+        return figures
+
+    def _compare_features(self, checkouts: dict[str, tuple[Path, str]]) -> dict[str, Any]:
+        """(g) and (h) of each checkout: its gateway with the access log (with Redis buckets) against its own
+        gateway without (with buckets in memory), every gateway of every checkout in the same rounds. Each
+        checkout's Redis gateways use a database of their own: key layouts differ between commits."""
+        redis_port = free_port()
+        redis = start(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
+                       "--appendonly", "no", "--databases", str(len(checkouts))], core=1)
+        wait_port(redis_port)
+        figures: dict[str, Any] = {}
+        try:
+            for name in ("g", "h"):
+                servers: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
+                try:
+                    for number, (label, checkout) in enumerate(checkouts.items()):
+                        if name == "g":
+                            servers[f"{label} without"] = self.gateway(checkout=checkout)
+                            servers[f"{label} with"] = self.gateway(log=True, checkout=checkout)
+                        else:
+                            servers[f"{label} without"] = self.gateway(limited=True, checkout=checkout)
+                            servers[f"{label} with"] = self.gateway(
+                                "--redis-url", f"redis://127.0.0.1:{redis_port}/{number}", limited=True,
+                                checkout=checkout)
+                    rps = self.paired({label: port for label, (_, port) in servers.items()})
+                finally:
+                    for process, _ in servers.values():
+                        stop(process)
+                figures[name] = {label: {"rps": rps[f"{label} with_rps"],
+                                         "ratio": rps[f"{label} with_rps"] / rps[f"{label} without_rps"]}
+                                 for label in checkouts}
+        finally:
+            stop(redis)
         return figures
 
     def close(self) -> None:
@@ -590,8 +625,8 @@ def main() -> int:
     parser.add_argument("--only", default="", metavar="LETTERS",
                         help="measure only these figures, e.g. 'ad' for (a) and (d); for working on one figure")
     parser.add_argument("--compare", nargs="+", default=[], metavar="REVISION",
-                        help="instead of the figures: (b) and (n) of these commits (e.g. 94fb45b) side by side with "
-                             "this tree's, in the same rounds (--only does not apply)")
+                        help="instead of the figures: (b), (n), (g) and (h) of these commits (e.g. 94fb45b) side by "
+                             "side with this tree's, in the same rounds (--only does not apply)")
     parser.add_argument("--output", default=str(ROOT / "bench-results.json"))
     args = parser.parse_args()
     only = frozenset(args.only.replace(",", ""))
@@ -603,10 +638,13 @@ def main() -> int:
             if args.compare:
                 compared = bench.compare(args.compare)
                 Path(args.output).write_text(json.dumps({"compare": compared, "machine": machine()}, indent=2) + "\n")
-                for name, title in (("b", "(b) non-streamed, c=32"), ("n", "(n) 7-event streams, c=32")):
+                for name, title, of in (("b", "(b) non-streamed, c=32", "of bare Tornado"),
+                                        ("n", "(n) 7-event streams, c=32", "of bare Tornado"),
+                                        ("g", "(g) access log on, c=32", "of the same commit with it off"),
+                                        ("h", "(h) buckets in Redis, c=32", "of the same commit's in memory")):
                     print(title)
                     for label, figure in compared[name].items():
-                        print(f"  {label:<20} {figure['rps']:>8.0f} req/s   {figure['ratio']:.2f} of bare Tornado")
+                        print(f"  {label:<20} {figure['rps']:>8.0f} req/s   {figure['ratio']:.2f} {of}")
                 print(f"\nwrote {args.output}")
                 return 0
             results = bench.run()
