@@ -81,6 +81,8 @@ class LocalState:
     def refusal(self, model: Optional[str], now: float) -> Optional[tuple[str, float, str]]:
         """(reason, wait, why) if the controller's health refuses `model` (None: every model) now (rules R8,
         before the limits)."""
+        if not self.disables and not self.breakers:  # the usual case: nothing has gone wrong lately
+            return (COOLING, self.cooling_until - now, "") if self.cooling_until > now else None
         scopes = (WHOLE,) if model is None else (WHOLE, model)
         for scope in scopes:
             disable = self.disables.get(scope)
@@ -192,6 +194,8 @@ class LocalStore(ControllerStore):
             requests.take(1, now)
         if bucket is not None:
             bucket.take(min(tokens, bucket.capacity), now)
+        if not state.breakers:
+            return ADMITTED
         probe = False
         for scope in (WHOLE, model):
             breaker = state.breakers.get(scope)
@@ -231,6 +235,8 @@ class LocalStore(ControllerStore):
     def succeeded(self, controller: Controller, model: str) -> None:
         model = scope_of(controller, model)
         state = self.state(controller)
+        if not state.breakers:
+            return
         for scope in (model, WHOLE):
             breaker = state.breakers.pop(scope, None)
             if breaker is not None and breaker.ejections:

@@ -23,7 +23,7 @@ from ..relay.routing import open_answer, relayed_headers
 from ..relay.streams import BrokenAnswer, relay_bytes, relay_stream
 from ..scheduling.fair_queue import ANONYMOUS
 from ..transport.reply import joined
-from .base import REQUEST_ID, BaseHandler
+from .base import REQUEST_ID, BaseHandler, header
 from .bodies import Bodies
 from .calls import read_call
 from .slow_clients import written
@@ -165,7 +165,7 @@ class EndpointHandler(BaseHandler):
     async def _handle(self, ids: dict[str, str]) -> None:
         endpoint = self.endpoint
         assert endpoint is not None  # prepare() refused the other methods
-        call = read_call(endpoint, self.take_body(), self.request.headers.get("Content-Type", ""), ids,
+        call = read_call(endpoint, self.take_body(), header(self.request.headers, "Content-Type", ""), ids,
                          self.request.query, self.request_id)
         self._call = call
         self.model, self.stream = call.model, call.stream

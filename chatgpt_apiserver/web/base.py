@@ -12,7 +12,7 @@ import os
 import re
 import time
 from asyncio import Future
-from typing import Any, Optional, Union
+from typing import Any, Optional, Union, overload
 
 import orjson
 from tornado.http1connection import HTTP1Connection
@@ -45,6 +45,17 @@ def client_request_id(given: Optional[str]) -> str:
 def _implemented(cls: type) -> tuple[str, ...]:
     return tuple(m for m in _HTTP_METHODS
                  if getattr(cls, m.lower()) is not getattr(RequestHandler, m.lower()) or m == "OPTIONS")
+
+
+@overload
+def header(headers: HTTPHeaders, name: str) -> Optional[str]: ...
+@overload
+def header(headers: HTTPHeaders, name: str, default: str) -> str: ...
+def header(headers: HTTPHeaders, name: str, default: Optional[str] = None) -> Optional[str]:
+    """`headers.get(name, default)` at a third of its cost on every request (Tornado's `get` goes through
+    Mapping.get and a KeyError for an absent header): repeated headers joined with "," as Tornado does."""
+    values = headers.get_list(name)
+    return ",".join(values) if values else default
 
 
 @stream_request_body  # so that prepare() runs when the headers arrive, before any body byte is read
@@ -134,15 +145,15 @@ class BaseHandler(RequestHandler):
 
     def identify(self) -> None:
         """Take the client's request id, or make one; until the body is admitted, it counts as unread."""
-        self.request_id = client_request_id(self.request.headers.get("X-Request-Id"))
-        self._headers["X-Request-Id"] = self.request_id  # a safe charset by REQUEST_ID or by construction
         headers = self.request.headers
-        self._unread = headers.get("Content-Length", "0") != "0" or "Transfer-Encoding" in headers
+        self.request_id = client_request_id(header(headers, "X-Request-Id"))
+        self._headers["X-Request-Id"] = self.request_id  # a safe charset by REQUEST_ID or by construction
+        self._unread = header(headers, "Content-Length", "0") != "0" or "Transfer-Encoding" in headers
 
     def _admit_body(self) -> None:
         headers = self.request.headers
-        length = headers.get("Content-Length")
-        chunked = "chunked" in headers.get("Transfer-Encoding", "").lower()
+        length = header(headers, "Content-Length")
+        chunked = "chunked" in header(headers, "Transfer-Encoding", "").lower()
         if length is None and not chunked:
             return  # no body
         limit = self.gateway.settings.max_body_size
@@ -229,7 +240,7 @@ class BaseHandler(RequestHandler):
 
     def _authenticate(self) -> None:
         gateway = self.gateway
-        authorization = self.request.headers.get("Authorization")
+        authorization = header(self.request.headers, "Authorization")
         if self.access == "admin" and gateway.admin_keys:
             if not gateway.admin_keys.check(authorization):
                 raise _unauthorized("admin key")
