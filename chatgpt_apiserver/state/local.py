@@ -81,20 +81,20 @@ class LocalState:
     def refusal(self, model: Optional[str], now: float) -> Optional[tuple[str, float, str]]:
         """(reason, wait, why) if the controller's health refuses `model` (None: every model) now (rules R8,
         before the limits)."""
-        if not self.disables and not self.breakers:  # the usual case: nothing has gone wrong lately
-            return (COOLING, self.cooling_until - now, "") if self.cooling_until > now else None
         scopes = (WHOLE,) if model is None else (WHOLE, model)
-        for scope in scopes:
-            disable = self.disables.get(scope)
-            if disable is not None and disable[0] > now:
-                return DISABLED, disable[0] - now, disable[1]
+        if self.disables:  # (empty, as the breakers, unless something went wrong lately)
+            for scope in scopes:
+                disable = self.disables.get(scope)
+                if disable is not None and disable[0] > now:
+                    return DISABLED, disable[0] - now, disable[1]
         if self.cooling_until > now:
             return COOLING, self.cooling_until - now, ""
-        for scope in scopes:
-            breaker = self.breakers.get(scope)
-            refused = breaker.refusal(now) if breaker is not None else None
-            if refused is not None:
-                return refused[0], refused[1], ""
+        if self.breakers:
+            for scope in scopes:
+                breaker = self.breakers.get(scope)
+                refused = breaker.refusal(now) if breaker is not None else None
+                if refused is not None:
+                    return refused[0], refused[1], ""
         return None
 
 

@@ -74,9 +74,10 @@ class Mirror:
     limits: Limits
     keys: dict[str, bytes]
     constants: tuple[bytes, ...]  # req_rate req_cap tok_rate tok_cap (per ms)
-    # The same, and the keys of the two hot-path scripts, encoded once for the wire.
+    # The same, every key (the take and view scripts), the settle script's keys and the concurrency limit,
+    # encoded once for the wire.
     packed_constants: Packed
-    take_keys: Packed
+    all_keys: Packed
     settle_keys: Packed
     concurrency: Packed
     requests: Optional[MirroredBucket] = None
@@ -160,8 +161,9 @@ class RedisStore(ControllerStore):
         constants = (repr((limits.rpm or 0) / 60_000).encode(), repr(float(limits.request_burst or limits.rpm or 0))
                      .encode(), repr((limits.tpm or 0) / 60_000).encode(),
                      repr(float(limits.token_burst or limits.tpm or 0)).encode())
-        return Mirror(limits, keys, constants, Packed(*constants), Packed(*self._all_keys_of(keys)),
-                      Packed(keys["req"], keys["tok"], keys["inflight"], keys["seen"], keys["brk"]),
+        return Mirror(limits, keys, constants, Packed(*constants),
+                      Packed(*(keys[kind] for kind in ("req", "tok", "inflight", "seen", "cool", "off", "brk"))),
+                      Packed(*(keys[kind] for kind in ("req", "tok", "inflight", "seen", "brk"))),
                       Packed(b"%d" % (limits.max_concurrency or 0)))
 
     def mirror(self, controller: Controller) -> Mirror:
@@ -171,19 +173,12 @@ class RedisStore(ControllerStore):
             found = self.mirrors[controller.name] = self._mirror(controller)
         return found
 
-    def _all_keys(self, m: Mirror) -> tuple[bytes, ...]:
-        return self._all_keys_of(m.keys)
-
-    @staticmethod
-    def _all_keys_of(k: dict[str, bytes]) -> tuple[bytes, ...]:
-        return k["req"], k["tok"], k["inflight"], k["seen"], k["cool"], k["off"], k["brk"]
-
     # --- admission ---------------------------------------------------------------------------------
 
     async def admit(self, controller: Controller, model: str, tokens: float) -> Admission:
         model = scope_of(controller, model)
         m = self.mirror(controller)
-        reply = await self.link.call("take", m.take_keys, (
+        reply = await self.link.call("take", m.all_keys, (
             self._now(), self._instance, model, m.packed_constants, _opt(tokens), m.concurrency, self._timing))
         ok, wait_ms, reason, probe, why, req, tok, total, fails, scope = reply
         now = self.clock()
@@ -368,7 +363,7 @@ class RedisStore(ControllerStore):
 
     async def views(self, controllers: Sequence[Controller]) -> dict[str, ControllerView]:
         mirrors = [self.mirror(controller) for controller in controllers]
-        replies = await asyncio.gather(*(self.link.call("view", self._all_keys(m), (
+        replies = await asyncio.gather(*(self.link.call("view", m.all_keys, (
             self._now(), *m.constants, b"%d" % HEARTBEAT_TTL_MS)) for m in mirrors))
         now = self.clock()
         return {controller.name: self._view(m, reply, now)

@@ -140,10 +140,10 @@ class RedisLink:
                 connection = self._connection
                 if connection is None or connection.closed:
                     connection = self._connection = await RespConnection.open(self._address)
-        shas = self._shas
-        commands = [pack(b"EVALSHA", shas[script], keys.arguments, keys, *args) if keys.__class__ is Packed
-                    else pack(b"EVALSHA", shas[script], len(keys), *keys, *args)
-                    for script, keys, args, _f, _c in batch]
+        commands = []
+        for script, keys, args, _f, _c in batch:
+            packed = keys if keys.__class__ is Packed else Packed(*keys)
+            commands.append(pack(b"EVALSHA", self._shas[script], packed.arguments, packed, *args))
         return list(await asyncio.gather(*connection.send(commands)))
 
     async def _load_scripts(self) -> None:

@@ -35,10 +35,9 @@ def pack(*parts: Any) -> bytes:
         if part.__class__ is Packed:
             out.append(part)
             count += part.arguments
-            continue
-        data = part if part.__class__ is bytes else str(part).encode()
-        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
-        count += 1
+        else:
+            out.append(bulk(part))
+            count += 1
     return b"*%d\r\n" % count + b"".join(out)
 
 

@@ -116,7 +116,7 @@ class BaseHandler(RequestHandler):
         origins = self.settings.get("cors_origins")
         if not origins:
             return
-        origin = self.request.headers.get("Origin")
+        origin = header(self.request.headers, "Origin")
         if "*" not in origins:
             headers["Vary"] = "Origin"  # the answer depends on it, whether or not it matches
             if origin is None or origin not in origins:
@@ -283,11 +283,11 @@ class BaseHandler(RequestHandler):
         self.set_status(204)
         if self.settings.get("cors_origins"):
             methods = list(self.methods)
-            asked_method = self.request.headers.get("Access-Control-Request-Method", "").strip().upper()
+            asked_method = header(self.request.headers, "Access-Control-Request-Method", "").strip().upper()
             if asked_method in _HTTP_METHODS and asked_method not in methods:
                 methods.append(asked_method)
             self.set_header("Access-Control-Allow-Methods", ", ".join(methods))
-            asked = self.request.headers.get("Access-Control-Request-Headers", "")
+            asked = header(self.request.headers, "Access-Control-Request-Headers", "")
             allowed = {"authorization", "content-type", "x-request-id"}
             allowed.update(h.strip().lower() for h in asked.split(",") if h.strip())
             self.set_header("Access-Control-Allow-Headers", ", ".join(sorted(allowed)))
