@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import hashlib
 import json
 import os
@@ -21,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,7 @@ ROUND = 20  # streams per round when direct and gateway streams alternate
 PAIRED_ROUNDS = {False: 15, True: 4}  # at least this many rounds side by side (full run, --quick): see paired()
 PAIRED_ROUND_SECONDS = 2
 PYTHON = sys.executable
+Server = tuple[subprocess.Popen[bytes], int]  # a started process and its port
 SCRIPTS = ROOT / "scripts"
 MESSAGES_2 = [{"role": "system", "content": "You are a helpful assistant."},
               {"role": "user", "content": "Say hello in one short sentence, please."}]
@@ -66,6 +69,15 @@ def start(cmd: list[str], core: int, log: Path | None = None, env: dict[str, str
     out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - the child owns it
     return subprocess.Popen(["taskset", "-c", str(core), *cmd], stdout=out, stderr=out,
                             env={**os.environ, **(env or {})}, cwd=cwd)
+
+
+def redis_server(databases: int = 1) -> Server:
+    """A Redis with no persistence on core 1 (with the load generator and the fake upstream)."""
+    port = free_port()
+    process = start(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                     "--databases", str(databases)], core=1)
+    wait_port(port)
+    return process, port
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
@@ -139,7 +151,7 @@ class Bench:
 
     def gateway(self, *extra: str, log: bool = False, limited: bool = False,
                 clients: list[dict[str, Any]] | None = None, checkout: tuple[Path, str] = (ROOT, PYTHON)
-                ) -> tuple[subprocess.Popen[bytes], int]:
+                ) -> Server:
         """A gateway with two controllers on the fast upstream; `checkout`: the source tree and the Python of
         another commit (see `compare`)."""
         port = free_port()
@@ -165,7 +177,7 @@ class Bench:
             raise RuntimeError(f"the gateway from {tree} did not start:\n{log_file.read_text()[-2000:]}") from None
         return process, port
 
-    def reference(self) -> tuple[subprocess.Popen[bytes], int]:
+    def reference(self) -> Server:
         port = free_port()
         process = start([PYTHON, str(SCRIPTS / "bench_reference.py"), str(port)], core=0)
         wait_port(port)
@@ -216,8 +228,11 @@ class Bench:
             self.results["o_twins"] = self.twins()
         return self.results
 
-    def paired(self, ports: dict[str, int], payload: dict[str, Any] | None = None, key: str = "") -> dict[str, float]:
-        """Throughput at c=32 of several servers running side by side, measured in alternating rounds,
+    def paired(self, servers: dict[str, Callable[[], Server] | int], payload: dict[str, Any] | None = None,
+               key: str = "") -> dict[str, float]:
+        """Throughput at c=32 of several servers side by side: each is the port of one already running, or a
+        function that starts one (started in turn, and stopped at the end, a failed start included). Measured
+        in alternating rounds,
         so that a slow moment of the machine does not land on one of them only; medians per server. Each
         round starts with the next server: three identical gateways measured always in the same order gave
         the first one ~10% more than the others. Many short rounds rather than a few long ones: with six
@@ -225,17 +240,29 @@ class Bench:
         quiet run (figure (o) measures it in every run). A server that answers any request with an error
         fails the figure: a fast refusal is not throughput."""
         payload = payload or body()
-        order = list(ports.items())
-        rounds = -(-PAIRED_ROUNDS[self.quick] // len(order)) * len(order)  # each server first equally often
-        seen: dict[str, list[float]] = {label: [] for label in ports}
-        errors = dict.fromkeys(ports, 0.0)
-        for port in ports.values():
-            wrk(port, payload, 32, 2, bearer=key)
-        for number in range(rounds):
-            for label, port in order[number % len(order):] + order[:number % len(order)]:
-                measured = wrk(port, payload, 32, PAIRED_ROUND_SECONDS, bearer=key)
-                seen[label].append(measured["rps"])
-                errors[label] += measured["errors"]
+        started: list[subprocess.Popen[bytes]] = []
+        order: list[tuple[str, int]] = []
+        try:
+            for label, server in servers.items():
+                if isinstance(server, int):
+                    order.append((label, server))
+                    continue
+                process, port = server()
+                started.append(process)
+                order.append((label, port))
+            rounds = -(-PAIRED_ROUNDS[self.quick] // len(order)) * len(order)  # each server first equally often
+            seen: dict[str, list[float]] = {label: [] for label in servers}
+            errors = dict.fromkeys(servers, 0.0)
+            for _, port in order:
+                wrk(port, payload, 32, 2, bearer=key)
+            for number in range(rounds):
+                for label, port in order[number % len(order):] + order[:number % len(order)]:
+                    measured = wrk(port, payload, 32, PAIRED_ROUND_SECONDS, bearer=key)
+                    seen[label].append(measured["rps"])
+                    errors[label] += measured["errors"]
+        finally:
+            for process in started:
+                stop(process)
         failing = {label: count for label, count in errors.items() if count}
         if failing:
             raise RuntimeError(f"non-2xx answers while measuring side by side: {failing}")
@@ -244,14 +271,7 @@ class Bench:
     def twins(self) -> dict[str, float]:
         """(o) The instrument itself: two identical gateways measured like (g), (h), (l) and (n). A ratio
         away from 1.00 is the machine's noise in this run, the margin to read those figures with."""
-        servers: list[tuple[subprocess.Popen[bytes], int]] = []
-        try:
-            for _ in range(2):
-                servers.append(self.gateway())  # one at a time: a failed second start still stops the first
-            figures = self.paired({"first": servers[0][1], "second": servers[1][1]})
-        finally:
-            for process, _ in servers:
-                stop(process)
+        figures = self.paired({"first": self.gateway, "second": self.gateway})
         figures["ratio"] = figures["second_rps"] / figures["first_rps"]
         return figures
 
@@ -262,11 +282,7 @@ class Bench:
 
     def against_reference(self, port: int, payload: dict[str, Any]) -> dict[str, float]:
         """The gateway on `port` and the bare Tornado handler side by side; `ratio` is gateway / Tornado."""
-        reference, ref_port = self.reference()
-        try:
-            figures = self.paired({"gateway": port, "reference": ref_port}, payload)
-        finally:
-            stop(reference)
+        figures = self.paired({"gateway": port, "reference": self.reference}, payload)
         figures["ratio"] = figures["gateway_rps"] / figures["reference_rps"]
         return figures
 
@@ -294,13 +310,7 @@ class Bench:
 
     def with_logs(self) -> dict[str, float]:
         """(b) with the access log on against the same gateway with it off."""
-        quiet, quiet_port = self.gateway()
-        logged, logged_port = self.gateway(log=True)
-        try:
-            figures = self.paired({"quiet": quiet_port, "logged": logged_port})
-        finally:
-            stop(quiet)
-            stop(logged)
+        figures = self.paired({"quiet": self.gateway, "logged": functools.partial(self.gateway, log=True)})
         figures["ratio_to_b"] = figures["logged_rps"] / figures["quiet_rps"]
         return figures
 
@@ -315,13 +325,8 @@ class Bench:
                  for number, key in enumerate(keys)]
         limited = [{**client, "rpm": 10_000_000, "tpm": 10_000_000_000,
                     "budget": {"tokens": 10**15, "period": "month"}} for client in plain]
-        gateways = {"no_clients": self.gateway(), "clients": self.gateway(clients=plain),
-                    "limited_clients": self.gateway(clients=limited)}
-        try:
-            figures = self.paired({label: port for label, (_, port) in gateways.items()}, key=keys[-1])
-        finally:
-            for process, _ in gateways.values():
-                stop(process)
+        figures = self.paired({"no_clients": self.gateway, "clients": functools.partial(self.gateway, clients=plain),
+                               "limited_clients": functools.partial(self.gateway, clients=limited)}, key=keys[-1])
         figures["ratio"] = figures["clients_rps"] / figures["no_clients_rps"]
         figures["limited_ratio"] = figures["limited_clients_rps"] / figures["no_clients_rps"]
         figures["clients_configured"] = count
@@ -337,18 +342,11 @@ class Bench:
 
     def with_redis(self) -> dict[str, float]:
         """(b) again with rpm/tpm limits, their buckets in memory and in Redis."""
-        redis_port = free_port()
-        redis = start(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
-                       "--appendonly", "no"], core=1)
-        wait_port(redis_port)
+        redis, redis_port = redis_server()
         try:
-            memory, memory_port = self.gateway(limited=True)
-            shared, shared_port = self.gateway("--redis-url", f"redis://127.0.0.1:{redis_port}/0", limited=True)
-            try:
-                figures = self.paired({"memory": memory_port, "redis": shared_port})
-            finally:
-                stop(memory)
-                stop(shared)
+            figures = self.paired({"memory": functools.partial(self.gateway, limited=True),
+                                   "redis": functools.partial(self.gateway, "--redis-url",
+                                                              f"redis://127.0.0.1:{redis_port}/0", limited=True)})
         finally:
             stop(redis)
         figures["ratio"] = figures["redis_rps"] / figures["memory_rps"]
@@ -496,16 +494,11 @@ class Bench:
                 raise RuntimeError(f"installing {revision} failed:\n{installed.stderr}")
             checkouts[revision] = (tree, str(venv / "bin" / "python"))
         figures: dict[str, Any] = {}
+        servers: dict[str, Callable[[], Server] | int] = {
+            label: functools.partial(self.gateway, checkout=checkout) for label, checkout in checkouts.items()}
+        servers["bare Tornado"] = self.reference
         for name, payload in (("b", body()), ("n", body(stream=True, events=5))):
-            servers: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
-            try:
-                for label, checkout in checkouts.items():
-                    servers[label] = self.gateway(checkout=checkout)
-                servers["bare Tornado"] = self.reference()
-                rps = self.paired({label: port for label, (_, port) in servers.items()}, payload)
-            finally:
-                for process, _ in servers.values():
-                    stop(process)
+            rps = self.paired(servers, payload)
             figures[name] = {label: {"rps": rps[f"{label}_rps"], "ratio": rps[f"{label}_rps"] / rps["bare Tornado_rps"]}
                              for label in checkouts}
         figures.update(self._compare_features(checkouts))
@@ -515,28 +508,21 @@ class Bench:
         """(g) and (h) of each checkout: its gateway with the access log (with Redis buckets) against its own
         gateway without (with buckets in memory), every gateway of every checkout in the same rounds. Each
         checkout's Redis gateways use a database of their own: key layouts differ between commits."""
-        redis_port = free_port()
-        redis = start(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
-                       "--appendonly", "no", "--databases", str(len(checkouts))], core=1)
-        wait_port(redis_port)
+        redis, redis_port = redis_server(databases=len(checkouts))
         figures: dict[str, Any] = {}
         try:
             for name in ("g", "h"):
-                servers: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
-                try:
-                    for number, (label, checkout) in enumerate(checkouts.items()):
-                        if name == "g":
-                            servers[f"{label} without"] = self.gateway(checkout=checkout)
-                            servers[f"{label} with"] = self.gateway(log=True, checkout=checkout)
-                        else:
-                            servers[f"{label} without"] = self.gateway(limited=True, checkout=checkout)
-                            servers[f"{label} with"] = self.gateway(
-                                "--redis-url", f"redis://127.0.0.1:{redis_port}/{number}", limited=True,
-                                checkout=checkout)
-                    rps = self.paired({label: port for label, (_, port) in servers.items()})
-                finally:
-                    for process, _ in servers.values():
-                        stop(process)
+                servers: dict[str, Callable[[], Server] | int] = {}
+                for number, (label, checkout) in enumerate(checkouts.items()):
+                    gateway = functools.partial(self.gateway, checkout=checkout)
+                    if name == "g":
+                        servers[f"{label} without"] = gateway
+                        servers[f"{label} with"] = functools.partial(gateway, log=True)
+                    else:
+                        servers[f"{label} without"] = functools.partial(gateway, limited=True)
+                        servers[f"{label} with"] = functools.partial(
+                            gateway, "--redis-url", f"redis://127.0.0.1:{redis_port}/{number}", limited=True)
+                rps = self.paired(servers)
                 figures[name] = {label: {"rps": rps[f"{label} with_rps"],
                                          "ratio": rps[f"{label} with_rps"] / rps[f"{label} without_rps"]}
                                  for label in checkouts}
