@@ -183,7 +183,7 @@ def test_the_state_file_is_written_atomically_and_an_unreadable_one_is_set_aside
         state.start()
         for _ in range(30):
             admission = await store.admit(plan, 10, period)
-            store.settle(ClientTicket(plan, 10, period, None, "gpt-4o"), Charge("gpt-4o", 10, 10, 4, 1, 6, 99))
+            store.settle(ClientTicket(plan, 10, period, None, "gpt-4o"), Charge.of("gpt-4o", 10, 10, 4, 1, 6, 99))
             assert admission.ok
         await asyncio.sleep(0.2)
         written = orjson.loads((tmp_path / "clients.json").read_bytes())  # the periodic write, whole

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from chatgpt_apiserver.clients.fallback import FallbackClientStore
 from chatgpt_apiserver.clients.local import LocalClientStore
 from chatgpt_apiserver.clients.redis import RedisClientStore
 from chatgpt_apiserver.clients.registry import plan_for
@@ -77,7 +78,7 @@ CASES = [
         (0.0, "admit", "m", 1, NOV, (True, "ok", 0)),
         (0.0, "admit", "m", 1, NOV, (True, "ok", 0)),
         (0.0, "admit", "m", 1, NOV, (False, "busy", INF)),
-        (0.0, "settle", 0, Charge("m", used=1)),
+        (0.0, "settle", 0, Charge.of("m", used=1)),
         (0.0, "admit", "m", 1, NOV, (True, "ok", 0)),
         (0.0, "view", NOV, {"in_flight": 2}),
     ]),
@@ -85,12 +86,12 @@ CASES = [
          spec(budget=Budget("month", tokens=100)), [
         (0.0, "admit", "m", 10, NOV, (True, "ok", 0)),
         (0.0, "admit", "m", 10, NOV, (True, "ok", 0)),
-        (0.0, "settle", 0, Charge("m", used=80, tokens=80, prompt=50, completion=30)),
+        (0.0, "settle", 0, Charge.of("m", used=80, tokens=80, prompt=50, completion=30)),
         (0.0, "admit", "m", 10, NOV, (True, "ok", 0)),
-        (0.0, "settle", 1, Charge("m", used=40, tokens=40, prompt=20, completion=20)),
+        (0.0, "settle", 1, Charge.of("m", used=40, tokens=40, prompt=20, completion=20)),
         (0.0, "view", NOV, {"spent": (120, 0)}),
         (0.0, "admit", "m", 10, NOV, (False, "budget", 0)),
-        (0.0, "settle", 2, Charge("m", used=5, tokens=5, prompt=5)),  # admitted before: it still counts
+        (0.0, "settle", 2, Charge.of("m", used=5, tokens=5, prompt=5)),  # admitted before: it still counts
         (0.0, "view", NOV, {"spent": (125, 0), "in_flight": 0}),
         (1.0, "admit", "m", 10, DEC, (True, "ok", 0)),
         (1.0, "view", DEC, {"spent": (0, 0), "usage": {"m": [3, 0, 75, 0, 50, 0]}}),
@@ -99,12 +100,12 @@ CASES = [
          spec(budget=Budget("month", usd=1.0)), [
         (0.0, "admit", "m", 10, NOV, (True, "ok", 0)),
         (0.0, "admit", "m", 10, NOV, (True, "ok", 0)),
-        (0.0, "settle", 0, Charge("m", used=10, tokens=10, nano=999_999_999)),
+        (0.0, "settle", 0, Charge.of("m", used=10, tokens=10, nano=999_999_999)),
         (0.0, "admit", "m", 10, NOV, (True, "ok", 0)),
-        (0.0, "settle", 2, Charge("m", used=10, tokens=10, nano=1)),
+        (0.0, "settle", 2, Charge.of("m", used=10, tokens=10, nano=1)),
         (0.0, "admit", "m", 10, NOV, (False, "budget", 0)),
         (1.0, "admit", "m", 10, DEC, (True, "ok", 0)),
-        (1.0, "settle", 1, Charge("m", used=10, tokens=10, nano=500_000_000)),  # admitted in November
+        (1.0, "settle", 1, Charge.of("m", used=10, tokens=10, nano=500_000_000)),  # admitted in November
         (1.0, "view", DEC, {"spent": (0, 0)}),
         (1.0, "admit", "m", 10, DEC, (True, "ok", 0)),
     ]),
@@ -112,18 +113,18 @@ CASES = [
          spec(limits=RateLimit(tpm=600)), [
         (0.0, "admit", "m", 500, NOV, (True, "ok", 0, {"t": 100})),
         (0.0, "admit", "m", 100, NOV, (True, "ok", 0, {"t": 0})),
-        (0.0, "settle", 0, Charge("m", used=200, tokens=200)),
+        (0.0, "settle", 0, Charge.of("m", used=200, tokens=200)),
         (0.0, "view", NOV, {"levels": {"t": 300}}),
-        (0.0, "settle", 1, Charge("m", used=None)),
+        (0.0, "settle", 1, Charge.of("m", used=None)),
         (0.0, "view", NOV, {"levels": {"t": 300}, "in_flight": 0}),
         (0.0, "admit", "m", 300, NOV, (True, "ok", 0, {"t": 0})),
-        (0.0, "settle", 2, Charge("m", used=1000, tokens=1000)),  # used more than reserved: lower still
+        (0.0, "settle", 2, Charge.of("m", used=1000, tokens=1000)),  # used more than reserved: lower still
         (0.0, "view", NOV, {"levels": {"t": -700}}),
         (10.0, "admit", "m", 1, NOV, (False, "tokens", 601.0 / 10)),
     ]),
     Case("C5 usage rows per model, past MAX_LABELS under other", spec(), [
         *[(0.0, "admit", f"model-{i}", 1, NOV, (True, "ok", 0)) for i in range(MAX_LABELS + 2)],
-        *[(0.0, "settle", i, Charge(f"model-{i}", used=1, errors=i % 2, prompt=2, cached=1, completion=3,
+        *[(0.0, "settle", i, Charge.of(f"model-{i}", used=1, errors=i % 2, prompt=2, cached=1, completion=3,
                                     nano=7)) for i in range(MAX_LABELS + 2)],
         (0.0, "view", NOV, {"usage": {"model-0": [1, 0, 2, 1, 3, 7], "model-1": [1, 1, 2, 1, 3, 7],
                                        "other": [3, 2, 6, 3, 9, 21]}, "rows": MAX_LABELS}),
@@ -235,3 +236,23 @@ def test_budget_periods_are_utc_calendar_periods(kind: str, wall: float, name: s
     got_name, got_end = period_of(kind, wall)
     assert got_name == name
     assert datetime.fromtimestamp(got_end, UTC).strftime("%Y-%m-%d %H:%M:%S") == f"{end} 00:00:00"
+
+
+def test_an_admission_made_while_redis_is_away_leaves_the_local_stores_shared_one_alone() -> None:
+    # A client with no limits is admitted by one shared, never-changed admission. The fallback store answers
+    # for the local store while Redis is away and names it in the admission: in an admission of its own.
+    async def run() -> None:
+        local = LocalClientStore(Clock())
+        link = RedisLink("redis://127.0.0.1:1/0", "crules-away", 0.2)  # never started: Redis is away
+        fallback = FallbackClientStore(RedisClientStore(link), local, "local")
+        plan = plan_for(spec())
+        fallback.configure([plan])
+        away = await fallback.admit(plan, 1, Period("", 0.0))
+        assert away.ok and away.store is local
+        plain = local.admit_now(plan, 1, Period("", 0.0))
+        assert plain.ok and plain.store is None
+        assert local.held("team") == 2
+        fallback.settle(ClientTicket(plan, 1, Period("", 0.0), away.store, "m"), Charge.of("m", used=1, prompt=1))
+        assert local.held("team") == 1 and fallback.pending  # carried over to Redis when it is back
+
+    asyncio.run(run())

@@ -47,7 +47,7 @@ class FallbackClientStore(ClientStore):
         for (name, period, end, label), row in pending.items():
             plan = self.plans.get(name)
             if plan is not None:
-                self.redis.add(plan, Period(period, end), Charge(
+                self.redis.add(plan, Period(period, end), Charge.of(
                     label, None, tokens=row[6], prompt=row[2], cached=row[3], completion=row[4], nano=row[5],
                     requests=row[0], errors=row[1]))
         if pending:
@@ -65,8 +65,8 @@ class FallbackClientStore(ClientStore):
         if known is not None:
             self.local.seed_spent(plan.name, *known)
         admission = self.local.admit_now(plan, tokens, period)
-        admission.store = self.local
-        return admission
+        return ClientAdmission(admission.ok, admission.reason, admission.wait, admission.levels, admission.spent,
+                               self.local)  # (the local store's admissions may be shared)
 
     def settle(self, ticket: ClientTicket, charge: Charge) -> None:
         store = ticket.store or self.redis

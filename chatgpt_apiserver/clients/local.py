@@ -8,13 +8,12 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from operator import add
 from typing import Any, Optional
 
 from ..state.buckets import TokenBucket
 from .rules import BUDGET, BUSY, REQUEST_KINDS, over_budget
 from .store import (
-    MAX_LABELS,
+    ADMITTED,
     USAGE_FIELDS,
     Charge,
     ClientAdmission,
@@ -23,9 +22,8 @@ from .store import (
     ClientView,
     Period,
     Plan,
+    add_row,
 )
-
-OTHER = "other"
 
 
 class _Bucket:
@@ -61,14 +59,6 @@ class LocalClient:
         self.spent_tokens += tokens
         self.spent_nano += nano
 
-    def count(self, label: str, row: Sequence[int]) -> None:
-        """C5: add a usage row (past MAX_LABELS models, under "other")."""
-        counts = self.usage.get(label)
-        if counts is None:
-            if len(self.usage) >= MAX_LABELS - (OTHER not in self.usage):
-                label = OTHER
-            counts = self.usage.setdefault(label, [0] * len(USAGE_FIELDS))
-        counts[:] = map(add, counts, row)
 
 
 class LocalClientStore(ClientStore):
@@ -122,7 +112,7 @@ class LocalClientStore(ClientStore):
         client = self._client(plan.name)
         if not plan.limited:  # nothing to check: only counted in flight
             client.in_flight += 1
-            return ClientAdmission(True)
+            return ADMITTED
         now = self.clock()
         buckets = [self._bucket(client, rule.field, rule.rate, rule.capacity, now) for rule in plan.buckets]
         levels = tuple(bucket.refill(now) for bucket in buckets)
@@ -154,7 +144,8 @@ class LocalClientStore(ClientStore):
         client = self.clients.get(plan.name)
         if client is None:
             return  # removed by a reload while this request ran, and nothing else held
-        client.in_flight = max(0, client.in_flight - 1)
+        if client.in_flight:
+            client.in_flight -= 1
         if charge.used is not None and plan.buckets:
             now = self.clock()
             delta = ticket.reserved - charge.used
@@ -167,7 +158,7 @@ class LocalClientStore(ClientStore):
                         held.bucket.take(-delta, now)
         if plan.period and ticket.period.name:
             client.spend(ticket.period.name, charge.tokens, charge.nano)
-        client.count(charge.label, charge.row)
+        add_row(client.usage, charge.label, charge.row)
         self.dirty = True
 
     def add(self, name: str, period: str, label: str, row: Sequence[int], tokens: int) -> None:
@@ -175,7 +166,7 @@ class LocalClientStore(ClientStore):
         client = self._client(name)
         if period:
             client.spend(period, tokens, row[5])
-        client.count(label, row)
+        add_row(client.usage, label, row)
         self.dirty = True
 
     def seed_spent(self, name: str, period: str, tokens: int, nano: int) -> None:

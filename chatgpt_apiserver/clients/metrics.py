@@ -4,19 +4,17 @@ only, never keys). Prometheus sums instances; `GET /admin/clients` shows the sto
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from operator import add
 from typing import TYPE_CHECKING
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .store import MAX_LABELS, USAGE_FIELDS, Charge
+from .store import Charge, add_row
 
 if TYPE_CHECKING:
     from .registry import Client
 
 PREFIX = "chatgpt_apiserver_client"
-OTHER = "other"
 
 
 class Tally:
@@ -31,13 +29,7 @@ class Tally:
         rows = self.usage.get(client)
         if rows is None:
             rows = self.usage[client] = {}
-        label = charge.label
-        row = rows.get(label)
-        if row is None:
-            if len(rows) >= MAX_LABELS - (OTHER not in rows):
-                label = OTHER
-            row = rows.setdefault(label, [0] * len(USAGE_FIELDS))
-        row[:] = map(add, row, charge.row)
+        add_row(rows, charge.label, charge.row)
 
     def refused(self, client: str, reason: str) -> None:
         """A request refused by the client's own limits (reason: model, budget, busy, requests, tokens, ...)."""

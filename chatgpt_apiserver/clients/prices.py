@@ -48,9 +48,11 @@ class PriceTable:
     def nano(price: Price, usage: Usage) -> int:
         """The cost of `usage` in nano-dollars: uncached prompt, cached prompt and completion tokens at
         their prices (a price per million tokens is that many thousand nano-dollars per token)."""
-        cached = min(usage.cached, usage.prompt)
-        cached_price = price.cached_input if price.cached_input is not None else price.input
-        # Endpoints that report only a total (some embeddings) count it as prompt tokens.
-        prompt = usage.prompt if usage.prompt or usage.completion else usage.tokens
-        return round(((prompt - cached) * price.input + cached * cached_price + usage.completion * price.output)
-                     * 1000)
+        prompt, completion, cached = usage.prompt, usage.completion, usage.cached
+        cached = min(cached, prompt)
+        if not (prompt or completion):
+            prompt = usage.tokens  # endpoints that report only a total (some embeddings): prompt tokens
+        cached_price = price.cached_input
+        if cached_price is None:
+            cached_price = price.input
+        return round(((prompt - cached) * price.input + cached * cached_price + completion * price.output) * 1000)

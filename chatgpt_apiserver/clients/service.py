@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -22,7 +22,17 @@ from .metrics import Tally
 from .prices import PriceTable
 from .registry import Client, Registry, queue_bound
 from .rules import BUDGET, BUSY, MODEL_REQUESTS, MODEL_TOKENS, REQUESTS, left_of, period_of
-from .store import NO_PERIOD, USAGE_FIELDS, Charge, ClientAdmission, ClientStore, ClientTicket, Period
+from .store import (
+    NO_HEADERS,
+    NO_PERIOD,
+    USAGE_FIELDS,
+    Charge,
+    ClientAdmission,
+    ClientStore,
+    ClientTicket,
+    Period,
+    Plan,
+)
 
 if TYPE_CHECKING:
     from ..config.settings import Settings
@@ -101,6 +111,23 @@ class Clients:
 
         `takes_model`: the endpoint's request names a model (one that names none is left to the upstream's
         default, which an allow-list cannot vouch for); False for follow-ups routed by the id they name."""
+        plan, period = self._plan(client, model, takes_model)
+        try:
+            admission = await self.store.admit(plan, tokens, period)
+        except StoreUnavailable:
+            raise ApiError(503, "The shared client state (Redis) is unavailable; retry shortly.",
+                           code="shared_state_unavailable", headers={"Retry-After": "1"}) from None
+        return self._ticket(client, plan, period, admission, model, label, tokens)
+
+    def admit_now(self, client: Client, model: str, label: str, tokens: float,
+                  takes_model: bool = True) -> Optional[ClientTicket]:
+        """`admit` without a coroutine when the store decides at once (in this process); None: use `admit`."""
+        plan, period = self._plan(client, model, takes_model)
+        admission = self.store.admit_now(plan, tokens, period)
+        return None if admission is None else self._ticket(client, plan, period, admission, model, label, tokens)
+
+    def _plan(self, client: Client, model: str, takes_model: bool) -> tuple[Plan, Period]:
+        """The plan and budget period that admit this request, after the client's model allow-list."""
         spec = client.spec
         if spec.models is not None and (model not in spec.models if model else takes_model):
             self.tally.refused(client.name, "model")
@@ -111,16 +138,15 @@ class Clients:
                            f"({allowed}); name one in 'model'.", type="permission_error", param="model",
                            code="model_not_allowed")
         plan = client.plan(model)
-        period = self.period(plan.period)
-        try:
-            admission = await self.store.admit(plan, tokens, period)
-        except StoreUnavailable:
-            raise ApiError(503, "The shared client state (Redis) is unavailable; retry shortly.",
-                           code="shared_state_unavailable", headers={"Retry-After": "1"}) from None
+        return plan, self.period(plan.period) if plan.period else NO_PERIOD
+
+    def _ticket(self, client: Client, plan: Plan, period: Period, admission: ClientAdmission, model: str, label: str,
+                tokens: float) -> ClientTicket:
+        """The ticket of an admission, or the client's refusal raised."""
         if plan.period:
             self.seen_spent[client.name] = (period.name, *admission.spent)
         headers = rate_limit_headers(left_of(plan.buckets, admission.levels, True),
-                                     left_of(plan.buckets, admission.levels, False)) if plan.buckets else {}
+                                     left_of(plan.buckets, admission.levels, False)) if plan.buckets else NO_HEADERS
         if not admission.ok:
             if client.name in self.registry.by_name:  # (not when a reload removed it meanwhile)
                 self.tally.refused(client.name, admission.reason)
@@ -141,7 +167,7 @@ class Clients:
         return rate_limit_headers(left_of(plan.buckets, levels, True), left_of(plan.buckets, levels, False))
 
     def _refusal(self, client: Client, admission: ClientAdmission, period: Period, model: str, tokens: float,
-                 headers: dict[str, str]) -> ApiError:
+                 headers: Mapping[str, str]) -> ApiError:
         name, reason = client.name, admission.reason
         if reason == BUDGET:
             budget = client.spec.budget
@@ -185,15 +211,17 @@ class Clients:
         ticket.settled = True
         label = ticket.label
         if usage is None:
-            charge = Charge(label, used, errors=int(error))
+            charge = Charge(label, used, 0, (1, int(error), 0, 0, 0, 0))
         else:
             price = self.prices.find(label, *models)
             priced = self.priced
             if len(priced) < MAX_PRICED or label in priced:
                 priced[label] = price is not None
             prompt = usage.prompt
-            charge = Charge(label, used, usage.tokens, prompt, min(usage.cached, prompt), usage.completion,
-                            PriceTable.nano(price, usage) if price is not None else 0, 1, int(error))
+            cached = usage.cached
+            charge = Charge(label, used, usage.tokens, (
+                1, int(error), prompt, cached if cached < prompt else prompt, usage.completion,
+                PriceTable.nano(price, usage) if price is not None else 0))
         self.store.settle(ticket, charge)
         name = ticket.plan.name
         if name not in self.registry.by_name:

@@ -8,8 +8,9 @@ period (C3) and its usage per model (C5), by the rules of `rules.py`. `local.py`
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Optional
 
 from .rules import OK, REQUEST_KINDS, BucketRule
@@ -17,6 +18,7 @@ from .rules import OK, REQUEST_KINDS, BucketRule
 # A usage row: requests, errors, prompt tokens, cached prompt tokens, completion tokens, cost in nano-dollars.
 USAGE_FIELDS = ("requests", "errors", "prompt", "cached", "completion", "nano")
 MAX_LABELS = 64  # usage rows kept per client: the models it uses, then "other"
+OTHER = "other"
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,11 +31,11 @@ class Plan:
     period: str = ""  # "day" or "month"; "" : no budget
     budget_tokens: Optional[int] = None
     budget_nano: Optional[int] = None
+    # Whether admitting involves any check (buckets, concurrency or a budget), not only counting.
+    limited: bool = field(init=False)
 
-    @property
-    def limited(self) -> bool:
-        """Whether admitting involves any check (buckets, concurrency or a budget), not only counting."""
-        return bool(self.buckets or self.max_concurrency or self.period)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "limited", bool(self.buckets or self.max_concurrency or self.period))
 
     def amounts(self, tokens: float) -> tuple[float, ...]:
         """C1: what an admission of `tokens` takes from each bucket."""
@@ -63,6 +65,7 @@ class ClientAdmission:
     store: Optional[ClientStore] = None  # the store that admitted it, when a fallback store chose one
 
 
+ADMITTED = ClientAdmission(True)  # shared by every admission without levels: never changed
 @dataclass(slots=True)
 class Charge:
     """What a finished request adds to its client's state (C5)."""
@@ -70,17 +73,36 @@ class Charge:
     label: str  # the model, its route for calls that name none, or "other"
     used: Optional[float] = None  # tokens to settle the reservation against (None: unknown, keep it)
     tokens: int = 0  # what the budget counts: the answer's total
-    prompt: int = 0
-    cached: int = 0
-    completion: int = 0
-    nano: int = 0  # cost in nano-dollars
-    requests: int = 1
-    errors: int = 0
+    row: tuple[int, int, int, int, int, int] = (1, 0, 0, 0, 0, 0)  # the usage row it adds (USAGE_FIELDS)
+
+    @classmethod
+    def of(cls, label: str, used: Optional[float] = None, tokens: int = 0, prompt: int = 0, cached: int = 0,
+           completion: int = 0, nano: int = 0, requests: int = 1, errors: int = 0) -> Charge:
+        """A charge from its usage row's fields by name."""
+        return cls(label, used, tokens, (requests, errors, prompt, cached, completion, nano))
 
     @property
-    def row(self) -> tuple[int, int, int, int, int, int]:
-        """The usage row this charge adds (USAGE_FIELDS)."""
-        return self.requests, self.errors, self.prompt, self.cached, self.completion, self.nano
+    def nano(self) -> int:
+        """Its cost in nano-dollars."""
+        return self.row[5]
+
+
+def add_row(rows: dict[str, list[int]], label: str, row: Sequence[int]) -> None:
+    """Add a usage row under `label` (rule C5: past MAX_LABELS labels, under "other")."""
+    counts = rows.get(label)
+    if counts is None:
+        if len(rows) >= MAX_LABELS - (OTHER not in rows):
+            label = OTHER
+        counts = rows.setdefault(label, [0, 0, 0, 0, 0, 0])
+    counts[0] += row[0]  # (unrolled: a third of the instructions of a map over the six)
+    counts[1] += row[1]
+    counts[2] += row[2]
+    counts[3] += row[3]
+    counts[4] += row[4]
+    counts[5] += row[5]
+
+
+NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 
 
 @dataclass(slots=True)
@@ -92,7 +114,7 @@ class ClientTicket:
     period: Period
     store: Optional[ClientStore] = None
     label: str = ""  # the usage row it counts in
-    headers: dict[str, str] = field(default_factory=dict)  # x-ratelimit-* (rule C6)
+    headers: Mapping[str, str] = field(default_factory=lambda: NO_HEADERS)  # x-ratelimit-* (rule C6)
     settled: bool = False
 
 
@@ -125,6 +147,10 @@ class ClientStore(ABC):
     @abstractmethod
     async def admit(self, plan: Plan, tokens: float, period: Period) -> ClientAdmission:
         """C1-C4, atomically: take a slot and each bucket's amount, or refuse with the reason and wait."""
+
+    def admit_now(self, plan: Plan, tokens: float, period: Period) -> Optional[ClientAdmission]:
+        """`admit` without a coroutine, from a store that never waits on I/O; None: this one may, use `admit`."""
+        return None
 
     @abstractmethod
     def settle(self, ticket: ClientTicket, charge: Charge) -> None:

@@ -209,9 +209,13 @@ class EndpointHandler(BaseHandler):
         """The client's own admission (before any controller is asked); its refusal is raised as the answer."""
         client, call = self.client, self._call
         assert client is not None and call is not None
-        self._ticket = await self.gateway.clients.admit(client, call.model, call.label, tokens,
-                                                        call.endpoint.model_field is not None)
-        self._headers.update(self._ticket.headers)  # x-ratelimit-*: numbers and durations only
+        clients, takes_model = self.gateway.clients, call.endpoint.model_field is not None
+        ticket = clients.admit_now(client, call.model, call.label, tokens, takes_model)
+        if ticket is None:
+            ticket = await clients.admit(client, call.model, call.label, tokens, takes_model)
+        self._ticket = ticket
+        if ticket.headers:
+            self._headers.update(ticket.headers)  # x-ratelimit-*: numbers and durations only
 
     def _account(self, usage: Optional[Usage]) -> None:
         self._usage = usage
