@@ -19,7 +19,15 @@ from chatgpt_apiserver.clients.local import LocalClientStore
 from chatgpt_apiserver.clients.redis import RedisClientStore
 from chatgpt_apiserver.clients.registry import plan_for
 from chatgpt_apiserver.clients.rules import Left, left_of, period_of
-from chatgpt_apiserver.clients.store import MAX_LABELS, Charge, ClientStore, ClientTicket, Period
+from chatgpt_apiserver.clients.store import (
+    ADMITTED,
+    MAX_LABELS,
+    Charge,
+    ClientAdmission,
+    ClientStore,
+    ClientTicket,
+    Period,
+)
 from chatgpt_apiserver.config.clients import Budget, ClientSpec, RateLimit
 from chatgpt_apiserver.state.redis_link import RedisLink
 
@@ -243,16 +251,28 @@ def test_an_admission_made_while_redis_is_away_leaves_the_local_stores_shared_on
     # for the local store while Redis is away and names it in the admission: in an admission of its own.
     async def run() -> None:
         local = LocalClientStore(Clock())
-        link = RedisLink("redis://127.0.0.1:1/0", "crules-away", 0.2)  # never started: Redis is away
+        link = RedisLink("redis://127.0.0.1:1/0", "crules-away", 0.2)  # never started
         fallback = FallbackClientStore(RedisClientStore(link), local, "local")
+        link.went_down(ConnectionError("refused"))  # Redis is away
         plan = plan_for(spec())
         fallback.configure([plan])
         away = await fallback.admit(plan, 1, Period("", 0.0))
-        assert away.ok and away.store is local
+        assert away.ok and away.store is local and away is not ADMITTED
         plain = local.admit_now(plan, 1, Period("", 0.0))
-        assert plain.ok and plain.store is None
+        assert plain.ok and plain.store is None and ClientAdmission(True) == ADMITTED
         assert local.held("team") == 2
         fallback.settle(ClientTicket(plan, 1, Period("", 0.0), away.store, "m"), Charge.of("m", used=1, prompt=1))
         assert local.held("team") == 1 and fallback.pending  # carried over to Redis when it is back
 
     asyncio.run(run())
+
+
+def test_a_short_usage_row_from_an_older_state_file_is_padded_and_keeps_counting() -> None:
+    store = LocalClientStore(Clock())
+    store.restore({"team": {"usage": {"m": [1, 0, 2, 0, 3]}}}, 0.0)
+    plan = plan_for(spec())
+    store.configure([plan])
+    ticket = ClientTicket(plan, 1, Period("", 0.0), None, "m")
+    assert store.admit_now(plan, 1, Period("", 0.0)).ok
+    store.settle(ticket, Charge.of("m", used=4, tokens=4, prompt=1, completion=3, nano=7))
+    assert store.clients["team"].usage == {"m": [2, 0, 3, 0, 6, 7]}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 
 from ..state.store import StoreUnavailable
 from .local import LocalClientStore
@@ -65,8 +66,7 @@ class FallbackClientStore(ClientStore):
         if known is not None:
             self.local.seed_spent(plan.name, *known)
         admission = self.local.admit_now(plan, tokens, period)
-        return ClientAdmission(admission.ok, admission.reason, admission.wait, admission.levels, admission.spent,
-                               self.local)  # (the local store's admissions may be shared)
+        return replace(admission, store=self.local)  # (a copy: the local store's admissions may be shared)
 
     def settle(self, ticket: ClientTicket, charge: Charge) -> None:
         store = ticket.store or self.redis

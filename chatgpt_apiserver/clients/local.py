@@ -60,9 +60,10 @@ class LocalClient:
         self.spent_nano += nano
 
 
-
 class LocalClientStore(ClientStore):
     """Client state in this process. `fraction` scales every limit (1/N while Redis is away)."""
+
+    decides_now = True
 
     def __init__(self, clock: Callable[[], float] = time.monotonic, fraction: float = 1.0) -> None:
         self.clock = clock
@@ -216,7 +217,8 @@ class LocalClientStore(ClientStore):
             client = self._client(name)
             client.period = str(data.get("period", ""))
             client.spent_tokens, client.spent_nano = (int(value) for value in data.get("spent", (0, 0)))
-            client.usage = {str(label): [int(value) for value in row][:len(USAGE_FIELDS)]
+            width = len(USAGE_FIELDS)  # a shorter row (an older file) gets zeros for the fields it lacks
+            client.usage = {str(label): ([int(value) for value in row] + [0] * width)[:width]
                             for label, row in data.get("usage", {}).items()}
             # A bucket refills from empty to full in one minute: that much of its fill has come back.
             client.saved = {str(field): min(1.0, float(fill) + max(0.0, elapsed) / 60)

@@ -1,7 +1,8 @@
 """The gateway's clients: who is calling, whether they may make this request now, and what they used.
 
-Handlers call `find` on the headers, `admit` once the call is read (before any controller is asked), and
-`settle` when the answer is over. A refusal is an `ApiError` in OpenAI's shape, naming the client's limit.
+Handlers call `find` on the headers, `admit_now` (else `admit`, for a store that waits on Redis) once the
+call is read (before any controller is asked), and `settle` when the answer is over. A refusal is an
+`ApiError` in OpenAI's shape, naming the client's limit.
 """
 
 from __future__ import annotations
@@ -122,6 +123,8 @@ class Clients:
     def admit_now(self, client: Client, model: str, label: str, tokens: float,
                   takes_model: bool = True) -> Optional[ClientTicket]:
         """`admit` without a coroutine when the store decides at once (in this process); None: use `admit`."""
+        if not self.store.decides_now:
+            return None
         plan, period = self._plan(client, model, takes_model)
         admission = self.store.admit_now(plan, tokens, period)
         return None if admission is None else self._ticket(client, plan, period, admission, model, label, tokens)

@@ -65,7 +65,11 @@ class ClientAdmission:
     store: Optional[ClientStore] = None  # the store that admitted it, when a fallback store chose one
 
 
-ADMITTED = ClientAdmission(True)  # shared by every admission without levels: never changed
+# Shared by the local store's admissions of clients without limits: never changed (a store that names
+# itself in an admission makes one of its own).
+ADMITTED = ClientAdmission(True)
+
+
 @dataclass(slots=True)
 class Charge:
     """What a finished request adds to its client's state (C5)."""
@@ -148,8 +152,10 @@ class ClientStore(ABC):
     async def admit(self, plan: Plan, tokens: float, period: Period) -> ClientAdmission:
         """C1-C4, atomically: take a slot and each bucket's amount, or refuse with the reason and wait."""
 
+    decides_now = False  # whether `admit_now` answers (the store never waits on I/O)
+
     def admit_now(self, plan: Plan, tokens: float, period: Period) -> Optional[ClientAdmission]:
-        """`admit` without a coroutine, from a store that never waits on I/O; None: this one may, use `admit`."""
+        """`admit` without a coroutine, from a store that `decides_now`; None from the others."""
         return None
 
     @abstractmethod
