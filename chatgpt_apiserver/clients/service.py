@@ -126,8 +126,7 @@ class Clients:
         if not self.store.decides_now:
             return None
         plan, period = self._plan(client, model, takes_model)
-        admission = self.store.admit_now(plan, tokens, period)
-        return None if admission is None else self._ticket(client, plan, period, admission, model, label, tokens)
+        return self._ticket(client, plan, period, self.store.admit_now(plan, tokens, period), model, label, tokens)
 
     def _plan(self, client: Client, model: str, takes_model: bool) -> tuple[Plan, Period]:
         """The plan and budget period that admit this request, after the client's model allow-list."""

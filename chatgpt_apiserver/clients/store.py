@@ -32,7 +32,7 @@ class Plan:
     budget_tokens: Optional[int] = None
     budget_nano: Optional[int] = None
     # Whether admitting involves any check (buckets, concurrency or a budget), not only counting.
-    limited: bool = field(init=False)
+    limited: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "limited", bool(self.buckets or self.max_concurrency or self.period))
@@ -152,11 +152,11 @@ class ClientStore(ABC):
     async def admit(self, plan: Plan, tokens: float, period: Period) -> ClientAdmission:
         """C1-C4, atomically: take a slot and each bucket's amount, or refuse with the reason and wait."""
 
-    decides_now = False  # whether `admit_now` answers (the store never waits on I/O)
+    decides_now = False  # whether the store offers `admit_now` (it never waits on I/O)
 
-    def admit_now(self, plan: Plan, tokens: float, period: Period) -> Optional[ClientAdmission]:
-        """`admit` without a coroutine, from a store that `decides_now`; None from the others."""
-        return None
+    def admit_now(self, plan: Plan, tokens: float, period: Period) -> ClientAdmission:
+        """`admit` without a coroutine; only a store that `decides_now` has it."""
+        raise NotImplementedError(f"{type(self).__name__} admits through `admit`")
 
     @abstractmethod
     def settle(self, ticket: ClientTicket, charge: Charge) -> None:
