@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 import time
+from collections.abc import Iterator
 
 import pytest
 
 from chatgpt_apiserver.transport.client import Transport
+from chatgpt_apiserver.transport.connection import Connection
 from chatgpt_apiserver.transport.http1 import Http1Client
 from chatgpt_apiserver.transport.reply import UpstreamError
 
@@ -150,3 +153,45 @@ def test_connection_refused(loop_thread: LoopThread) -> None:
     with pytest.raises(UpstreamError, match=r"cannot connect to the upstream \(Connection refused\)") as caught:
         loop_thread.run(fetch(client))
     assert caught.value.kind == "connection" and client.pool.open == 0
+
+
+def live_connections() -> int:
+    return sum(1 for thing in gc.get_objects() if isinstance(thing, Connection))
+
+
+@pytest.fixture
+def no_cyclic_collector() -> Iterator[None]:
+    """Only reference counting frees objects meanwhile (it is process-wide: the loop thread's too)."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+@pytest.mark.usefixtures("no_cyclic_collector")
+def test_closed_connections_are_freed_without_the_cyclic_collector(raw: RawUpstream, loop_thread: LoopThread) -> None:
+    # A closed connection still referred to from its parser's callbacks, its whole-body timer or its last
+    # error's traceback is a reference cycle: a burst of long streams left thousands of them in the collector's
+    # oldest generation, which CPython collects rarely.
+    raw.cue(OK, OK, CLOSE_AT_REQUEST, CLOSE_AT_REQUEST)
+    client = client_for(raw, keepalive_timeout=0.2)
+
+    async def scenario() -> list[object]:
+        seen: list[object] = [(await fetch(client))[0]]
+        while client.pool.open:
+            await asyncio.sleep(0.02)  # the reaper closes it
+        seen.append((await fetch(client))[0])
+        try:
+            await fetch(client)  # the upstream closes the connection (twice)
+        except UpstreamError as error:
+            seen.append(error.kind)
+        client.close()
+        await asyncio.sleep(0.1)  # the closes reach connection_lost
+        return seen
+
+    before = live_connections()
+    assert loop_thread.run(asyncio.wait_for(scenario(), 10)) == [200, 200, "connection"]
+    assert connections(raw) == [1, 2, 2, 3]
+    assert live_connections() == before

@@ -173,6 +173,7 @@ class Pool:
 
     def _discard(self, connection: Connection) -> None:
         connection.close()
+        connection.forget()
         self._closed_one()
 
     def _closed_one(self) -> None:
