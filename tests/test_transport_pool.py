@@ -1,4 +1,5 @@
-"""The keep-alive pool: reuse, the idle-timeout race, the reaper, waiting for a connection, timeouts."""
+"""The keep-alive pool: reuse, the idle-timeout race, the reaper, waiting for a connection, timeouts, and
+closed connections freed by reference counting."""
 
 from __future__ import annotations
 
@@ -6,17 +7,21 @@ import asyncio
 import gc
 import socket
 import time
+import weakref
 from collections.abc import Iterator
 
 import pytest
 
+from chatgpt_apiserver.transport import pool as pool_module
 from chatgpt_apiserver.transport.client import Transport
 from chatgpt_apiserver.transport.connection import Connection
 from chatgpt_apiserver.transport.http1 import Http1Client
 from chatgpt_apiserver.transport.reply import UpstreamError
 
-from .harness import LoopThread
-from .raw_upstream import CHAT, HELLO, OK, RawUpstream, Script, answer, client_for, fetch, head
+from .fake_proxy import FakeProxy
+from .fake_upstream import FakeUpstream
+from .harness import LoopThread, Stack
+from .raw_upstream import CHAT, HELLO, OK, SSE_HEAD, RawUpstream, Script, answer, chunk, client_for, fetch, head, sse
 
 CLOSE_AT_REQUEST = Script((), close=True)  # the upstream closes the connection as the request arrives
 
@@ -155,43 +160,110 @@ def test_connection_refused(loop_thread: LoopThread) -> None:
     assert caught.value.kind == "connection" and client.pool.open == 0
 
 
-def live_connections() -> int:
-    return sum(1 for thing in gc.get_objects() if isinstance(thing, Connection))
+
+class TrackedConnections:
+    """Weak references to every connection the pools open meanwhile."""
+
+    def __init__(self) -> None:
+        self.refs: list[weakref.ref[Connection]] = []
+
+    @property
+    def alive(self) -> int:
+        return sum(1 for ref in self.refs if ref() is not None)
 
 
 @pytest.fixture
-def no_cyclic_collector() -> Iterator[None]:
-    """Only reference counting frees objects meanwhile (it is process-wide: the loop thread's too)."""
+def tracked(monkeypatch: pytest.MonkeyPatch) -> Iterator[TrackedConnections]:
+    """The connections opened during the test, with only reference counting to free them: the cyclic
+    collector is off meanwhile (process-wide, so the loop thread's too)."""
+    seen = TrackedConnections()
+
+    class Tracked(Connection):
+        def __init__(self, idle_timeout: float) -> None:
+            super().__init__(idle_timeout)
+            seen.refs.append(weakref.ref(self))
+
+    monkeypatch.setattr(pool_module, "Connection", Tracked)
     gc.collect()
     gc.disable()
     try:
-        yield
+        yield seen
     finally:
         gc.enable()
 
 
-@pytest.mark.usefixtures("no_cyclic_collector")
-def test_closed_connections_are_freed_without_the_cyclic_collector(raw: RawUpstream, loop_thread: LoopThread) -> None:
-    # A closed connection still referred to from its parser's callbacks, its whole-body timer or its last
-    # error's traceback is a reference cycle: a burst of long streams left thousands of them in the collector's
-    # oldest generation, which CPython collects rarely.
+# A closed connection still referred to from its parser's callbacks, its transport, its whole-body timer or its
+# last error's traceback is a reference cycle: a burst of long streams left thousands of them in the collector's
+# oldest generation, which CPython collects rarely.
+
+def test_closed_connections_are_freed_without_the_cyclic_collector(
+        raw: RawUpstream, loop_thread: LoopThread, tracked: TrackedConnections) -> None:
     raw.cue(OK, OK, CLOSE_AT_REQUEST, CLOSE_AT_REQUEST)
     client = client_for(raw, keepalive_timeout=0.2)
 
     async def scenario() -> list[object]:
-        seen: list[object] = [(await fetch(client))[0]]
-        while client.pool.open:
-            await asyncio.sleep(0.02)  # the reaper closes it
-        seen.append((await fetch(client))[0])
         try:
-            await fetch(client)  # the upstream closes the connection (twice)
-        except UpstreamError as error:
-            seen.append(error.kind)
-        client.close()
+            seen: list[object] = [(await fetch(client))[0]]
+            while client.pool.open:
+                await asyncio.sleep(0.02)  # the reaper closes it
+            seen.append((await fetch(client))[0])
+            try:
+                await fetch(client)  # the upstream closes the connection (twice)
+            except UpstreamError as error:
+                seen.append(error.kind)
+        finally:
+            client.close()
         await asyncio.sleep(0.1)  # the closes reach connection_lost
         return seen
 
-    before = live_connections()
     assert loop_thread.run(asyncio.wait_for(scenario(), 10)) == [200, 200, "connection"]
     assert connections(raw) == [1, 2, 2, 3]
-    assert live_connections() == before
+    assert len(tracked.refs) == 3 and tracked.alive == 0
+
+
+def test_a_read_waiting_when_its_reply_is_closed_ends_at_once(raw: RawUpstream, loop_thread: LoopThread) -> None:
+    # The pool drops a discarded connection's error, but not while a read still waits for it.
+    raw.cue(Script((SSE_HEAD + chunk(sse(b"1")),), hang=True))
+    client = client_for(raw, idle_timeout=5.0)
+
+    async def scenario() -> tuple[str, float]:
+        reply = await client.request(CHAT)
+        await reply.read_chunk()
+        reading = asyncio.ensure_future(reply.read_chunk())  # waits for the next event, which never comes
+        await asyncio.sleep(0.05)
+        started = time.monotonic()
+        reply.close()  # another task gives the answer up
+        try:
+            await reading
+        except UpstreamError as error:
+            return error.kind, time.monotonic() - started
+        finally:
+            client.close()
+        return "read", time.monotonic() - started
+
+    kind, took = loop_thread.run(scenario())
+    assert kind == "connection" and took < 2.5  # not the 5 s idle timeout
+
+
+@pytest.mark.parametrize("through_proxy", [False, True], ids=["direct", "proxy"])
+def test_closed_tls_connections_are_freed_without_the_cyclic_collector(
+        stack: Stack, tls_upstream: FakeUpstream, tracked: TrackedConnections, through_proxy: bool) -> None:
+    # uvloop's TLS transport keeps its protocol after the close: the connection must let go of it.
+    proxy = FakeProxy()
+    stack.loop.run(proxy.start())
+    client = Http1Client(f"https://127.0.0.1:{tls_upstream.port}/v1", [("Authorization", "Bearer sk-tls")],
+                         Transport(), proxy_url=proxy.url if through_proxy else None)
+
+    async def scenario() -> list[int]:
+        try:
+            return [(await fetch(client))[0] for _ in range(2)]
+        finally:
+            client.close()
+            await asyncio.sleep(0.3)  # the TLS close reaches connection_lost
+
+    try:
+        assert stack.loop.run(scenario()) == [200, 200]
+    finally:
+        stack.loop.run(proxy.stop())
+    assert [passed.method for passed in proxy.seen] == (["CONNECT"] if through_proxy else [])
+    assert len(tracked.refs) == 1 and tracked.alive == 0

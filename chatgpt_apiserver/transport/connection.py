@@ -367,19 +367,23 @@ class Connection(asyncio.BufferedProtocol):
                 and not self._extra and not self.until_close)
 
     def detach(self) -> None:
-        """Give the connection a parser that holds nothing of it, once nothing more will be parsed.
+        """Once closed, let go of what points back to the connection: its parser (which holds its callbacks)
+        and its transport (uvloop's TLS transport keeps its protocol after the close).
 
-        The parser holds the connection's callbacks, and so the connection: without this, every closed
-        connection would be a reference cycle that only the cyclic collector frees. A burst of 5,000 streams
-        left 5,000 of them, ~70,000 objects, in the oldest generation, which CPython collects rarely.
+        Were either kept, every closed connection would be a reference cycle that only the cyclic collector
+        frees: a burst of 5,000 streams left 5,000 of them, ~70,000 objects, in the oldest generation, which
+        CPython collects rarely.
         """
         self.parser = httptools.HttpResponseParser(_NO_CALLBACKS)
+        self.transport = None
 
     def forget(self) -> None:
-        """Drop the last answer's error once the pool lets the connection go. A raised error's traceback leads
-        back to the connection (a frame's local): kept, the two would be a cycle for the cyclic collector."""
-        self.error = None
-        self.head = None
+        """Drop the last answer's error, and the head future that holds it too, once the pool lets the
+        connection go. A raised error's traceback leads back to the connection (a frame's local): kept, the two
+        would be a cycle. Not while a read still waits on the connection: it is owed that error."""
+        if self._waiter is None:
+            self.error = None
+            self.head = None
 
     def close(self) -> None:
         """Drop the connection."""
