@@ -160,7 +160,6 @@ def test_connection_refused(loop_thread: LoopThread) -> None:
     assert caught.value.kind == "connection" and client.pool.open == 0
 
 
-
 class TrackedConnections:
     """Weak references to every connection the pools open meanwhile."""
 

@@ -22,6 +22,8 @@ def embeddings_answer(count: int, dimensions: int = 1536) -> bytes:
                 "input_tokens_details": {"cached_tokens": 0}}}, Usage(9, 4, 0, 13)),
     ({"type": "response.completed", "response": {"usage": {"input_tokens": 2, "output_tokens": 3}}}, Usage(2, 3)),
     ({"usage": {"prompt_tokens": 812, "total_tokens": 812}}, Usage(812, 0, 0, 812)),
+    ({"usage": {"prompt_tokens": 4, "completion_tokens": 1,  # more cached than prompt: at most the prompt
+                "prompt_tokens_details": {"cached_tokens": 9}}}, Usage(4, 1, 4)),
     ({"usage": {"type": "duration", "seconds": 4}}, None),  # a transcription billed by time: no tokens
     ({"usage": None}, None),
     ({"choices": []}, None),

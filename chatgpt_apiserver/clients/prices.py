@@ -48,8 +48,7 @@ class PriceTable:
     def nano(price: Price, usage: Usage) -> int:
         """The cost of `usage` in nano-dollars: uncached prompt, cached prompt and completion tokens at
         their prices (a price per million tokens is that many thousand nano-dollars per token)."""
-        prompt, completion = usage.prompt, usage.completion
-        cached = min(usage.cached, prompt)
+        prompt, completion, cached = usage.prompt, usage.completion, usage.cached
         if not (prompt or completion):
             prompt = usage.tokens  # endpoints that report only a total (some embeddings): prompt tokens
         cached_price = price.cached_input

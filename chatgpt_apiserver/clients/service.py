@@ -219,10 +219,8 @@ class Clients:
             priced = self.priced
             if len(priced) < MAX_PRICED or label in priced:
                 priced[label] = price is not None
-            prompt = usage.prompt
-            cached = usage.cached
             charge = Charge(label, used, usage.tokens, (
-                1, int(error), prompt, cached if cached < prompt else prompt, usage.completion,
+                1, int(error), usage.prompt, usage.cached, usage.completion,
                 PriceTable.nano(price, usage) if price is not None else 0))
         self.store.settle(ticket, charge)
         name = ticket.plan.name

@@ -18,7 +18,7 @@ class Usage:
 
     prompt: int = 0
     completion: int = 0
-    cached: int = 0  # prompt tokens served from the cache
+    cached: int = 0  # prompt tokens served from the cache (never more than `prompt`: see usage_from)
     total: Optional[int] = None
 
     @property
@@ -38,7 +38,7 @@ def usage_from(usage: Any) -> Optional[Usage]:
     prompt = _int(usage.get("prompt_tokens", usage.get("input_tokens")))
     completion = _int(usage.get("completion_tokens", usage.get("output_tokens")))
     details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details")
-    cached = _int(details.get("cached_tokens")) if isinstance(details, dict) else 0
+    cached = min(_int(details.get("cached_tokens")), prompt) if isinstance(details, dict) else 0
     total = usage.get("total_tokens")
     if not prompt and not completion and not isinstance(total, int):
         return None

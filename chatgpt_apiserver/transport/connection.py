@@ -29,7 +29,7 @@ def malformed(detail: str) -> UpstreamError:
     return UpstreamError("protocol", f"the upstream sent a malformed HTTP response ({detail})")
 
 
-_NO_CALLBACKS = object()  # what a closed connection's parser calls back: nothing (see Connection.detach)
+_NO_CALLBACKS = object()  # what a closed connection's parser calls back: nothing (see Connection._detach)
 
 
 class _AfterTheAnswer(Exception):
@@ -126,7 +126,7 @@ class Connection(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Optional[Exception]) -> None:
         self.closed = True
-        self.detach()
+        self._detach()
         if self.head is not None and not self.complete:
             if self.until_close and not self._in_head:
                 self.complete = True  # a close-delimited body ends here
@@ -366,7 +366,7 @@ class Connection(asyncio.BufferedProtocol):
         return (self.complete and self.keep_alive and self.error is None and not self.closed
                 and not self._extra and not self.until_close)
 
-    def detach(self) -> None:
+    def _detach(self) -> None:
         """Once closed, let go of what points back to the connection: its parser (which holds its callbacks)
         and its transport (uvloop's TLS transport keeps its protocol after the close).
 
