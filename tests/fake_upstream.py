@@ -121,7 +121,7 @@ class ChatHandler(RequestHandler):
         payload = orjson.loads(self.request.body) if self.request.body else {}
         model = payload.get("model", "unknown")
         cue = fake.model_cues.get(model) or fake.next_cue()
-        n = payload.get("n") or 1
+        n = int(payload.get("n") or 1)  # 2.0 is an integer to OpenAI, as to the gateway's validation
         if await follow_common_cue(self, cue):
             return
         if cue.mode == "malformed":

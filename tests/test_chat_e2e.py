@@ -131,12 +131,13 @@ def test_n_greater_than_one(stack: Stack) -> None:
     assert fake.chat_requests[0].json["n"] == 3
 
 
+@pytest.mark.parametrize("whole", [int, float])  # 2.0 is an integer to OpenAI's schema, and to the mock
 @pytest.mark.parametrize("stream", [False, True])
-def test_mock_controller_honours_n_and_max_tokens(stack: Stack, stream: bool) -> None:
+def test_mock_controller_honours_n_and_max_tokens(stack: Stack, stream: bool, whole: type) -> None:
     stack.gateway({"controllers": [{"type": "mock", "config": {"tokens_per_second": 1000, "first_token_delay": 0}}]})
     c = client(stack)
     if not stream:
-        answer = c.chat.completions.create(model="any", messages=MESSAGES, n=2, max_tokens=4)
+        answer = c.chat.completions.create(model="any", messages=MESSAGES, n=whole(2), max_tokens=whole(4))
         assert len(answer.choices) == 2
         assert len(answer.choices[0].message.content.split()) == 4  # type: ignore[union-attr]
         assert answer.choices[0].finish_reason == "length"
@@ -144,7 +145,7 @@ def test_mock_controller_honours_n_and_max_tokens(stack: Stack, stream: bool) ->
         return
     texts: dict[int, str] = {0: "", 1: ""}
     usage = None
-    for event in c.chat.completions.create(model="any", messages=MESSAGES, n=2, max_tokens=3, stream=True,
+    for event in c.chat.completions.create(model="any", messages=MESSAGES, n=whole(2), max_tokens=whole(3), stream=True,
                                            stream_options={"include_usage": True}):
         for choice in event.choices:
             texts[choice.index] += choice.delta.content or ""

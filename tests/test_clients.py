@@ -97,6 +97,17 @@ def test_a_clients_tpm_counts_the_reservation_then_the_usage_and_streams_carry_t
     assert len(fake.chat_requests) == 4
 
 
+@pytest.mark.parametrize("whole", [int, float])
+def test_the_reservation_counts_every_choice_however_the_integers_are_written(stack: Stack, api: Api,
+                                                                             whole: type) -> None:
+    """n=2 (or 2.0: an integer to OpenAI's schema) reserves max_tokens twice; reading 2.0 as no count would
+    let a client reserve a fraction of what it asks for."""
+    fake = stack.fake()
+    start(stack, [{"name": "writer", "key": "writer-key", "tpm": 1000}], fake)
+    raw = chat(api("writer-key"), n=whole(2), max_tokens=whole(300))
+    assert 330 <= int(raw.headers["x-ratelimit-remaining-tokens"]) <= 400  # 2 x 300, plus a quarter of the body
+
+
 def test_models_is_an_allow_list_and_model_limits_are_limits_of_their_own(stack: Stack, api: Api) -> None:
     fake = stack.fake(model_ids=("gpt-4o", "gpt-4o-mini", "o3"))
     start(stack, [{"name": "notebooks", "key": "nb-key", "models": ["gpt-4o", "gpt-4o-mini"],

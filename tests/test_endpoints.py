@@ -255,6 +255,16 @@ def test_the_model_may_be_left_out_where_openais_schema_allows_it(stack: Stack) 
     assert status == 400 and orjson.loads(body)["error"]["param"] == "model"
 
 
+@pytest.mark.parametrize(("payload", "allowance"), [
+    ({"n": 2, "max_tokens": 700}, 1400), ({"n": 2.0, "max_tokens": 700.0}, 1400),
+    ({"max_completion_tokens": 50.0, "max_tokens": 700}, 50), ({"n": True, "max_tokens": 0}, 4096),
+    ({"n": 1.5, "max_tokens": "700"}, 4096), ({}, 4096)])
+def test_a_chat_reservation_reads_counts_as_the_schema_does(payload: dict[str, Any], allowance: int) -> None:
+    from chatgpt_apiserver.endpoints.catalog import estimate_chat
+
+    assert estimate_chat(payload, 400, 4096) == 100 + allowance
+
+
 def test_the_catalogue_requires_the_model_exactly_where_the_schema_does() -> None:
     from importlib import resources
 

@@ -32,6 +32,17 @@ def test_text_endpoints(sdk: Any) -> None:
     assert sdk.models.retrieve("gpt-4o-mini").id == "gpt-4o-mini"  # the README's examples work in the demo
 
 
+def test_whole_number_floats_count_as_the_integers_they_are(sdk: Any) -> None:
+    """Validation passes 2.0 where the schema says integer, as OpenAI does; the mock then reads it as 2."""
+    texts = sdk.completions.create(model="gpt-4o-mini", prompt="hi", n=2.0, max_tokens=3.0)
+    assert len(texts.choices) == 2 and len(texts.choices[0].text.split()) == 3
+    assert texts.choices[0].finish_reason == "length"
+    vectors = sdk.embeddings.create(model="text-embedding-3-small", input="a", dimensions=8.0, encoding_format="float")
+    assert len(vectors.data[0].embedding) == 8
+    answer = sdk.responses.create(model="gpt-4o-mini", input="hello", max_output_tokens=16.0)  # (the least)
+    assert len(answer.output_text.split()) == 16
+
+
 def test_responses_and_their_follow_ups(sdk: Any) -> None:
     made = sdk.responses.create(model="gpt-4o-mini", input="hello")
     assert made.output_text and made.usage.total_tokens

@@ -17,6 +17,7 @@ import orjson
 from ..call import Call
 from ..config.controllers import ControllerSpec
 from ..endpoints.base import Endpoint
+from ..endpoints.catalog import first_count
 from ..transport.reply import Reply
 from . import mock_answers as answers
 from .base import Controller
@@ -99,8 +100,8 @@ class MockController(Controller):
         return endpoint.route in SERVED
 
     def _tokens(self, payload: dict[str, Any], *fields: str) -> tuple[list[str], str]:
-        limit = next((payload[f] for f in fields if isinstance(payload.get(f), int)), None) or self.default_max
-        count = min(limit, len(self.words)) if limit > 0 else 1
+        limit = first_count(payload, *fields) or self.default_max
+        count = min(limit, len(self.words))
         finish = "length" if limit < len(self.words) else "stop"
         return self.words[:count], finish
 
@@ -126,7 +127,7 @@ class MockController(Controller):
 
     async def _chat(self, call: Call) -> Reply:
         payload = call.payload
-        n = payload.get("n") or 1
+        n = first_count(payload, "n") or 1
         tokens, finish = self._tokens(payload, "max_completion_tokens", "max_tokens")
         usage = self._usage(estimate_prompt_tokens(payload), len(tokens) * n)
         ident = "chatcmpl-mock-" + call.request_id
@@ -145,12 +146,12 @@ class MockController(Controller):
 
     async def _completions(self, call: Call) -> Reply:
         payload = call.payload
-        n = payload.get("n") or 1
-        tokens, _finish = self._tokens(payload, "max_tokens")
+        n = first_count(payload, "n") or 1
+        tokens, finish = self._tokens(payload, "max_tokens")
         usage = self._usage(max(1, len(str(payload.get("prompt", ""))) // 4), len(tokens) * n)
         if not call.stream:
             await asyncio.sleep(self.first_delay + len(tokens) / self.rate)
-            return _json(answers.completion(call.model, "".join(tokens).rstrip(), n, usage))
+            return _json(answers.completion(call.model, "".join(tokens).rstrip(), n, usage, finish))
         options = payload.get("stream_options") or {}
         wants_usage = options.get("include_usage") or call.inject_usage
 
@@ -160,7 +161,7 @@ class MockController(Controller):
             for token in tokens:
                 yield answers.completion_chunk(ident, call.model, token, n)
                 await asyncio.sleep(1.0 / self.rate)
-            yield answers.completion_chunk(ident, call.model, "", n, "stop")
+            yield answers.completion_chunk(ident, call.model, "", n, finish)
             if wants_usage:
                 yield b"data: " + orjson.dumps({"id": ident, "object": "text_completion", "model": call.model,
                                                 "choices": [], "usage": usage}) + b"\n\n"

@@ -14,6 +14,8 @@ from typing import Any, Optional
 
 import orjson
 
+from ..endpoints.catalog import first_count
+
 STORED = 1000  # responses and conversations a mock remembers
 ITEMS = 1000  # items a mock keeps per conversation, and per stored response's input
 
@@ -45,8 +47,8 @@ def embeddings(payload: dict[str, Any]) -> dict[str, Any]:
     """An embeddings list: one vector per input (strings, or token arrays)."""
     raw = payload.get("input")
     inputs: list[Any] = raw if isinstance(raw, list) and raw and not isinstance(raw[0], int) else [raw]
-    asked = payload.get("dimensions")
-    dimensions = asked if isinstance(asked, int) and 0 < asked <= 8192 else 1536
+    asked = first_count(payload, "dimensions")
+    dimensions = asked if asked is not None and asked <= 8192 else 1536
     data = [{"object": "embedding", "index": i, "embedding": embedding(str(item), dimensions)}
             for i, item in enumerate(inputs)]
     tokens = sum(max(1, len(str(item)) // 4) if not isinstance(item, list) else len(item) for item in inputs)
@@ -65,10 +67,10 @@ def moderation(payload: dict[str, Any]) -> dict[str, Any]:
             "results": [result] * count}
 
 
-def completion(model: str, text: str, n: int, usage: dict[str, int]) -> dict[str, Any]:
+def completion(model: str, text: str, n: int, usage: dict[str, int], finish: str = "stop") -> dict[str, Any]:
     """A legacy text completion."""
     return {"id": _id("cmpl"), "object": "text_completion", "created": int(time.time()), "model": model,
-            "choices": [{"text": text, "index": i, "logprobs": None, "finish_reason": "stop"} for i in range(n)],
+            "choices": [{"text": text, "index": i, "logprobs": None, "finish_reason": finish} for i in range(n)],
             "usage": usage}
 
 

@@ -2,40 +2,37 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 from .base import Body, Endpoint, Streams
+from .checks import whole_number
 
 
-def _allowance(payload: dict[str, Any], default: int, *fields: str) -> int:
+def first_count(payload: dict[str, Any], *fields: str) -> Optional[int]:
+    """The first of `fields` that holds a positive whole number (`2` or `2.0`), or None."""
     for name in fields:
         value = payload.get(name)
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value
-    return default
-
-
-def _choices(payload: dict[str, Any], *fields: str) -> int:
-    for name in fields:
-        value = payload.get(name)
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value
-    return 1
+        if value is not None:
+            count = whole_number(value)
+            if count is not None and count > 0:
+                return count
+    return None
 
 
 def estimate_chat(payload: dict[str, Any], size: int, default: int) -> float:
     """A quarter of the body's bytes plus the answer's allowance per choice."""
-    return size / 4 + _allowance(payload, default, "max_completion_tokens", "max_tokens") * _choices(payload, "n")
+    allowance = first_count(payload, "max_completion_tokens", "max_tokens") or default
+    return size / 4 + allowance * (first_count(payload, "n") or 1)
 
 
 def estimate_completion(payload: dict[str, Any], size: int, default: int) -> float:
     """Legacy completions: the prompt, plus max_tokens per choice (best_of of them are generated)."""
-    return size / 4 + _allowance(payload, default, "max_tokens") * _choices(payload, "best_of", "n")
+    return size / 4 + (first_count(payload, "max_tokens") or default) * (first_count(payload, "best_of", "n") or 1)
 
 
 def estimate_response(payload: dict[str, Any], size: int, default: int) -> float:
     """Responses: the input, plus max_output_tokens."""
-    return size / 4 + _allowance(payload, default, "max_output_tokens")
+    return size / 4 + (first_count(payload, "max_output_tokens") or default)
 
 
 def estimate_input(payload: dict[str, Any], size: int, default: int) -> float:

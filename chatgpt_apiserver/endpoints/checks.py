@@ -28,12 +28,23 @@ def json_type(value: Any) -> str:
     if isinstance(value, int):
         return "integer"
     if isinstance(value, float):
-        return "integer" if value.is_integer() else "number"
+        return "integer" if whole_number(value) is not None else "number"
     if isinstance(value, dict):
         return "object"
     if isinstance(value, list):
         return "array"
     return "null" if value is None else "unknown"
+
+
+def whole_number(value: Any) -> Optional[int]:
+    """`value` as an int where JSON Schema calls it an integer (`2` and `2.0` alike), else None.
+
+    Validation lets `2.0` through wherever OpenAI's schema says integer, so whatever reads such a field after
+    validation reads it through here."""
+    kind = type(value)  # (exactly: a bool is no integer)
+    if kind is int:
+        return value  # type: ignore[no-any-return]
+    return int(value) if kind is float and value.is_integer() else None
 
 
 def meet(one: Optional[frozenset[str]], other: Optional[frozenset[str]]) -> Optional[frozenset[str]]:

@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 import voluptuous as vol
 
-from ..endpoints.checks import shown
+from ..endpoints.checks import shown, whole_number
 from ..endpoints.validation import api_error
 from ..errors import invalid_request
 
@@ -35,15 +35,11 @@ def _number(low: float, high: float) -> Callable[[Any], Any]:
     return check
 
 
-def _is_integer(value: Any) -> bool:
-    return (isinstance(value, int) and not isinstance(value, bool)) or (isinstance(value, float) and value.is_integer())
-
-
 def _integer(low: float = float("-inf"), high: float = float("inf")) -> Callable[[Any], Any]:
     def check(value: Any) -> Any:
         if value is None:
             return value
-        if not _is_integer(value):
+        if whole_number(value) is None:
             raise vol.Invalid("must be an integer")
         if not low <= value <= high:
             raise vol.Invalid(f"must be between {low:g} and {high:g}, got {value}")
@@ -133,7 +129,7 @@ def _logit_bias(value: Any) -> Any:
     if not isinstance(value, dict):
         raise vol.Invalid("must be an object mapping token ids to integers")
     for key, bias in value.items():
-        if bias is not None and not _is_integer(bias):
+        if bias is not None and whole_number(bias) is None:
             raise vol.Invalid("must be an integer", path=[key])
     return value
 
