@@ -1,6 +1,6 @@
 """Packaging for chatgpt-apiserver."""
 
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, setup
 
 setup(
     name="chatgpt-apiserver",
@@ -9,8 +9,9 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
-    packages=find_packages(include=["chatgpt_apiserver", "chatgpt_apiserver.*"]),
-    package_data={"chatgpt_apiserver.web": ["static/*.html"],
+    # Namespace packages too: web/static holds only the status page, and is a package for its data.
+    packages=find_namespace_packages(include=["chatgpt_apiserver", "chatgpt_apiserver.*"], exclude=["*.__pycache__"]),
+    package_data={"chatgpt_apiserver.web.static": ["*.html"],
                   "chatgpt_apiserver.endpoints": ["openai-endpoint-schemas.json"],
                   "chatgpt_apiserver.clients": ["prices.json"]},
     include_package_data=True,

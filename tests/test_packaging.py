@@ -1,4 +1,4 @@
-"""The systemd unit, the Dockerfile, and the status page in a real browser."""
+"""The wheel, the systemd unit, the Dockerfile, and the status page in a real browser."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import zipfile
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -25,6 +26,26 @@ from .test_process import clean_env, free_port, wait_for_port
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "etc" / "systemd" / "chatgpt-apiserver.service"
 ARTIFACTS = ROOT / "test-artifacts"
+DATA = ("chatgpt_apiserver/web/static/status.html", "chatgpt_apiserver/endpoints/openai-endpoint-schemas.json",
+        "chatgpt_apiserver/clients/prices.json")  # read at run time: a non-editable install needs them
+
+
+def test_the_wheel_carries_every_data_file_and_builds_without_a_warning(tmp_path: Path) -> None:
+    source = tmp_path / "source"  # a copy: pip builds in the tree it is given
+    source.mkdir()
+    for name in ("setup.py", "README.md", "MANIFEST.in"):
+        shutil.copy(ROOT / name, source / name)
+    shutil.copytree(ROOT / "chatgpt_apiserver", source / "chatgpt_apiserver",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--disable-pip-version-check",
+                            "-w", str(tmp_path / "wheel"), str(source)], capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr[-3000:]
+    output = built.stdout + built.stderr
+    assert not re.search(r"\w+Warning\b", output), output[-3000:]  # (setuptools' warnings, not pip's notices)
+    names = set(zipfile.ZipFile(next((tmp_path / "wheel").glob("*.whl"))).namelist())
+    assert set(DATA) <= names and not any("__pycache__" in name for name in names)
+    modules = {name for name in names if name.endswith(".py")}
+    assert modules == {str(path.relative_to(ROOT)) for path in (ROOT / "chatgpt_apiserver").rglob("*.py")}
 
 
 def unit_settings() -> dict[str, list[str]]:
