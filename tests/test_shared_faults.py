@@ -205,6 +205,48 @@ def test_a_redis_flap_hands_out_no_fresh_burst(stack: Stack, redis_server: Redis
     assert len(fake.chat_requests) <= 8  # 6, plus at most one a 10 s refill allows on each side
 
 
+def test_a_slot_taken_while_redis_was_away_is_held_there_when_it_returns(stack: Stack,
+                                                                         redis_server: RedisServer) -> None:
+    fake = stack.fake("one")
+    config = shared_config(redis_server, [openai_controller(fake, max_concurrency=1)], redis_timeout=0.2,
+                           redis_fallback="local")
+    instances = Instances(stack)
+    try:
+        stack.gateway(config, "--max-queue-wait", "30")
+        other = instances.start(config, "--max-queue-wait", "30")
+        stores = [stack.running.gateway.store, other.gateway.store]  # type: ignore[union-attr]
+        redis_server.stop()
+        fake.cue(Cue(delay=6))  # the request taken from the local fallback holds the only slot 6 s
+        ended: dict[str, float] = {}
+
+        def ask(port: int, label: str) -> None:
+            status, _, body = post(port)
+            assert status == 200, body
+            ended[label] = time.monotonic()
+
+        holder = threading.Thread(target=ask, args=(stack.port, "local"))
+        holder.start()
+        deadline = time.monotonic() + 10
+        while not fake.chat_requests and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert fake.chat_requests and not stores[0].redis.available  # type: ignore[attr-defined]
+        redis_server.start()
+        while not all(store.redis.available for store in stores) and time.monotonic() < deadline:  # type: ignore[attr-defined]
+            time.sleep(0.05)
+        assert "local" not in ended, "Redis came back too late for the test: the slot was already free"
+        time.sleep(0.3)  # the resuming instance's slot count is sent without waiting
+        assert redis_server.command("HGET", "chatgpt-apiserver:{one}:inflight",
+                                    stack.running.gateway.store.redis.link.instance  # type: ignore[union-attr]
+                                    ) == b"$1\r\n1\r\n"
+        ask(other.port, "other")  # waits for the slot the first instance still holds
+        holder.join(30)
+        assert ended["other"] >= ended["local"], "both instances ran a request on the only slot at once"
+        time.sleep(0.3)
+        assert redis_server.command("HLEN", "chatgpt-apiserver:{one}:inflight") == b":0\r\n"  # both freed there
+    finally:
+        instances.close()
+
+
 def test_a_failing_model_leaves_other_models_served_at_once(stack: Stack) -> None:
     fakes = [stack.fake(name) for name in ("a", "b")]
     for fake in fakes:

@@ -2,8 +2,9 @@
 
 `local`: each instance falls back to a local store holding 1/N of every limit (N: the instances whose
 heartbeats it last saw), starting from the last levels Redis reported, scaled to 1/N, so a flapping Redis
-hands out no fresh burst. When Redis answers again, this instance's slot counts are restored there and
-the local levels (times N) are carried back: a level is only ever lowered by that. `refuse`: while Redis
+hands out no fresh burst. When Redis answers again, this instance's slot counts are restored there, the
+slots it took locally meanwhile and still holds included (they are freed there too, as they end), and the
+local levels (times N) are carried back: a level is only ever lowered by that. `refuse`: while Redis
 is away, admissions raise `StoreUnavailable`, which the scheduler answers with 503.
 """
 
@@ -33,6 +34,9 @@ class FallbackStore(ControllerStore):
         self.local = local
         self.mode = mode  # "local" or "refuse"
         self.controllers: list[Controller] = []
+        # Slots the local store took while Redis was away, per controller, that Redis was told of on its
+        # return: each is freed in both stores as it ends.
+        self.adopted: dict[str, int] = {}
         redis.link.on_change = self._changed
 
     @property
@@ -70,6 +74,11 @@ class FallbackStore(ControllerStore):
         for controller in self.controllers:
             requests, tokens = self.local.levels(controller)
             levels[controller.name] = (_times(requests, instances), _times(tokens, instances))
+            name = controller.name
+            taken = self.local.held(controller) - self.adopted.get(name, 0)  # not yet known to Redis
+            if taken > 0:
+                self.redis.adopt(controller, taken)
+                self.adopted[name] = self.adopted.get(name, 0) + taken
         self.redis.resume(self.controllers, levels)
 
     async def admit(self, controller: Controller, model: str, tokens: float) -> Admission:
@@ -86,7 +95,16 @@ class FallbackStore(ControllerStore):
     def release(self, ticket: Ticket, used_tokens: Optional[float], rate: Optional[RateHeaders],
                 rate_age: float) -> None:
         store = ticket.store or self.redis
-        if store is self.redis and not self.redis.available:
+        if store is self.local:
+            name = ticket.controller.name
+            adopted = self.adopted.get(name, 0)
+            if adopted:  # taken while Redis was away, and held there since it came back
+                if adopted > 1:
+                    self.adopted[name] = adopted - 1
+                else:
+                    del self.adopted[name]
+                self.redis.release(ticket, used_tokens, rate, rate_age)
+        elif not self.redis.available:
             self.redis.release(ticket, used_tokens, rate, rate_age)  # keeps the mirror's counts right
             return
         store.release(ticket, used_tokens, rate, rate_age)
@@ -114,7 +132,7 @@ class FallbackStore(ControllerStore):
         return self.active.in_flight(controller)
 
     def held(self, controller: Controller) -> int:
-        return self.redis.held(controller) + self.local.held(controller)
+        return self.redis.held(controller) + self.local.held(controller) - self.adopted.get(controller.name, 0)
 
     def headroom(self, controller: Controller) -> float:
         return self.active.headroom(controller)

@@ -432,6 +432,13 @@ class RedisStore(ControllerStore):
             except Exception as error:
                 log.debug("refreshing the Redis mirror failed: %s", type(error).__name__)
 
+    def adopt(self, controller: Controller, slots: int) -> None:
+        """Count `slots` another store took for `controller` as this instance's (see `resume`); each is
+        released here like one of its own."""
+        m = self.mirror(controller)
+        m.held += slots
+        m.in_flight += slots
+
     def resume(self, controllers: Sequence[Controller], levels: dict[str, tuple[Optional[float], Optional[float]]]
                ) -> None:
         """Redis is back: restore this instance's slot counts and carry the levels over (never raising one)."""
