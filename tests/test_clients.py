@@ -108,6 +108,17 @@ def test_the_reservation_counts_every_choice_however_the_integers_are_written(st
     assert 330 <= int(raw.headers["x-ratelimit-remaining-tokens"]) <= 400  # 2 x 300, plus a quarter of the body
 
 
+def test_an_enormous_max_tokens_is_settled_back_exactly(stack: Stack, api: Api) -> None:
+    """A reservation of 10**29 would take the bucket far below zero; giving nearly all of it back in float
+    arithmetic would then land on 0, not on the capacity less what was used."""
+    fake = stack.fake()
+    start(stack, [{"name": "dave", "key": "dave-key", "tpm": 2000}], fake)
+    client = api("dave-key")
+    assert chat(client, max_tokens=10**29).http_response.status_code == 200  # it used 12 tokens
+    raw = chat(client, max_tokens=1500)  # fits in what is left: 2000 - 12, and a little refilled
+    assert 400 <= int(raw.headers["x-ratelimit-remaining-tokens"]) <= 500
+
+
 def test_models_is_an_allow_list_and_model_limits_are_limits_of_their_own(stack: Stack, api: Api) -> None:
     fake = stack.fake(model_ids=("gpt-4o", "gpt-4o-mini", "o3"))
     start(stack, [{"name": "notebooks", "key": "nb-key", "models": ["gpt-4o", "gpt-4o-mini"],

@@ -7,6 +7,10 @@ from typing import Any, Optional
 from .base import Body, Endpoint, Streams
 from .checks import whole_number
 
+# The most tokens one request reserves, whatever its max_tokens says: settling takes a reservation off a
+# bucket and gives most of it back, which float arithmetic only does exactly well below 2**53.
+MAX_RESERVATION = float(2**40)
+
 
 def first_count(payload: dict[str, Any], *fields: str) -> Optional[int]:
     """The first of `fields` that holds a positive whole number (`2` or `2.0`), or None."""

@@ -16,6 +16,7 @@ from typing import Optional
 
 from ..call import Call
 from ..controllers import Controller
+from ..endpoints.catalog import MAX_RESERVATION
 from ..errors import ApiError
 from ..gateway import Gateway
 from ..scheduling.fair_queue import ANONYMOUS, Tenant
@@ -72,7 +73,8 @@ async def open_answer(gateway: Gateway, call: Call, tenant: Tenant = ANONYMOUS,
     """
     candidates = candidates_for(gateway, call)
     estimate = call.endpoint.estimate
-    tokens = estimate(call.payload, len(call.body), gateway.settings.default_completion_tokens) if estimate else 0.0
+    tokens = min(estimate(call.payload, len(call.body), gateway.settings.default_completion_tokens),
+                 MAX_RESERVATION) if estimate else 0.0
     if admit is not None:
         await admit(tokens)
     gateway.retries.deposit()
