@@ -151,6 +151,24 @@ def test_the_deferred_access_line_is_scrubbed(stack: Stack,
     assert "chatgpt_apiserver.access" in text and HEADER_SECRET not in text and "[redacted]" in text
 
 
+def test_the_access_line_of_a_stream_says_the_tokens_it_used(stack: Stack,
+                                                             log_output: tuple[str, io.StringIO, BufferedHandler]
+                                                             ) -> None:
+    fmt, out, handler = log_output
+    fake = stack.fake("up")
+    fake.default = Cue(mode="stream", events=3)
+    stack.gateway({"controllers": [openai_controller(fake)]})
+    body = {**BODY, "stream": True, "stream_options": {"include_usage": True}}
+    status, _, data = stack.request("POST", "/v1/chat/completions", body)
+    assert status == 200 and data.endswith(b"data: [DONE]\n\n")
+    events = [orjson.loads(line[6:]) for line in data.split(b"\n") if line.startswith(b"data: {")]
+    [usage] = [event["usage"] for event in events if event.get("usage")]
+    line = next(line for line in written(handler, out, until="chatgpt_apiserver.access").splitlines()
+                if "chatgpt_apiserver.access" in line)
+    said = orjson.loads(line)["tokens"] if fmt == "json" else int(re.search(r" tokens=(\S+)", line).group(1))  # type: ignore[union-attr]
+    assert said == usage["total_tokens"] > 0
+
+
 def test_a_log_stream_nobody_reads_never_stalls_requests(tmp_path: Path) -> None:
     """A stuck journald or Docker log pipe: lines wait (or are dropped), requests are still answered."""
     config = tmp_path / "c.json"

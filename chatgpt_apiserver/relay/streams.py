@@ -41,15 +41,17 @@ class StreamResult:
     failed: bool = False  # it ended in an error event
 
 
-async def relay_stream(answer: Answer, call: Call, send: Send, secrets: tuple[bytes, ...] = ()) -> StreamResult:
+async def relay_stream(answer: Answer, call: Call, send: Send, secrets: tuple[bytes, ...] = (),
+                       result: Optional[StreamResult] = None) -> StreamResult:
     """Send every upstream event as it arrives; on an upstream failure send the error event instead of the end.
 
     The events that one upstream read completes leave together, in one `send`: none waits for a later one.
     The final usage event settles the controller's token reservation; the gateway's own usage request is
     not relayed. `send` writes its bytes and awaits their flush, told whether they end the stream; it raises
-    if the client has gone.
+    if the client has gone. `result`, if given, is filled in as the stream goes (its usage is known before
+    the last `send`).
     """
-    result = StreamResult()
+    result = result if result is not None else StreamResult()
     reply = answer.reply
     splitter = answer.splitter
     assert splitter is not None

@@ -20,7 +20,7 @@ from ..errors import ApiError, stream_error_event, typed_error_event
 from ..gateway import Gateway
 from ..relay.attempts import Answer, client_error_body
 from ..relay.routing import open_answer, relayed_headers
-from ..relay.streams import BrokenAnswer, relay_bytes, relay_stream
+from ..relay.streams import BrokenAnswer, StreamResult, relay_bytes, relay_stream
 from ..scheduling.fair_queue import ANONYMOUS
 from ..transport.reply import joined
 from .base import REQUEST_ID, BaseHandler, header
@@ -70,6 +70,7 @@ class EndpointHandler(BaseHandler):
     _gave_up = False  # the gateway answered with its own error: nothing reached the client from upstream
     _counting = False  # a client's stream: its events are counted, for a charge if it reports no usage
     _events = 0
+    _stream: Optional[StreamResult] = None  # a relayed event stream, as far as it has come
 
     def initialize(self, gateway: Gateway, bodies: Bodies, endpoints: Mapping[str, Endpoint]) -> None:  # type: ignore[override]
         super().initialize(gateway, bodies)
@@ -189,7 +190,8 @@ class EndpointHandler(BaseHandler):
             self._headers.update(STREAM_HEADERS)
             self._used = None  # until the stream says
             self._counting = self._ticket is not None
-            result = await relay_stream(answer, call, self._send, self.gateway.secrets)
+            self._stream = result = StreamResult()
+            await relay_stream(answer, call, self._send, self.gateway.secrets, result)
             self._account(result.usage)
             self._broke = result.failed
         elif answer.binary:
@@ -235,6 +237,8 @@ class EndpointHandler(BaseHandler):
         if self._counting:
             self._events += data.count(b"data:")  # one per event, in both stream styles
         if last:
+            if self._stream is not None:
+                self._account(self._stream.usage)  # before finish() writes the access log line
             # A whole stream in hand at once leaves in one write, with a Content-Length; else this is the last chunk.
             await self._sent(self.finish(data))
             return
