@@ -140,6 +140,24 @@ def test_bodies_reach_the_upstream_byte_for_byte(stack: Stack) -> None:
     assert [seen.body for seen in fake.chat_requests] == [body, body]
 
 
+@pytest.mark.parametrize("head", [
+    b"Transfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n",  # which one frames the body?
+    b"Content-Length: 5x\r\n\r\n",
+    b"Content-Length: 5\r\nContent-Length: 7\r\n\r\n",
+    b"A header line without a colon\r\n\r\n",
+    b"Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n",  # a chunk size that is no number
+])
+def test_a_request_that_is_not_valid_http_gets_a_400_in_openais_shape(stack: Stack, head: bytes) -> None:
+    stack.gateway({"controllers": [{"type": "mock"}]})
+    status, headers, answer = raw_exchange(stack.port, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n" + head)
+    assert status == 400 and headers["connection"] == "close" and headers["content-type"] == "application/json"
+    error = orjson.loads(answer)["error"]
+    assert error["type"] == "invalid_request_error" and error["message"]
+    assert error["code"] == ("invalid_content_length" if b"Content-Length: 5x" in head or b"7" in head
+                             else "malformed_http_request")  # (the gateway reads a bad length itself)
+    assert raw_exchange(stack.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")[0] == 200
+
+
 @pytest.mark.parametrize(("limit", "size"), [(65536, 70_000), (4096, 5_000), (4096, 1_000_000)])
 def test_an_oversized_head_gets_431(stack: Stack, limit: int, size: int) -> None:
     flags = () if limit == 65536 else ("--max-header-size", str(limit))  # 64 KiB by default

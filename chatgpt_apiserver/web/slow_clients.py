@@ -44,6 +44,16 @@ def head_too_large_answer(limit: int) -> bytes:
             b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
 
 
+# What Tornado writes, bare, to a client whose request it cannot parse (a malformed request line or header,
+# both Transfer-Encoding and Content-Length, a bad chunk size), before it closes the connection.
+TORNADO_BAD_REQUEST = b"HTTP/1.1 400 Bad Request\r\n\r\n"
+_BAD_REQUEST_BODY = error_body("The request is not valid HTTP/1.1: its request line, a header, or the framing of "
+                               "its body (Content-Length, Transfer-Encoding) is malformed.",
+                               "invalid_request_error", None, "malformed_http_request")
+MALFORMED_REQUEST_ANSWER = (b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+                            b"Connection: close\r\n\r\n%s" % (len(_BAD_REQUEST_BODY), _BAD_REQUEST_BODY))
+
+
 # Bytes one read from a client may bring. Tornado allocates (and zero-fills) a buffer this large for every
 # read, the last one of each batch finding nothing: at its default of 64 KiB that was a tenth of the
 # instructions of a whole request. A request head and a chat body fit in one such read.
@@ -59,13 +69,19 @@ class ClientStream(IOStream):
     gateway writes whole events (or whole answers), so it is set once, at accept, and kept.
 
     Tornado closes the stream itself when a head outgrows `max_header_size`, with no answer; `close` is the
-    one moment that still has the socket.
+    one moment that still has the socket. A request it cannot parse gets a bare 400 without a body: it is
+    answered in OpenAI's error shape instead.
     """
 
     head_answer: Optional[bytes] = None  # set while the connection waits for a request head
 
     def set_nodelay(self, value: bool) -> None:
         """Kept on: see the class."""
+
+    def write(self, data: Union[bytes, memoryview]) -> asyncio.Future[None]:
+        if data == TORNADO_BAD_REQUEST:  # (a length compare for every other write)
+            data = MALFORMED_REQUEST_ANSWER
+        return super().write(data)
 
     def close(self, exc_info: Any = False) -> None:
         if isinstance(exc_info, UnsatisfiableReadError) and self.head_answer and not self.closed():
