@@ -205,11 +205,17 @@ class Gateway:
             return False
         return True
 
-    @property
-    def ready(self) -> bool:
-        """At least one controller is not disabled, cooling or ejected, and the server is not draining."""
+    def unready_because(self) -> Optional[str]:
+        """Why the gateway cannot take requests now (draining; the store cannot admit: Redis is away and its
+        outage rule is `refuse`; every controller disabled, cooling or ejected), or None."""
         store = self.store
-        return not self.draining and any(store.health(c, WHOLE).status == OK for c in self.controllers)
+        if self.draining:
+            return "draining"
+        if not store.admitting:
+            return "the shared state (Redis) is unavailable and redis_fallback is refuse"
+        if not any(store.health(c, WHOLE).status == OK for c in self.controllers):
+            return "no controller can take requests (each is disabled, cooling down or ejected)"
+        return None
 
     async def models(self) -> list[str]:
         """Declared model names, plus what controllers without a declared list report upstream."""

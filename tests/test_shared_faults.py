@@ -247,6 +247,25 @@ def test_a_slot_taken_while_redis_was_away_is_held_there_when_it_returns(stack: 
         instances.close()
 
 
+def test_readyz_says_not_ready_while_redis_is_away_and_the_rule_is_refuse(stack: Stack,
+                                                                           redis_server: RedisServer) -> None:
+    fake = stack.fake("one")
+    stack.gateway(shared_config(redis_server, [openai_controller(fake)], redis_timeout=0.2,
+                                redis_fallback="refuse"))
+    assert post(stack.port, {}, "/readyz")[0] == 200
+    redis_server.stop()
+    status, _, body = post(stack.port)
+    assert status == 503 and orjson.loads(body)["error"]["code"] == "shared_state_unavailable"
+    status, headers, body = post(stack.port, {}, "/readyz")
+    assert status == 503 and headers["retry-after"] == "1" and "Redis" in orjson.loads(body)["reason"]
+    redis_server.start()
+    deadline = time.monotonic() + 15
+    while post(stack.port, {}, "/readyz")[0] != 200:
+        assert time.monotonic() < deadline, "still not ready after Redis came back"
+        time.sleep(0.1)
+    assert post(stack.port)[0] == 200
+
+
 def test_a_failing_model_leaves_other_models_served_at_once(stack: Stack) -> None:
     fakes = [stack.fake(name) for name in ("a", "b")]
     for fake in fakes:

@@ -44,6 +44,10 @@ class FallbackStore(ControllerStore):
         return self.redis.poll_interval if self.redis.available else None
 
     @property
+    def admitting(self) -> bool:
+        return self.redis.available or self.mode == "local"
+
+    @property
     def active(self) -> ControllerStore:
         """The store that answers now."""
         return self.redis if self.redis.available else self.local

@@ -137,6 +137,11 @@ class ControllerStore(ABC):
     #: instance cannot wake it. None: a release in this process is the only thing that frees a slot.
     poll_interval: Optional[float] = None
 
+    @property
+    def admitting(self) -> bool:
+        """Whether the store can admit requests at all now (False: every admission raises StoreUnavailable)."""
+        return True
+
     @abstractmethod
     def configure(self, controllers: Sequence[Controller], policy: Policy) -> None:
         """Take the current controllers (after start or a reload) and the breaker policy."""

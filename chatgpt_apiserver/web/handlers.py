@@ -133,11 +133,13 @@ class ReadyHandler(BaseHandler):
     route = "readyz"
 
     def get(self) -> None:
-        if self.gateway.ready:
+        because = self.gateway.unready_because()
+        if because is None:
             self.write_json({"status": "ready", "controllers": len(self.gateway.controllers)})
         else:
             self.set_header("Retry-After", "1")
-            self.write_json({"status": "not ready", "draining": self.gateway.draining}, status=503)
+            self.write_json({"status": "not ready", "draining": self.gateway.draining, "reason": because},
+                            status=503)
 
     head = get
 
