@@ -49,6 +49,7 @@ class Seen:
     headers: dict[str, str]
     body: bytes
     connection: int = 0  # which client connection carried it (to see keep-alive reuse)
+    at: float = field(default_factory=time.monotonic)  # when it arrived
 
     @property
     def json(self) -> Any:

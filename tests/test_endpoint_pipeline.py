@@ -122,6 +122,16 @@ def test_a_field_mistake_names_the_field(stack: Stack) -> None:
     assert caught.value.param == "dimensions" and not fake.requests
 
 
+def test_a_huge_max_tokens_times_n_is_reserved_not_a_500(stack: Stack) -> None:
+    fake = stack.fake("up")
+    stack.gateway({"controllers": [openai_controller(fake)]})
+    sdk = client(stack)
+    assert sdk.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}],
+                                       max_tokens=1e308, n=2).choices  # type: ignore[arg-type]
+    assert sdk.completions.create(model="gpt-3.5-turbo-instruct", prompt="hi", max_tokens=1e308,  # type: ignore[arg-type]
+                                  n=2).choices
+
+
 def test_a_broken_typed_stream_ends_with_an_error_event_the_sdk_raises(stack: Stack) -> None:
     fake = stack.fake("up")
     fake.default = Cue(mode="cut", events=6, after=3)

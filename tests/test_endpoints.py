@@ -258,7 +258,7 @@ def test_the_model_may_be_left_out_where_openais_schema_allows_it(stack: Stack) 
 @pytest.mark.parametrize(("payload", "allowance"), [
     ({"n": 2, "max_tokens": 700}, 1400), ({"n": 2.0, "max_tokens": 700.0}, 1400),
     ({"max_completion_tokens": 50.0, "max_tokens": 700}, 50), ({"n": True, "max_tokens": 0}, 4096),
-    ({"n": 1.5, "max_tokens": "700"}, 4096), ({}, 4096)])
+    ({"n": 1.5, "max_tokens": "700"}, 4096), ({}, 4096), ({"max_tokens": 1e308, "n": 2}, 2**41)])
 def test_a_chat_reservation_reads_counts_as_the_schema_does(payload: dict[str, Any], allowance: int) -> None:
     from chatgpt_apiserver.endpoints.catalog import estimate_chat
 

@@ -208,6 +208,7 @@ def test_a_redis_flap_hands_out_no_fresh_burst(stack: Stack, redis_server: Redis
 def test_a_slot_taken_while_redis_was_away_is_held_there_when_it_returns(stack: Stack,
                                                                          redis_server: RedisServer) -> None:
     fake = stack.fake("one")
+    hold = 8.0  # seconds the request taken from the local fallback holds the only slot at the upstream
     config = shared_config(redis_server, [openai_controller(fake, max_concurrency=1)], redis_timeout=0.2,
                            redis_fallback="local")
     instances = Instances(stack)
@@ -215,34 +216,31 @@ def test_a_slot_taken_while_redis_was_away_is_held_there_when_it_returns(stack: 
         stack.gateway(config, "--max-queue-wait", "30")
         other = instances.start(config, "--max-queue-wait", "30")
         stores = [stack.running.gateway.store, other.gateway.store]  # type: ignore[union-attr]
+        key = "chatgpt-apiserver:{one}:inflight"
+
+        def until(check: Any, what: str, seconds: float = 10) -> None:
+            deadline = time.monotonic() + seconds
+            while not check():
+                assert time.monotonic() < deadline, what
+                time.sleep(0.05)
+
         redis_server.stop()
-        fake.cue(Cue(delay=6))  # the request taken from the local fallback holds the only slot 6 s
-        ended: dict[str, float] = {}
-
-        def ask(port: int, label: str) -> None:
-            status, _, body = post(port)
-            assert status == 200, body
-            ended[label] = time.monotonic()
-
-        holder = threading.Thread(target=ask, args=(stack.port, "local"))
+        fake.cue(Cue(delay=hold))
+        holder = threading.Thread(target=lambda: post(stack.port))
         holder.start()
-        deadline = time.monotonic() + 10
-        while not fake.chat_requests and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert fake.chat_requests and not stores[0].redis.available  # type: ignore[attr-defined]
+        until(lambda: fake.chat_requests, "the first instance never sent its request")
+        assert not stores[0].redis.available  # type: ignore[attr-defined]  (so it was admitted locally)
         redis_server.start()
-        while not all(store.redis.available for store in stores) and time.monotonic() < deadline:  # type: ignore[attr-defined]
-            time.sleep(0.05)
-        assert "local" not in ended, "Redis came back too late for the test: the slot was already free"
-        time.sleep(0.3)  # the resuming instance's slot count is sent without waiting
-        assert redis_server.command("HGET", "chatgpt-apiserver:{one}:inflight",
-                                    stack.running.gateway.store.redis.link.instance  # type: ignore[union-attr]
-                                    ) == b"$1\r\n1\r\n"
-        ask(other.port, "other")  # waits for the slot the first instance still holds
+        until(lambda: all(store.redis.available for store in stores), "Redis never came back")  # type: ignore[attr-defined]
+        instance = stack.running.gateway.store.redis.link.instance  # type: ignore[union-attr]
+        until(lambda: redis_server.command("HGET", key, instance) == b"$1\r\n1\r\n",
+              "the slot taken locally was not counted in Redis", 3)
+        assert time.monotonic() - fake.chat_requests[0].at < hold, "Redis came back too late for the test"
+        assert post(other.port)[0] == 200  # it waits for the slot the first instance holds
         holder.join(30)
-        assert ended["other"] >= ended["local"], "both instances ran a request on the only slot at once"
-        time.sleep(0.3)
-        assert redis_server.command("HLEN", "chatgpt-apiserver:{one}:inflight") == b":0\r\n"  # both freed there
+        first, second = fake.chat_requests
+        assert second.at - first.at >= hold - 0.05, "both instances ran a request on the only slot at once"
+        until(lambda: redis_server.command("HLEN", key) == b":0\r\n", "a slot stayed held in Redis", 3)
     finally:
         instances.close()
 

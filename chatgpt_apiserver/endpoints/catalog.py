@@ -9,17 +9,18 @@ from .checks import whole_number
 
 # The most tokens one request reserves, whatever its max_tokens says: settling takes a reservation off a
 # bucket and gives most of it back, which float arithmetic only does exactly well below 2**53.
-MAX_RESERVATION = float(2**40)
+MAX_RESERVATION = 2**40
 
 
 def first_count(payload: dict[str, Any], *fields: str) -> Optional[int]:
-    """The first of `fields` that holds a positive whole number (`2` or `2.0`), or None."""
+    """The first of `fields` that holds a positive whole number (`2` or `2.0`), or None; at most
+    MAX_RESERVATION (a max_tokens of 1e308 times n would not even be a float)."""
     for name in fields:
         value = payload.get(name)
         if value is not None:
             count = whole_number(value)
             if count is not None and count > 0:
-                return count
+                return min(count, MAX_RESERVATION)
     return None
 
 

@@ -107,7 +107,8 @@ class FallbackStore(ControllerStore):
                     self.adopted[name] = adopted - 1
                 else:
                     del self.adopted[name]
-                self.redis.release(ticket, used_tokens, rate, rate_age)
+                # Only the slot: its tokens came from the local bucket, and no shared probe is its own.
+                self.redis.release(Ticket(ticket.controller, ticket.model, ticket.reserved), None, None, 0.0)
         elif not self.redis.available:
             self.redis.release(ticket, used_tokens, rate, rate_age)  # keeps the mirror's counts right
             return
