@@ -3,6 +3,7 @@ loses no spending."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -13,6 +14,7 @@ import pytest
 
 from chatgpt_apiserver.server import Running, start_server
 
+from .fake_upstream import Cue
 from .harness import Stack, openai_controller
 from .redis_server import RedisServer
 
@@ -77,3 +79,47 @@ def test_a_redis_outage_loses_no_spending(stack: Stack, api: Api, redis_server: 
     assert status == 200
     spent = orjson.loads(body)["budget"]["tokens"]["spent"]
     assert spent == (36 if fallback == "local" else 0)  # what the outage spent is in Redis now
+
+
+def test_a_clients_slot_and_spending_from_an_outage_reach_redis_when_it_returns(stack: Stack, api: Api,
+                                                                               redis_server: RedisServer) -> None:
+    fake = stack.fake()
+    hold = 8.0  # seconds the request admitted from the local fallback holds the client's only slot
+    document = {"controllers": [openai_controller(fake)], "redis_url": redis_server.url, "redis_timeout": 0.2,
+                "redis_fallback": "local", "admin_key": "admin-key",
+                "clients": [{"name": "team", "key": "team-key", "max_concurrency": 1, "budget": {"tokens": 1000}}]}
+    stack.gateway(document)
+    second: Running = stack.loop.run(start_server(stack.settings(document)))
+    try:
+        links = [stack.running.gateway.store.redis.link, second.gateway.store.redis.link]  # type: ignore[union-attr]
+
+        def until(check: Callable[[], Any], what: str, seconds: float = 10) -> None:
+            deadline = time.monotonic() + seconds
+            while not check():
+                assert time.monotonic() < deadline, what
+                time.sleep(0.05)
+
+        redis_server.stop()
+        fake.cue(Cue(delay=hold))
+        holder = threading.Thread(target=lambda: api("team-key").chat.completions.create(model="gpt-4o",
+                                                                                          messages=MESSAGES))
+        holder.start()
+        until(lambda: fake.chat_requests, "the first instance never sent its request")
+        assert not links[0].available  # so it was admitted from the local store
+        redis_server.start()
+        until(lambda: all(link.available for link in links), "Redis never came back")
+        key = "chatgpt-apiserver:{client:team}:inflight"
+        until(lambda: redis_server.command("HGET", key, links[0].instance) == b"$1\r\n1\r\n",
+              "the client's slot taken locally was not counted in Redis", 3)
+        assert time.monotonic() - fake.chat_requests[0].at < hold, "Redis came back too late for the test"
+        with pytest.raises(openai.RateLimitError) as busy:  # the other instance sees the slot held
+            api("team-key", second.port).chat.completions.create(model="gpt-4o", messages=MESSAGES)
+        assert "max_concurrency" in busy.value.message
+        holder.join(30)
+        until(lambda: redis_server.command("HLEN", key) == b":0\r\n", "the slot stayed held in Redis", 3)
+        assert api("team-key", second.port).chat.completions.create(model="gpt-4o", messages=MESSAGES)
+        status, _headers, body = stack.request("GET", "/admin/clients/team",
+                                               headers={"Authorization": "Bearer admin-key"})
+        assert status == 200 and orjson.loads(body)["budget"]["tokens"]["spent"] == 24  # both requests, in Redis
+    finally:
+        stack.loop.run(second.stop(grace=1.0))

@@ -2,7 +2,9 @@
 
 `local`: each instance admits clients from a local store holding 1/N of every limit (N: the instances whose
 heartbeats it last saw), with each budget period's spending starting from what Redis last reported. What is
-spent meanwhile is added to Redis when it answers again, so usage counts and budgets lose nothing. `refuse`:
+spent meanwhile is added to Redis when it answers again (or as it is settled, for requests that end after
+that), so usage counts and budgets lose nothing; the slots taken meanwhile and still held are counted there
+too, until they end. `refuse`:
 while Redis is away, admissions raise `StoreUnavailable` (the client gets 503).
 """
 
@@ -32,6 +34,8 @@ class FallbackClientStore(ClientStore):
         self.plans: dict[str, Plan] = {}
         # Spending and usage settled while Redis was away: (client, period, period end, label) -> row + tokens.
         self.pending: dict[tuple[str, str, float, str], list[int]] = {}
+        # Slots the local store took while Redis was away, per client, that Redis was told of on its return.
+        self.adopted: dict[str, int] = {}
         redis.link.watchers.append(self._changed)
 
     def configure(self, plans: Sequence[Plan]) -> None:
@@ -43,6 +47,11 @@ class FallbackClientStore(ClientStore):
         if not available:
             self.local.rescale(1.0 / instances)
             return
+        for name in self.plans:
+            taken = self.local.held(name) - self.adopted.get(name, 0)  # not yet known to Redis
+            if taken > 0:
+                self.redis.adopt(name, taken)
+                self.adopted[name] = self.adopted.get(name, 0) + taken
         self.redis.resume()
         pending, self.pending = self.pending, {}
         for (name, period, end, label), row in pending.items():
@@ -79,6 +88,19 @@ class FallbackClientStore(ClientStore):
                            charge.row, charge.tokens)
         else:
             self.local.settle(ticket, charge)
+            name = ticket.plan.name
+            adopted = self.adopted.get(name, 0)
+            if adopted:  # taken while Redis was away, and held there since it came back
+                if adopted > 1:
+                    self.adopted[name] = adopted - 1
+                else:
+                    del self.adopted[name]
+                self.redis.settle_adopted(ticket, charge)  # (dropped if Redis has gone again: see below)
+                if self.redis.available:
+                    return
+            elif self.redis.available:
+                self.redis.add(ticket.plan, ticket.period, charge)  # it ended after Redis came back
+                return
         key = (ticket.plan.name, ticket.period.name if ticket.plan.period else "", ticket.period.end, charge.label)
         row = self.pending.get(key)
         if row is None:
@@ -90,7 +112,7 @@ class FallbackClientStore(ClientStore):
             row[index] += value
 
     def held(self, name: str) -> int:
-        return self.redis.held(name) + self.local.held(name)
+        return self.redis.held(name) + self.local.held(name) - self.adopted.get(name, 0)
 
     async def views(self, plans: Sequence[Plan], period: dict[str, Period]) -> dict[str, ClientView]:
         if self.redis.available:

@@ -100,6 +100,18 @@ class RedisClientStore(ClientStore):
         self._send(plan, ticket.period, charge, release=True, delta=(
             ticket.reserved - charge.used if charge.used is not None else None))
 
+    def adopt(self, name: str, slots: int) -> None:
+        """Count `slots` the local store took for client `name` while Redis was away as this instance's
+        (sent with `resume`); each ends with `settle_adopted`."""
+        self.holding[name] = self.holding.get(name, 0) + slots
+
+    def settle_adopted(self, ticket: ClientTicket, charge: Charge) -> None:
+        """End an adopted ticket here: its slot, its spending and usage; not its tokens, which it reserved
+        from a local bucket."""
+        name = ticket.plan.name
+        self.holding[name] = max(0, self.holding.get(name, 0) - 1)
+        self._send(ticket.plan, ticket.period, charge, release=True, delta=None)
+
     def add(self, plan: Plan, period: Period, charge: Charge) -> None:
         """Add spending and usage without a request (carried over from an outage)."""
         self._send(plan, period, charge, release=False, delta=None)
