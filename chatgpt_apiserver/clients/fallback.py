@@ -14,6 +14,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import replace
 
+from ..state.fallback import AdoptedSlots
 from ..state.store import StoreUnavailable
 from .local import LocalClientStore
 from .redis import RedisClientStore
@@ -34,8 +35,7 @@ class FallbackClientStore(ClientStore):
         self.plans: dict[str, Plan] = {}
         # Spending and usage settled while Redis was away: (client, period, period end, label) -> row + tokens.
         self.pending: dict[tuple[str, str, float, str], list[int]] = {}
-        # Slots the local store took while Redis was away, per client, that Redis was told of on its return.
-        self.adopted: dict[str, int] = {}
+        self.adopted = AdoptedSlots()
         redis.link.watchers.append(self._changed)
 
     def configure(self, plans: Sequence[Plan]) -> None:
@@ -48,10 +48,9 @@ class FallbackClientStore(ClientStore):
             self.local.rescale(1.0 / instances)
             return
         for name in self.plans:
-            taken = self.local.held(name) - self.adopted.get(name, 0)  # not yet known to Redis
-            if taken > 0:
+            taken = self.adopted.adopt(name, self.local.held(name))
+            if taken:
                 self.redis.adopt(name, taken)
-                self.adopted[name] = self.adopted.get(name, 0) + taken
         self.redis.resume()
         pending, self.pending = self.pending, {}
         for (name, period, end, label), row in pending.items():
@@ -88,13 +87,7 @@ class FallbackClientStore(ClientStore):
                            charge.row, charge.tokens)
         else:
             self.local.settle(ticket, charge)
-            name = ticket.plan.name
-            adopted = self.adopted.get(name, 0)
-            if adopted:  # taken while Redis was away, and held there since it came back
-                if adopted > 1:
-                    self.adopted[name] = adopted - 1
-                else:
-                    del self.adopted[name]
+            if self.adopted.end_one(ticket.plan.name):  # held in Redis too, since it came back
                 self.redis.settle_adopted(ticket, charge)  # (dropped if Redis has gone again: see below)
                 if self.redis.available:
                     return
@@ -112,7 +105,7 @@ class FallbackClientStore(ClientStore):
             row[index] += value
 
     def held(self, name: str) -> int:
-        return self.redis.held(name) + self.local.held(name) - self.adopted.get(name, 0)
+        return self.redis.held(name) + self.local.held(name) - self.adopted.count(name)
 
     async def views(self, plans: Sequence[Plan], period: dict[str, Period]) -> dict[str, ClientView]:
         if self.redis.available:

@@ -26,6 +26,34 @@ if TYPE_CHECKING:
 log = logging.getLogger("chatgpt_apiserver.state")
 
 
+class AdoptedSlots:
+    """Slots a local store took while Redis was away, per controller or client, that Redis was told of on its
+    return: each is freed in both stores as it ends."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+
+    def adopt(self, name: str, held: int) -> int:
+        """`held` slots are held locally for `name`: how many of them Redis has not been told of yet."""
+        taken = held - self.counts.get(name, 0)
+        if taken <= 0:
+            return 0
+        self.counts[name] = held
+        return taken
+
+    def end_one(self, name: str) -> bool:
+        """A local slot of `name` ended: whether it was one Redis was told of (and must free too)."""
+        count = self.counts.get(name, 0)
+        if count > 1:
+            self.counts[name] = count - 1
+        elif count:
+            del self.counts[name]
+        return count > 0
+
+    def count(self, name: str) -> int:
+        return self.counts.get(name, 0)
+
+
 class FallbackStore(ControllerStore):
     """Redis, or the outage rule while Redis is away."""
 
@@ -34,9 +62,7 @@ class FallbackStore(ControllerStore):
         self.local = local
         self.mode = mode  # "local" or "refuse"
         self.controllers: list[Controller] = []
-        # Slots the local store took while Redis was away, per controller, that Redis was told of on its
-        # return: each is freed in both stores as it ends.
-        self.adopted: dict[str, int] = {}
+        self.adopted = AdoptedSlots()
         redis.link.on_change = self._changed
 
     @property
@@ -78,11 +104,9 @@ class FallbackStore(ControllerStore):
         for controller in self.controllers:
             requests, tokens = self.local.levels(controller)
             levels[controller.name] = (_times(requests, instances), _times(tokens, instances))
-            name = controller.name
-            taken = self.local.held(controller) - self.adopted.get(name, 0)  # not yet known to Redis
-            if taken > 0:
+            taken = self.adopted.adopt(controller.name, self.local.held(controller))
+            if taken:
                 self.redis.adopt(controller, taken)
-                self.adopted[name] = self.adopted.get(name, 0) + taken
         self.redis.resume(self.controllers, levels)
 
     async def admit(self, controller: Controller, model: str, tokens: float) -> Admission:
@@ -100,13 +124,7 @@ class FallbackStore(ControllerStore):
                 rate_age: float) -> None:
         store = ticket.store or self.redis
         if store is self.local:
-            name = ticket.controller.name
-            adopted = self.adopted.get(name, 0)
-            if adopted:  # taken while Redis was away, and held there since it came back
-                if adopted > 1:
-                    self.adopted[name] = adopted - 1
-                else:
-                    del self.adopted[name]
+            if self.adopted.end_one(ticket.controller.name):
                 # Only the slot: its tokens came from the local bucket, and no shared probe is its own.
                 self.redis.release(Ticket(ticket.controller, ticket.model, ticket.reserved), None, None, 0.0)
         elif not self.redis.available:
@@ -137,7 +155,7 @@ class FallbackStore(ControllerStore):
         return self.active.in_flight(controller)
 
     def held(self, controller: Controller) -> int:
-        return self.redis.held(controller) + self.local.held(controller) - self.adopted.get(controller.name, 0)
+        return self.redis.held(controller) + self.local.held(controller) - self.adopted.count(controller.name)
 
     def headroom(self, controller: Controller) -> float:
         return self.active.headroom(controller)

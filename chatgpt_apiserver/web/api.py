@@ -191,8 +191,7 @@ class EndpointHandler(BaseHandler):
             self._used = None  # until the stream says
             self._counting = self._ticket is not None
             self._stream = result = StreamResult()
-            await relay_stream(answer, call, self._send, self.gateway.secrets, result)
-            self._account(result.usage)
+            await relay_stream(answer, call, self._send, self.gateway.secrets, result)  # (its last send accounts)
             self._broke = result.failed
         elif answer.binary:
             self._used = None
