@@ -17,6 +17,7 @@ from chatgpt_apiserver.server import Running, start_server
 from .fake_upstream import Cue
 from .harness import Stack, openai_controller
 from .redis_server import RedisServer
+from .test_faults import wait_until
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 Api = Callable[..., openai.OpenAI]  # the `api` fixture
@@ -93,30 +94,24 @@ def test_a_clients_slot_and_spending_from_an_outage_reach_redis_when_it_returns(
     try:
         links = [stack.running.gateway.store.redis.link, second.gateway.store.redis.link]  # type: ignore[union-attr]
 
-        def until(check: Callable[[], Any], what: str, seconds: float = 10) -> None:
-            deadline = time.monotonic() + seconds
-            while not check():
-                assert time.monotonic() < deadline, what
-                time.sleep(0.05)
-
         redis_server.stop()
         fake.cue(Cue(delay=hold))
         holder = threading.Thread(target=lambda: api("team-key").chat.completions.create(model="gpt-4o",
                                                                                           messages=MESSAGES))
         holder.start()
-        until(lambda: fake.chat_requests, "the first instance never sent its request")
+        assert wait_until(lambda: fake.chat_requests, 10), "the first instance never sent its request"
         assert not links[0].available  # so it was admitted from the local store
         redis_server.start()
-        until(lambda: all(link.available for link in links), "Redis never came back")
+        assert wait_until(lambda: all(link.available for link in links), 10), "Redis never came back"
         key = "chatgpt-apiserver:{client:team}:inflight"
-        until(lambda: redis_server.command("HGET", key, links[0].instance) == b"$1\r\n1\r\n",
-              "the client's slot taken locally was not counted in Redis", 3)
+        assert wait_until(lambda: redis_server.command("HGET", key, links[0].instance) == b"$1\r\n1\r\n", 3), \
+            "the client's slot taken locally was not counted in Redis"
         assert time.monotonic() - fake.chat_requests[0].at < hold, "Redis came back too late for the test"
         with pytest.raises(openai.RateLimitError) as busy:  # the other instance sees the slot held
             api("team-key", second.port).chat.completions.create(model="gpt-4o", messages=MESSAGES)
         assert "max_concurrency" in busy.value.message
         holder.join(30)
-        until(lambda: redis_server.command("HLEN", key) == b":0\r\n", "the slot stayed held in Redis", 3)
+        assert wait_until(lambda: redis_server.command("HLEN", key) == b":0\r\n", 3), "the slot stayed held in Redis"
         assert api("team-key", second.port).chat.completions.create(model="gpt-4o", messages=MESSAGES)
         status, _headers, body = stack.request("GET", "/admin/clients/team",
                                                headers={"Authorization": "Bearer admin-key"})

@@ -24,6 +24,7 @@ from chatgpt_apiserver.server import Running, start_server
 from .fake_upstream import Cue
 from .harness import Stack, openai_controller
 from .redis_server import RedisServer
+from .test_faults import wait_until
 from .test_lifecycle import Server
 
 BODY = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
@@ -218,29 +219,24 @@ def test_a_slot_taken_while_redis_was_away_is_held_there_when_it_returns(stack: 
         stores = [stack.running.gateway.store, other.gateway.store]  # type: ignore[union-attr]
         key = "chatgpt-apiserver:{one}:inflight"
 
-        def until(check: Any, what: str, seconds: float = 10) -> None:
-            deadline = time.monotonic() + seconds
-            while not check():
-                assert time.monotonic() < deadline, what
-                time.sleep(0.05)
-
         redis_server.stop()
         fake.cue(Cue(delay=hold))
         holder = threading.Thread(target=lambda: post(stack.port))
         holder.start()
-        until(lambda: fake.chat_requests, "the first instance never sent its request")
+        assert wait_until(lambda: fake.chat_requests, 10), "the first instance never sent its request"
         assert not stores[0].redis.available  # type: ignore[attr-defined]  (so it was admitted locally)
         redis_server.start()
-        until(lambda: all(store.redis.available for store in stores), "Redis never came back")  # type: ignore[attr-defined]
+        assert wait_until(lambda: all(store.redis.available for store in stores),  # type: ignore[attr-defined]
+                          10), "Redis never came back"
         instance = stack.running.gateway.store.redis.link.instance  # type: ignore[union-attr]
-        until(lambda: redis_server.command("HGET", key, instance) == b"$1\r\n1\r\n",
-              "the slot taken locally was not counted in Redis", 3)
+        assert wait_until(lambda: redis_server.command("HGET", key, instance) == b"$1\r\n1\r\n", 3), \
+            "the slot taken locally was not counted in Redis"
         assert time.monotonic() - fake.chat_requests[0].at < hold, "Redis came back too late for the test"
         assert post(other.port)[0] == 200  # it waits for the slot the first instance holds
         holder.join(30)
         first, second = fake.chat_requests
         assert second.at - first.at >= hold - 0.05, "both instances ran a request on the only slot at once"
-        until(lambda: redis_server.command("HLEN", key) == b":0\r\n", "a slot stayed held in Redis", 3)
+        assert wait_until(lambda: redis_server.command("HLEN", key) == b":0\r\n", 3), "a slot stayed held in Redis"
     finally:
         instances.close()
 
