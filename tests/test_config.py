@@ -328,3 +328,13 @@ def test_check_config_hides_the_values_of_a_base_url_query(tmp_path: Path, capsy
     out = capsys.readouterr().out
     assert "SECRETFUNCKEY123456" not in out and "PASSWORD99" not in out
     assert "base_url=https://(redacted)@func.example.net/api/v1?code=(redacted)" in out
+
+
+@pytest.mark.parametrize("line", [f'api_key: "{KEY}', f"api_key: {KEY}\n  bad: [", f"api_key: '{KEY}\n"])
+def test_a_yaml_error_says_where_but_never_prints_the_line(tmp_path: Path, line: str,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    config = write(tmp_path / "c.yaml", f"controllers:\n  - type: openai\n    config:\n      {line}\n")
+    assert main(["--config-file", str(config), "--check-config"]) == 2
+    err = capsys.readouterr().err
+    assert "not valid YAML at line" in err and "column" in err
+    assert "SECRET" not in err and "Traceback" not in err

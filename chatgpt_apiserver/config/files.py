@@ -87,7 +87,7 @@ def load(path: Path) -> dict[str, Any]:
         try:
             document = yaml.safe_load(raw)
         except yaml.YAMLError as exc:
-            raise ConfigError([f"{path}: not valid YAML: {exc}"]) from None
+            raise ConfigError([f"{path}: not valid YAML{_where(exc)}"]) from None
     else:
         try:
             document = orjson.loads(raw)
@@ -98,6 +98,14 @@ def load(path: Path) -> dict[str, Any]:
     if not isinstance(document, dict):
         raise ConfigError([f"{path}: the top level must be an object, got {type(document).__name__}"])
     return document
+
+
+def _where(error: Any) -> str:
+    """Where a YAML error is and what it is, without the text around it: that line may hold a key."""
+    mark = getattr(error, "problem_mark", None)
+    place = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    what = " ".join(part for part in (getattr(error, "context", None), getattr(error, "problem", None)) if part)
+    return f"{place}: {what}" if what else place
 
 
 def resolve(relative_to: Path, value: str) -> Path:
