@@ -39,6 +39,7 @@ GOOD_FORMS = [
                       "timestamp_granularities": ["word"], "temperature": [""], "x_vendor_option": ["1"]}, {"file"}),
     (TRANSLATIONS, {"model": ["whisper-1"], "prompt": ["Hello"], "response_format": ["srt"], "temperature": ["0"]},
      {"file"}),
+    (TRANSLATIONS, {"model": ["whisper-1", "whisper-1"]}, {"file"}),  # the same value twice says one thing
     (IMAGE_EDITS_FORM, {"model": ["gpt-image-1"], "prompt": ["Create a lovely gift basket"]},
      {"image[]", "image[1]"}),
     (IMAGE_EDITS_FORM, {"model": ["dall-e-2"], "prompt": ["A sunlit indoor lounge area"], "n": ["1"],
@@ -76,6 +77,10 @@ BAD_FORMS = [
      "got 11."),
     (IMAGE_EDITS_FORM, {"prompt": ["p"], "n": ["1", "2.5"]}, {"image"}, "n",
      "Invalid 'n': must be an integer or null."),
+    (TRANSCRIPTIONS, {"model": ["whisper-1", "gpt-4o-transcribe"]}, {"file"}, "model",
+     "Invalid 'model': is sent 2 times with different values; send it once."),
+    (IMAGE_EDITS_FORM, {"prompt": ["p"], "model": ["gpt-image-1"], "size": ["1024x1024", "auto", "auto"]},
+     {"image"}, "size", "Invalid 'size': is sent 3 times with different values; send it once."),
     (TRANSLATIONS, {"model": ["whisper-1"], "temperature": ["1e999"]}, {"file"}, "temperature",
      "Invalid 'temperature': must be a number."),
 ]

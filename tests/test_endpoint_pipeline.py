@@ -85,6 +85,22 @@ def test_multipart_failover_and_routing(stack: Stack) -> None:
     assert not chat_only.requests
 
 
+def test_a_form_field_sent_twice_cannot_slip_past_a_model_allow_list(stack: Stack) -> None:
+    upstream = stack.fake("up")
+    stack.gateway({"clients": [{"name": "asr", "key": "asr-key", "models": ["whisper-1"]}],
+                   "controllers": [openai_controller(upstream)]})
+    form, content_type = multipart({"model": "whisper-1"}, {"file": ("a.wav", b"RIFF")})
+    boundary = content_type.split("boundary=")[1]
+    second = f'--{boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\ngpt-4o-transcribe\r\n'.encode()
+    headers = {"Content-Type": content_type, "Authorization": "Bearer asr-key"}
+    status, _, answer = stack.request("POST", "/v1/audio/transcriptions", second + form, headers)
+    error = orjson.loads(answer)["error"]
+    assert status == 400 and error["param"] == "model" and "send it once" in error["message"], answer
+    assert not upstream.requests
+    status, _, answer = stack.request("POST", "/v1/audio/transcriptions", form, headers)
+    assert status == 200 and upstream.requests, answer
+
+
 ROUTES = [
     ("POST", "/v1/completions"), ("POST", "/v1/embeddings"), ("POST", "/v1/moderations"), ("POST", "/v1/responses"),
     ("GET", "/v1/responses/resp_x"), ("DELETE", "/v1/responses/resp_x"), ("POST", "/v1/responses/resp_x/cancel"),

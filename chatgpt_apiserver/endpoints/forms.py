@@ -114,6 +114,10 @@ class FormCheck:
             if (value is None or text == "") and name not in self.required:
                 continue  # an empty optional field is "not set", as null is in JSON
             _at(name, node, value)
+        if len(set(sent)) > 1:
+            # Which one would the upstream take? The gateway checked, routed and priced by one of them: the
+            # client must say which (a second `model` would otherwise slip past an allow-list).
+            raise vol.Invalid(f"is sent {len(sent)} times with different values; send it once", [name])
 
     def _members(self, name: str, node: Node, members: dict[str, list[str]]) -> None:
         fields = node.fields()
