@@ -13,6 +13,8 @@ import openai
 import orjson
 import pytest
 
+from chatgpt_apiserver.server import reload
+
 from .fake_upstream import Cue, FakeUpstream
 from .harness import Stack, openai_controller
 from .redis_server import RedisServer
@@ -70,6 +72,23 @@ def test_a_token_budget_runs_out_and_another_client_goes_on(stack: Stack, api: A
     assert view["budget"]["tokens"] == {"limit": 20, "spent": 24, "left": 0}
     assert view["budget"]["exhausted"] and view["budget"]["period"] == "day"
     assert view["usage"]["models"]["gpt-4o"]["requests"] == 2 and view["refused"] == {"budget": 1}
+
+
+@pytest.mark.parametrize("before,after", [("day", "month"), ("month", "day")])
+def test_a_budget_whose_period_a_reload_changes_counts_in_the_new_period(stack: Stack, api: Api, before: str,
+                                                                         after: str) -> None:
+    fake = stack.fake()
+    stack.gateway(config(fake, {"tokens": 30, "period": before}))
+    client = api("team-key")
+    chat(client)  # 12 tokens in the old period
+    path = stack.tmp_path / "chatgpt-apiserver.json"
+    path.write_bytes(orjson.dumps(config(fake, {"tokens": 30, "period": after})))
+    assert stack.running is not None and stack.loop.run(reload(stack.running, ["--config-file", str(path)]))
+    for _ in range(3):
+        chat(client)  # the new period starts from zero: 12, 24 (under 30), then 36
+    assert_out_of_budget(client, "36 of 30 tokens")
+    view = admin(stack)
+    assert view["budget"]["period"] == after and view["budget"]["tokens"]["spent"] == 36
 
 
 def test_streamed_tokens_count_and_a_stream_in_flight_is_never_cut(stack: Stack, api: Api) -> None:

@@ -18,7 +18,7 @@ from chatgpt_apiserver.clients.fallback import FallbackClientStore
 from chatgpt_apiserver.clients.local import LocalClientStore
 from chatgpt_apiserver.clients.redis import RedisClientStore
 from chatgpt_apiserver.clients.registry import plan_for
-from chatgpt_apiserver.clients.rules import Left, left_of, period_of
+from chatgpt_apiserver.clients.rules import Left, follows, left_of, period_of, replaces
 from chatgpt_apiserver.clients.store import (
     ADMITTED,
     MAX_LABELS,
@@ -276,3 +276,17 @@ def test_a_short_usage_row_from_an_older_state_file_is_padded_and_keeps_counting
     assert store.admit_now(plan, 1, Period("", 0.0)).ok
     store.settle(ticket, Charge.of("m", used=4, tokens=4, prompt=1, completion=3, nano=7))
     assert store.clients["team"].usage == {"m": [2, 0, 3, 0, 6, 7]}
+
+
+@pytest.mark.parametrize("period,held,replaced,opened", [
+    ("2026-12-06", "", True, True),  # the first period
+    ("2026-12-07", "2026-12-06", True, True),  # the next day
+    ("2026-12-05", "2026-12-06", False, False),  # a day that has ended: closed
+    ("2027-01", "2026-12", True, True),
+    ("2026-12", "2026-12-06", True, False),  # a reload made the day budget monthly
+    ("2026-12-06", "2026-12", True, False),  # and back: a ticket of the other kind opens nothing
+    ("2026-12", "2026-12", False, False),
+])
+def test_budget_periods_of_one_kind_follow_in_time_and_a_changed_kind_replaces(period: str, held: str,
+                                                                                replaced: bool, opened: bool) -> None:
+    assert (replaces(period, held), follows(period, held)) == (replaced, opened)

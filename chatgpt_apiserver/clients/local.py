@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Optional
 
 from ..state.buckets import TokenBucket
-from .rules import BUDGET, BUSY, REQUEST_KINDS, over_budget
+from .rules import BUDGET, BUSY, REQUEST_KINDS, follows, over_budget, replaces
 from .store import (
     ADMITTED,
     USAGE_FIELDS,
@@ -53,8 +53,8 @@ class LocalClient:
     def spend(self, period: str, tokens: int, nano: int) -> None:
         """C3: add to the period's spending; a later period starts from zero, an earlier one is over."""
         if period != self.period:
-            if period < self.period:
-                return  # admitted in a period that has ended since: that budget is closed
+            if not follows(period, self.period):
+                return  # admitted in a period that has ended since, or one a reload replaced: closed
             self.period, self.spent_tokens, self.spent_nano = period, 0, 0
         self.spent_tokens += tokens
         self.spent_nano += nano
@@ -119,7 +119,7 @@ class LocalClientStore(ClientStore):
         levels = tuple(bucket.refill(now) for bucket in buckets)
         spent = (0, 0)
         if plan.period:
-            if client.period != period.name and period.name > client.period:
+            if replaces(period.name, client.period):
                 client.period, client.spent_tokens, client.spent_nano = period.name, 0, 0
             spent = (client.spent_tokens, client.spent_nano)
             if over_budget(*spent, plan.budget_tokens, plan.budget_nano):
@@ -173,7 +173,7 @@ class LocalClientStore(ClientStore):
     def seed_spent(self, name: str, period: str, tokens: int, nano: int) -> None:
         """Start a period's spending from what another store said (never lowering what is known here)."""
         client = self._client(name)
-        if period > client.period:
+        if replaces(period, client.period):
             client.period, client.spent_tokens, client.spent_nano = period, tokens, nano
         elif period == client.period:
             client.spent_tokens, client.spent_nano = max(client.spent_tokens, tokens), max(client.spent_nano, nano)

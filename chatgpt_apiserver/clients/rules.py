@@ -89,6 +89,20 @@ def period_of(kind: str, wall: float) -> tuple[str, float]:
     return name, end
 
 
+def replaces(period: str, held: str) -> bool:
+    """C3: whether the budget period in force now, `period`, replaces the one a client's spending is held
+    for: a later period of the same kind, or a period of the other kind (a reload changed the budget's
+    period; its spending starts from zero, as it does in Redis, whose spending is kept per period name).
+    Names of one kind sort in time order; a day's and a month's do not sort against each other."""
+    return period != held and (len(period) != len(held) or period > held)
+
+
+def follows(period: str, held: str) -> bool:
+    """C3: whether spending settled for `period` (the one its request was admitted in) opens a new period
+    after `held`. One of the other kind, from before a reload changed the budget's period, does not."""
+    return not held or (len(period) == len(held) and period > held)
+
+
 def over_budget(spent_tokens: int, spent_nano: int, tokens: Optional[int], nano: Optional[int]) -> bool:
     """C3: whether a period's spending has reached the budget."""
     return (tokens is not None and spent_tokens >= tokens) or (nano is not None and spent_nano >= nano)
