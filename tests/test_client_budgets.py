@@ -91,6 +91,37 @@ def test_a_budget_whose_period_a_reload_changes_counts_in_the_new_period(stack: 
     assert view["budget"]["period"] == after and view["budget"]["tokens"]["spent"] == 36
 
 
+def test_a_stored_response_is_charged_once_however_often_it_is_fetched(stack: Stack, api: Api) -> None:
+    fake = stack.fake()
+    fake.store.background_seconds = 0.2
+    stack.gateway(config(fake, {"tokens": 10_000, "period": "day"}))
+    client = api("team-key")
+
+    def spent() -> int:
+        return int(admin(stack)["budget"]["tokens"]["spent"])
+
+    made = client.responses.create(model="gpt-4o", input="hi")
+    assert made.usage is not None and spent() == made.usage.total_tokens > 0
+    for _ in range(3):
+        client.responses.retrieve(made.id)  # a fetch runs no model
+    assert spent() == made.usage.total_tokens
+    before = spent()
+    queued = client.responses.create(model="gpt-4o", input="hi", background=True)
+    assert queued.usage is None and spent() == before  # it has not run yet
+    deadline = time.monotonic() + 10
+    while (done := client.responses.retrieve(queued.id)).status != "completed":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert done.usage is not None and spent() == before + done.usage.total_tokens  # seen first here
+    client.responses.retrieve(queued.id)
+    events = list(client.responses.retrieve(queued.id, stream=True))
+    assert events[-1].type == "response.completed" and spent() == before + done.usage.total_tokens
+    assert admin(stack)["usage"]["models"]["(responses_get)"]["requests"] >= 6
+    assert stack.running is not None
+    [controller] = stack.running.gateway.controllers
+    assert "(responses_get)" not in controller.stats.tokens_by_model  # nor does the controller count it again
+
+
 def test_streamed_tokens_count_and_a_stream_in_flight_is_never_cut(stack: Stack, api: Api) -> None:
     fake = stack.fake()
     stack.gateway(config(fake, {"tokens": 20}))

@@ -50,6 +50,9 @@ class Endpoint:
     names: tuple[str, ...] = ()  # body fields that may name such an id: the request goes to its owner
     forgets: bool = False  # a successful answer deletes the id named in the path
     binary: bool = False  # the answer may be binary (audio): relayed as it arrives, never parsed
+    # Its answer shows the usage of a stored response that ran before (a fetch, a cancel): no controller counts
+    # it again, and a client is charged it once per response (a background response's usage shows only here).
+    shows_stored_usage: bool = False
     pattern: re.Pattern[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

@@ -258,7 +258,7 @@ async def attempt(lease: Lease, call: Call, gateway: Gateway) -> Answer | Failur
                 return Failure(controller.name, "protocol", "the upstream answered with malformed JSON")
             record_status(lease, status, rate, b"", gateway.scheduler, settings)
             usage = find_usage_in(pieces) if json else None
-            lease.release(record_usage(controller, usage, call.label))
+            lease.release(0.0 if endpoint.shows_stored_usage else record_usage(controller, usage, call.label))
             handed_over = True
             return Answer(controller, reply, status, lease, pieces=pieces, usage=usage, created=created)
         verdict = record_status(lease, status, rate, data, gateway.scheduler, settings)

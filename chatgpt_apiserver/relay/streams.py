@@ -124,7 +124,8 @@ async def relay_stream(answer: Answer, call: Call, send: Send, secrets: tuple[by
             reply.end()
         else:
             reply.close()
-        answer.lease.release(record_usage(answer.controller, result.usage, call.label))
+        answer.lease.release(0.0 if call.endpoint.shows_stored_usage
+                             else record_usage(answer.controller, result.usage, call.label))
 
 
 async def relay_bytes(answer: Answer, send: Send) -> int:

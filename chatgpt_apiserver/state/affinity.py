@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from .redis_link import RedisLink
 
 log = logging.getLogger("chatgpt_apiserver.state")
+CHARGED = "#charged"  # an id with this suffix: the stored response's usage has been charged to its client
 
 
 def digest(key: str) -> int:
@@ -110,6 +111,19 @@ class Affinity:
         self.local.remember(key, owner)
         if self.link is not None:
             self.link.send("aff_set", (self._key(key),), (owner, b"%d" % max(1, round(self.ttl))))
+
+    async def first_charge(self, key: str) -> bool:
+        """Whether the usage of the stored response `key` is charged now for the first time (a fetch of a
+        background response that has ended); remembered, as its owner is, so that it is charged once."""
+        mark = key + CHARGED
+        if await self.owner(mark) is not None:
+            return False
+        self.remember(mark, CHARGED)
+        return True
+
+    def charged(self, key: str) -> None:
+        """The usage of the stored response `key` was charged when it was made."""
+        self.remember(key + CHARGED, CHARGED)
 
     def forget(self, key: str) -> None:
         """`key` was deleted upstream."""

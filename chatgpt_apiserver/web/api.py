@@ -71,6 +71,7 @@ class EndpointHandler(BaseHandler):
     _counting = False  # a client's stream: its events are counted, for a charge if it reports no usage
     _events = 0
     _stream: Optional[StreamResult] = None  # a relayed event stream, as far as it has come
+    _created: Optional[str] = None  # the stored response (or conversation) the answer made
 
     def initialize(self, gateway: Gateway, bodies: Bodies, endpoints: Mapping[str, Endpoint]) -> None:  # type: ignore[override]
         super().initialize(gateway, bodies)
@@ -179,6 +180,7 @@ class EndpointHandler(BaseHandler):
             answer.close()
             return
         self._answered = True
+        self._created = answer.created
         self.controller, self.attempts = answer.controller.name, answer.attempts
         if call.model:
             self._upstream_model = answer.controller.upstream_model(call.model)
@@ -198,7 +200,7 @@ class EndpointHandler(BaseHandler):
             self._start_binary(answer)
             await relay_bytes(answer, self._send)
         else:
-            self._account(answer.usage)
+            self._account(await self._charged_once(answer.usage))
             if answer.usage is None and answer.status >= 400:
                 self._used = 0.0
             await self._finish_body(answer)
@@ -217,6 +219,21 @@ class EndpointHandler(BaseHandler):
         self._ticket = ticket
         if ticket.headers:
             self._headers.update(ticket.headers)  # x-ratelimit-*: numbers and durations only
+
+    async def _charged_once(self, usage: Optional[Usage]) -> Optional[Usage]:
+        """A client pays a stored response's usage once: when the answer that made it reports it, else when a
+        fetch first shows it. None: charged before (the fetch costs no tokens)."""
+        if usage is None or self._ticket is None:
+            return usage
+        call, affinity = self._call, self.gateway.affinity
+        assert call is not None
+        if call.endpoint.shows_stored_usage:
+            if call.owner_of and not await affinity.first_charge(call.owner_of):
+                self._counting = False  # nor an estimate from its events
+                return None
+        elif self._created:
+            affinity.charged(self._created)
+        return usage
 
     def _account(self, usage: Optional[Usage]) -> None:
         self._usage = usage
@@ -237,7 +254,7 @@ class EndpointHandler(BaseHandler):
             self._events += data.count(b"data:")  # one per event, in both stream styles
         if last:
             if self._stream is not None:
-                self._account(self._stream.usage)  # before finish() writes the access log line
+                self._account(await self._charged_once(self._stream.usage))  # before the access log line
             # A whole stream in hand at once leaves in one write, with a Content-Length; else this is the last chunk.
             await self._sent(self.finish(data))
             return
