@@ -142,6 +142,18 @@ def test_models_is_an_allow_list_and_model_limits_are_limits_of_their_own(stack:
     assert [seen.json["model"] for seen in fake.chat_requests] == ["gpt-4o", *["gpt-4o-mini"] * 3]
 
 
+def test_a_model_limit_holds_for_the_models_dated_snapshots(stack: Stack, api: Api) -> None:
+    fake = stack.fake(model_ids=("gpt-4o-mini", "gpt-4o-mini-2024-07-18", "gpt-4o"))
+    start(stack, [{"name": "app", "key": "app-key", "model_limits": {"gpt-4o-mini": {"rpm": 1}}}], fake)
+    client = api("app-key")
+    assert chat(client, model="gpt-4o-mini").headers["x-ratelimit-limit-requests"] == "1"
+    with pytest.raises(openai.RateLimitError) as refused:
+        chat(client, model="gpt-4o-mini-2024-07-18")  # the same model, by its snapshot's name
+    assert "for the model 'gpt-4o-mini-2024-07-18'" in refused.value.message
+    assert chat(client, model="gpt-4o").http_response.status_code == 200  # another model is not limited
+    assert [seen.json["model"] for seen in fake.chat_requests] == ["gpt-4o-mini", "gpt-4o"]
+
+
 def test_limits_apply_on_every_endpoint(stack: Stack, api: Api) -> None:
     fake = stack.fake()
     start(stack, [{"name": "embedder", "key": "embed-key", "rpm": 2, "models": ["text-embedding-3-small"]}], fake)

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Optional
 
 import orjson
 
-from ..config.clients import Price, build_prices
+from ..config.clients import Price, build_prices, snapshot_of
 from ..endpoints.usage import Usage
 
 SHIPPED = Path(__file__).with_name("prices.json")  # etc/chatgpt-apiserver/prices.json is the same file
-SNAPSHOT = re.compile(r"-\d{4}-\d{2}-\d{2}$")  # gpt-4o-2024-08-06 -> gpt-4o
 
 
 class PriceTable:
@@ -38,8 +36,8 @@ class PriceTable:
         prices = self.prices
         for name in names:
             found = prices.get(name)
-            if found is None and SNAPSHOT.search(name):
-                found = prices.get(SNAPSHOT.sub("", name))
+            if found is None and (base := snapshot_of(name)) is not None:
+                found = prices.get(base)
             if found is not None:
                 return found
         return None

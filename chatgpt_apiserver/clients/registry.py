@@ -12,7 +12,7 @@ import math
 from collections.abc import Iterable
 from typing import Optional
 
-from ..config.clients import ClientSpec
+from ..config.clients import ClientSpec, snapshot_of
 from ..scheduling.fair_queue import Tenant
 from .rules import MODEL_REQUESTS, MODEL_TOKENS, REQUESTS, TOKENS, BucketRule
 from .store import Plan
@@ -53,7 +53,15 @@ class Client:
     def plan(self, model: str) -> Plan:
         """The plan for a request for `model`."""
         found = self.plans.get(model)
-        return found if found is not None else self.plans[""]
+        return found if found is not None else self.plans[self.limited_as(model)]
+
+    def limited_as(self, model: str) -> str:
+        """The name of `model` in the client's `model_limits` (its own, or that of the model it is a dated
+        snapshot of), or "" if it has no limits of its own."""
+        if model in self.plans:
+            return model
+        base = snapshot_of(model) if len(self.plans) > 1 else None  # (only with model_limits)
+        return base if base is not None and base in self.plans else ""
 
 
 class Registry:
