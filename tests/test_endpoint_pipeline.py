@@ -170,6 +170,23 @@ def test_a_typed_stream_without_its_final_event_is_an_error(stack: Stack) -> Non
     assert last.startswith(b"event: error") and b"final event" in last
 
 
+@pytest.mark.parametrize("cue,says", [(Cue(mode="no_done"), b"final event"),
+                                      (Cue(mode="malformed_event", events=3, after=1), b"not valid JSON")])
+def test_speech_asked_as_events_is_a_typed_stream_that_ends_in_an_error_when_it_breaks(stack: Stack, cue: Cue,
+                                                                                        says: bytes) -> None:
+    fake = stack.fake("up")
+    fake.default = cue
+    stack.gateway({"controllers": [openai_controller(fake)]})
+    speech = {"model": "gpt-4o-mini-tts", "voice": "alloy", "input": "hello", "stream_format": "sse"}
+    status, headers, raw = stack.request("POST", "/v1/audio/speech", speech)
+    last = raw.rstrip().split(b"\n\n")[-1]
+    assert status == 200 and headers["content-type"].startswith("text/event-stream")
+    assert last.startswith(b"event: error") and says in last, raw[-300:]
+    fake.default = Cue(mode="stream", events=2)
+    _, _, raw = stack.request("POST", "/v1/audio/speech", speech)
+    assert b'"type":"speech.audio.done"' in raw.rstrip().split(b"\n\n")[-1].replace(b" ", b"")
+
+
 def test_a_broken_binary_answer_is_cut_off_without_its_end(stack: Stack) -> None:
     fake = stack.fake("up")
     fake.default = Cue(mode="cut", events=4, after=2)

@@ -43,6 +43,7 @@ class Endpoint:
     form_schema: Optional[str] = None  # the key of its multipart/form-data schema, when it takes forms
     streams: Streams = Streams.NEVER
     stream_ends: frozenset[str] = frozenset()  # event types after which a stream has ended well
+    stream_asked: Optional[tuple[str, str]] = None  # a field and value that ask for a stream too (speech's SSE)
     stream_error: str = "data"  # how the gateway ends a broken stream: "data" ({"error"}) or "typed" (error)
     estimate: Optional[Estimate] = None  # None: no tokens reserved (a follow-up that reads stored state)
     inject_usage: bool = False  # the gateway asks for stream_options.include_usage to settle tokens

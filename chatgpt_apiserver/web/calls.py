@@ -92,6 +92,9 @@ def read_call(endpoint: Endpoint, body: bytes, content_type: str, path_args: Map
         stream_field = parse_qs(query).get("stream", [""])[0]
     stream = endpoint.can_stream and (stream_field is True or (isinstance(stream_field, str)
                                                                and stream_field.lower() in TRUE))
+    asked = endpoint.stream_asked
+    if asked is not None and not stream:
+        stream = payload.get(asked[0]) == asked[1]
     path = endpoint.path.format(**{name: quote(value, safe="") for name, value in path_args.items()})
     if query:
         path += "?" + query
