@@ -129,6 +129,22 @@ def test_controller_config_file_is_relative_to_the_file_naming_it(tmp_path: Path
     assert spec.weight == 5 and spec.name == "openai-1"
 
 
+def test_the_originals_layout_names_its_controller_file_from_the_working_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The original's config/config.json says "config_file": "config/openai.json", read from the directory it runs in.
+    write(tmp_path / "config" / "openai.json", {"api_key": KEY})
+    config = write(tmp_path / "config" / "config.json", {"controllers": [
+        {"type": "openai", "config_file": "config/openai.json"}]})
+    monkeypatch.chdir(tmp_path)
+    settings, _ = parse_settings(["--config_file", "config/config.json"], {})
+    [spec] = settings.controllers
+    assert spec.api_key is not None and spec.api_key.reveal() == KEY
+    monkeypatch.chdir(tmp_path / "config")  # from elsewhere, neither reading finds it: the error says where it looked
+    with pytest.raises(ConfigError) as failed:
+        parse_settings(["--config_file", str(config)], {})
+    assert "config/config/openai.json: cannot read" in str(failed.value.problems)
+
+
 def test_the_originals_config_keeps_working(tmp_path: Path) -> None:
     write(tmp_path / "ctrl.json", {"api_key": KEY})
     config = write(tmp_path / "chatgpt-apiserver.json", {

@@ -214,6 +214,8 @@ def build_specs(entries: Any, base: Path, where: str, env: Mapping[str, str],
         settings_where, settings_prefix, settings_base = where, f"{prefix}.config", base
         if "config_file" in entry:
             path = resolve(base, entry["config_file"])
+            if not path.exists() and Path(entry["config_file"]).is_file():
+                path = Path(entry["config_file"])  # the original's reading: relative to the working directory
             try:
                 settings = load(path)
             except ConfigError as exc:
