@@ -140,6 +140,20 @@ def test_made_up_model_names_do_not_grow_the_metrics(stack: Stack) -> None:
     assert m['chatgpt_apiserver_tokens_total{controller="up",kind="prompt",model="gpt-4o"}'] == 5
 
 
+def test_a_very_long_model_name_is_never_a_metric_label(stack: Stack) -> None:
+    fake = stack.fake("up")  # it answers any model, and says which it was asked for
+    stack.gateway({"controllers": [openai_controller(fake)], "admin_key": "admin-key",
+                   "clients": [{"name": "app", "key": "app-key"}]})
+    long_name = "m" * 10_000
+    headers = {"Content-Type": "application/json", "Authorization": "Bearer app-key"}
+    for model in (long_name, "gpt-4o"):
+        assert stack.request("POST", "/v1/chat/completions", {**BODY, "model": model}, headers)[0] == 200
+    m = scrape(stack, Authorization="Bearer admin-key")
+    assert all(len(name) < 400 for name in m), max(m, key=len)[:200]
+    assert m['chatgpt_apiserver_tokens_total{controller="up",kind="prompt",model="(long model name)"}'] == 5
+    assert m['chatgpt_apiserver_client_requests_total{client="app",model="(long model name)"}'] == 1
+
+
 def test_a_failed_request_logs_its_attempts_and_last_controller(stack: Stack) -> None:
     first, second = stack.fake("first"), stack.fake("second")
     first.default = second.default = Cue(mode="status", status=503)

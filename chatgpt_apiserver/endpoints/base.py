@@ -8,6 +8,9 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Optional
 
+MAX_LABEL_LENGTH = 128  # OpenAI's model names are a few dozen characters; a client may send any string
+LONG_NAME = "(long model name)"
+
 
 class Body(Enum):
     """What the client sends (an endpoint that takes forms may take JSON too: images/edits)."""
@@ -86,5 +89,8 @@ class Endpoint:
         return self.streams is not Streams.NEVER
 
     def label(self, model: str) -> str:
-        """The scope of breakers and counts: the model, or the route for calls without one."""
+        """The scope of breakers and counts: the model, or the route for calls without one. A name longer
+        than any model's is counted as "(long model name)": it would be a metric label of that length."""
+        if len(model) > MAX_LABEL_LENGTH:
+            return LONG_NAME
         return model or f"({self.route})"
