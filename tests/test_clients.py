@@ -154,6 +154,28 @@ def test_a_model_limit_holds_for_the_models_dated_snapshots(stack: Stack, api: A
     assert [seen.json["model"] for seen in fake.chat_requests] == ["gpt-4o-mini", "gpt-4o"]
 
 
+def test_what_one_client_stores_another_cannot_read_continue_or_delete(stack: Stack, api: Api) -> None:
+    fake = stack.fake()
+    start(stack, [{"name": "a", "key": "a-key"}, {"name": "b", "key": "b-key"}], fake)
+    mine, theirs = api("a-key"), api("b-key")
+    made = mine.responses.create(model="gpt-4o", input="hi")
+    conversation = mine.conversations.create()
+    seen = len(fake.requests)
+    for attempt in (lambda: theirs.responses.retrieve(made.id), lambda: theirs.responses.delete(made.id),
+                    lambda: theirs.responses.input_items.list(made.id),
+                    lambda: theirs.conversations.retrieve(conversation.id)):
+        with pytest.raises(openai.NotFoundError) as missing:
+            attempt()
+        assert "not found" in missing.value.message
+    with pytest.raises(openai.NotFoundError) as missing:
+        theirs.responses.create(model="gpt-4o", input="and?", previous_response_id=made.id)
+    assert missing.value.body["param"] == "previous_response_id"  # type: ignore[index]
+    assert len(fake.requests) == seen  # none of them reached the upstream
+    assert mine.responses.retrieve(made.id).id == made.id  # its maker still can
+    assert mine.responses.create(model="gpt-4o", input="and?", previous_response_id=made.id).output_text
+    assert mine.conversations.retrieve(conversation.id).id == conversation.id
+
+
 def test_limits_apply_on_every_endpoint(stack: Stack, api: Api) -> None:
     fake = stack.fake()
     start(stack, [{"name": "embedder", "key": "embed-key", "rpm": 2, "models": ["text-embedding-3-small"]}], fake)

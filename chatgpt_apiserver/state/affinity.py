@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("chatgpt_apiserver.state")
 CHARGED = "#charged"  # an id with this suffix: the stored response's usage has been charged to its client
+MAKER = "#client"  # an id with this suffix: the client that made it (its owner is that client's name)
 
 
 def digest(key: str) -> int:
@@ -120,6 +121,14 @@ class Affinity:
             return False
         self.remember(mark, CHARGED)
         return True
+
+    async def maker(self, key: str) -> Optional[str]:
+        """The client that made the stored response or conversation `key`, if a client made it here."""
+        return await self.owner(key + MAKER)
+
+    def made_by(self, key: str, client: str) -> None:
+        """The client `client` made `key`: other clients may not see it."""
+        self.remember(key + MAKER, client)
 
     def charged(self, key: str) -> None:
         """The usage of the stored response `key` was charged when it was made."""

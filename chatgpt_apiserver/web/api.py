@@ -12,6 +12,7 @@ from tornado.http1connection import HTTP1Connection
 from tornado.iostream import StreamClosedError
 
 from ..call import Call
+from ..clients import Client
 from ..clients.estimates import unreported_usage
 from ..clients.store import ClientTicket
 from ..endpoints.base import Endpoint
@@ -172,6 +173,8 @@ class EndpointHandler(BaseHandler):
         self._call = call
         self.model, self.stream = call.model, call.stream
         client = self.client
+        if client is not None and call.owner_of:
+            await self._visible_to(client, call, call.owner_of)
         answer = await open_answer(self.gateway, call, client.tenant if client is not None else ANONYMOUS,
                                    self._admit if client is not None else None)
         if self._client_gone:
@@ -181,6 +184,8 @@ class EndpointHandler(BaseHandler):
             return
         self._answered = True
         self._created = answer.created
+        if client is not None and answer.created and 200 <= answer.status < 300:
+            self.gateway.affinity.made_by(answer.created, client.name)
         self.controller, self.attempts = answer.controller.name, answer.attempts
         if call.model:
             self._upstream_model = answer.controller.upstream_model(call.model)
@@ -207,6 +212,17 @@ class EndpointHandler(BaseHandler):
             return
         if not self._client_gone and not self._finished:
             self.finish()
+
+    async def _visible_to(self, client: Client, call: Call, ident: str) -> None:
+        """What one client made, another does not see: a 404, as OpenAI answers for another project's ids."""
+        maker = await self.gateway.affinity.maker(ident)
+        if maker is None or maker == client.name:
+            return  # its own, or made before clients were configured (or forgotten): the upstream decides
+        what = "Conversation" if ident.startswith("conv_") else "Response"
+        named = next((name for name in call.endpoint.names if name in call.payload), None)
+        if named == "previous_response_id":
+            what = "Previous response"
+        raise ApiError(404, f"{what} with id {ident!r} not found.", param=named)
 
     async def _admit(self, tokens: float) -> None:
         """The client's own admission (before any controller is asked); its refusal is raised as the answer."""
