@@ -184,6 +184,21 @@ def test_budgets_and_usage_survive_a_restart_without_redis(stack: Stack, api: Ap
     assert usage["requests"] == 2 and usage["completion_tokens"] == 14
 
 
+def test_the_admin_view_shows_a_restored_bucket_as_it_was_left(stack: Stack, api: Api, tmp_path: Path) -> None:
+    fake = stack.fake()
+    document = {"controllers": [openai_controller(fake)], "admin_key": "admin-key", "state_dir": str(tmp_path),
+                "clients": [{"name": "team", "key": "team-key", "rpm": 3}]}  # one more every 20 s
+    stack.gateway(document)
+    client = api("team-key")
+    for _ in range(3):
+        chat(client)
+    restart(stack, document)
+    level = admin(stack)["buckets"]["requests"]["level"]
+    assert level < 1, level  # not a full bucket of 3: the next request is refused
+    with pytest.raises(openai.RateLimitError):
+        chat(api("team-key"))
+
+
 def test_a_dollar_budget_survives_a_restart_with_redis(stack: Stack, api: Api, redis_server: RedisServer) -> None:
     fake = stack.fake()
     document = config(fake, {"usd": 0.2}, redis_url=redis_server.url)

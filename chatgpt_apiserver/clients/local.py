@@ -190,6 +190,9 @@ class LocalClientStore(ClientStore):
         client = self._client(plan.name)
         now = self.clock()
         view = ClientView(in_flight=client.in_flight, usage={k: list(v) for k, v in client.usage.items()})
+        for rule in plan.buckets:
+            if rule.field in client.saved:  # restored from the state file: as full as it was left
+                self._bucket(client, rule.field, rule.rate, rule.capacity, now)
         for field, held in client.buckets.items():
             view.levels[field] = held.bucket.refill(now)
         if period is not None and period.name:
