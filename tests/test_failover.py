@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from typing import Any
 
 import openai
 import orjson
@@ -167,6 +168,21 @@ def test_upstream_error_event_is_relayed_and_ends_the_stream(stack: Stack) -> No
         client = openai.OpenAI(base_url=stack.base_url, api_key="k", max_retries=0)
         for _ in client.chat.completions.create(**STREAM):
             pass
+
+
+@pytest.mark.parametrize("path,body", [("/v1/conversations", {}),
+                                       ("/v1/responses", {"model": "gpt-4o", "input": "hi"})])
+def test_a_create_cut_after_its_answer_began_is_not_made_again_elsewhere(stack: Stack, path: str,
+                                                                        body: dict[str, Any]) -> None:
+    a, b = stack.fake("a"), stack.fake("b")
+    a.default = Cue(mode="cut", after=1)
+    stack.gateway({"controllers": [openai_controller(a, weight=100), openai_controller(b, weight=1)]})
+    status, headers, raw = stack.request("POST", path, body)
+    assert status >= 500 and headers["x-should-retry"] == "false", raw
+    assert a.requests_to(path.removeprefix("/v1")) and not b.requests  # one was made: no second one
+    embed = {"model": "text-embedding-3-small", "input": "hi"}  # a call that makes nothing stored
+    status, headers, _ = stack.request("POST", "/v1/embeddings", embed)
+    assert status == 200 and headers["x-chatgpt-apiserver-controller"] == "b"  # still fails over
 
 
 def test_mid_stream_failure_is_an_exception_in_the_openai_client(stack: Stack) -> None:

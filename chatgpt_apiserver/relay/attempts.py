@@ -273,7 +273,11 @@ async def attempt(lease: Lease, call: Call, gateway: Gateway) -> Answer | Failur
         return Answer(controller, reply, status, lease, body=data)
     except UpstreamError as exc:
         record_failure(lease, gateway.scheduler, whole=exc.connecting)
-        return Failure(controller.name, exc.kind, exc.message, sent=exc.kind == "timeout" and not exc.connecting)
+        # A create whose answer had begun made its response or conversation upstream: sent again, it would
+        # make (and bill) a second one.
+        made = endpoint.creates is not None and reply is not None and 200 <= reply.status < 300
+        return Failure(controller.name, exc.kind, exc.message,
+                       sent=(exc.kind == "timeout" and not exc.connecting) or made)
     except asyncio.CancelledError:
         if not deadline.expired:
             raise
