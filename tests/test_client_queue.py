@@ -127,7 +127,7 @@ def test_one_client_cannot_fill_the_queue(stack: Stack) -> None:
     refused = [r for r in results if isinstance(r, openai.RateLimitError)]
     # One in service, five waiting (half of max_queue_size), the other three refused at once.
     assert len(refused) == 3, results
-    assert all("its share of the queue" in r.message and "'nightly'" in r.message for r in refused)
+    assert all("The client 'nightly' has" in r.message and "its share of the queue" in r.message for r in refused)
 
 
 def test_without_clients_the_queue_is_first_in_first_out(stack: Stack) -> None:

@@ -209,7 +209,7 @@ class Scheduler:
         if len(self._waiters) >= self.queue.max_size:
             raise self._full(model, 1.0, queue_full=True)
         if tenant.max_waiting is not None and self._waiters.waiting(tenant) >= tenant.max_waiting:
-            raise ApiError(429, f"Client {tenant.name!r} has {tenant.max_waiting} requests waiting, its share of "
+            raise ApiError(429, f"The client {tenant.name!r} has {tenant.max_waiting} requests waiting, its share of "
                                 f"the queue; retry after 1s.", code="rate_limit_exceeded",
                            headers={"Retry-After": "1"})
         started = self.clock()
