@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import math
+import struct
 from typing import Any
 
 import openai
@@ -28,6 +31,12 @@ def test_text_endpoints(sdk: Any) -> None:
     vectors = sdk.embeddings.create(model="text-embedding-3-small", input=["a", "b"], dimensions=64,
                                     encoding_format="float")
     assert [len(item.embedding) for item in vectors.data] == [64, 64] and vectors.usage.prompt_tokens
+    packed = sdk.embeddings.create(model="text-embedding-3-small", input=["a", "b"], dimensions=64,
+                                   encoding_format="base64")
+    assert all(isinstance(item.embedding, str) for item in packed.data)  # as OpenAI sends it: the JS SDK decodes it
+    decoded = [x for item in packed.data for x in struct.unpack("<64f", base64.b64decode(item.embedding))]
+    floats = [x for item in vectors.data for x in item.embedding]
+    assert all(math.isclose(x, y, abs_tol=1e-6) for x, y in zip(decoded, floats, strict=True))
     assert not sdk.moderations.create(model="omni-moderation-latest", input="hello").results[0].flagged
     assert sdk.models.retrieve("gpt-4o-mini").id == "gpt-4o-mini"  # the README's examples work in the demo
 

@@ -4,6 +4,7 @@ responses and conversations, in OpenAI's shapes, with generated text. Each mock 
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import math
 import os
@@ -43,14 +44,21 @@ def embedding(text: str, dimensions: int) -> list[float]:
     return [round(v / norm, 6) for v in values]
 
 
+def _base64(vector: list[float]) -> str:
+    """A vector as OpenAI sends it for `encoding_format: base64`: little-endian float32s."""
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+
+
 def embeddings(payload: dict[str, Any]) -> dict[str, Any]:
     """An embeddings list: one vector per input (strings, or token arrays)."""
     raw = payload.get("input")
     inputs: list[Any] = raw if isinstance(raw, list) and raw and not isinstance(raw[0], int) else [raw]
     asked = first_count(payload, "dimensions")
     dimensions = asked if asked is not None and asked <= 8192 else 1536
-    data = [{"object": "embedding", "index": i, "embedding": embedding(str(item), dimensions)}
-            for i, item in enumerate(inputs)]
+    vectors = [embedding(str(item), dimensions) for item in inputs]
+    data = [{"object": "embedding", "index": i,
+             "embedding": _base64(vector) if payload.get("encoding_format") == "base64" else vector}
+            for i, vector in enumerate(vectors)]
     tokens = sum(max(1, len(str(item)) // 4) if not isinstance(item, list) else len(item) for item in inputs)
     return {"object": "list", "data": data, "model": payload.get("model"),
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
