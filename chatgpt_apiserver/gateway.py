@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Optional, Protocol
 
 from .auth import KeyRing
@@ -18,7 +18,7 @@ from .ops.metrics import Metrics
 from .scheduling.balancer import make_balancer
 from .scheduling.scheduler import QueuePolicy, RetryBudget, Scheduler
 from .state import ControllerStore, apply_settings, make_affinity, make_store, policy_of
-from .state.store import OK, WHOLE, ControllerView
+from .state.store import DISABLED, OK, WHOLE, ControllerView
 
 log = logging.getLogger("chatgpt_apiserver.gateway")
 
@@ -218,18 +218,26 @@ class Gateway:
         return None
 
     async def models(self) -> list[str]:
-        """Declared model names, plus what controllers without a declared list report upstream."""
+        """Declared model names, plus what controllers without a declared list report upstream; a model only
+        disabled controllers serve (a rejected key, a missing deployment) is not offered."""
         names: set[str] = set()
         undeclared = []
         for controller in self.controllers:
             if controller.models is not None:
-                names.update(controller.models)
+                names.update(self._usable(controller, controller.models))
             else:
                 undeclared.append(controller)
         results = await asyncio.gather(*(self._discover(c) for c in undeclared))
-        for found in results:
-            names.update(found)
+        for controller, found in zip(undeclared, results, strict=True):
+            names.update(self._usable(controller, found))
         return sorted(names)
+
+    def _usable(self, controller: Controller, models: Iterable[str]) -> list[str]:
+        store = self.store
+        if store.health(controller, WHOLE).status == DISABLED:
+            return []
+        labelled = controller.stats.labels  # a model with no label of its own has no disable of its own
+        return [m for m in models if m not in labelled or store.health(controller, m).status != DISABLED]
 
     async def _discover(self, controller: Controller) -> list[str]:
         """The models `controller` reports, cached (failures too, briefly); one call at a time."""

@@ -136,6 +136,21 @@ def test_a_missing_deployment_disables_that_model_on_that_controller_only(stack:
     assert chat(stack)[1]["x-chatgpt-apiserver-controller"] == "east"
 
 
+def test_a_model_whose_only_deployment_is_missing_leaves_the_model_list(stack: Stack, gateway_client: Client) -> None:
+    east = start_azure(stack, "east", ("emb-east",))
+    stack.gateway({"controllers": [
+        azure_controller(east, {"gpt-4o": "gpt4o-east", "text-embedding-3-small": "emb-east"})]})
+    assert [m.id for m in gateway_client().models.list()] == ["gpt-4o", "text-embedding-3-small"]
+    assert chat(stack)[0] >= 500  # DeploymentNotFound: gpt-4o is disabled on its only controller
+    assert [m.id for m in gateway_client().models.list()] == ["text-embedding-3-small"]
+    assert stack.request("GET", "/v1/models/gpt-4o")[0] == 404
+    east.deployments.add("gpt4o-east")
+    running = stack.running
+    assert running is not None
+    stack.loop.run(running.gateway.reload(running.gateway.settings))
+    assert [m.id for m in gateway_client().models.list()] == ["gpt-4o", "text-embedding-3-small"]
+
+
 def test_every_instance_sharing_redis_stops_asking_for_a_missing_deployment(
         stack: Stack, loop_thread: LoopThread, tmp_path: Path, redis_server: RedisServer) -> None:
     east = start_azure(stack, "east", ())  # no deployment left at all
