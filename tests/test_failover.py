@@ -170,12 +170,13 @@ def test_upstream_error_event_is_relayed_and_ends_the_stream(stack: Stack) -> No
             pass
 
 
+@pytest.mark.parametrize("mode", ["cut", "malformed"])
 @pytest.mark.parametrize("path,body", [("/v1/conversations", {}),
                                        ("/v1/responses", {"model": "gpt-4o", "input": "hi"})])
 def test_a_create_cut_after_its_answer_began_is_not_made_again_elsewhere(stack: Stack, path: str,
-                                                                        body: dict[str, Any]) -> None:
+                                                                        body: dict[str, Any], mode: str) -> None:
     a, b = stack.fake("a"), stack.fake("b")
-    a.default = Cue(mode="cut", after=1)
+    a.default = Cue(mode=mode, after=1)
     stack.gateway({"controllers": [openai_controller(a, weight=100), openai_controller(b, weight=1)]})
     status, headers, raw = stack.request("POST", path, body)
     assert status >= 500 and headers["x-should-retry"] == "false", raw
@@ -183,6 +184,15 @@ def test_a_create_cut_after_its_answer_began_is_not_made_again_elsewhere(stack: 
     embed = {"model": "text-embedding-3-small", "input": "hi"}  # a call that makes nothing stored
     status, headers, _ = stack.request("POST", "/v1/embeddings", embed)
     assert status == 200 and headers["x-chatgpt-apiserver-controller"] == "b"  # still fails over
+
+
+def test_a_streamed_create_that_breaks_before_its_first_event_goes_to_another_controller(stack: Stack) -> None:
+    a, b = stack.fake("a"), stack.fake("b")
+    a.default = Cue(mode="cut", after=0)  # the head, then nothing: no response.created yet
+    stack.gateway({"controllers": [openai_controller(a, weight=100), openai_controller(b, weight=1)]})
+    client = openai.OpenAI(base_url=stack.base_url, api_key="k", max_retries=0)
+    events = list(client.responses.create(model="gpt-4o", input="hi", stream=True))
+    assert events[-1].type == "response.completed" and a.requests and b.requests
 
 
 def test_mid_stream_failure_is_an_exception_in_the_openai_client(stack: Stack) -> None:

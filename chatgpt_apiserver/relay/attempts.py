@@ -251,7 +251,8 @@ async def attempt(lease: Lease, call: Call, gateway: Gateway) -> Answer | Failur
                 except orjson.JSONDecodeError:
                     if json:
                         record_failure(lease, gateway.scheduler)
-                        return Failure(controller.name, "protocol", "the upstream answered with malformed JSON")
+                        return Failure(controller.name, "protocol", "the upstream answered with malformed JSON",
+                                       sent=True)  # it made something: not made again elsewhere
                 pieces = [data]
             elif json and not _looks_like_json(pieces):
                 record_failure(lease, gateway.scheduler)
@@ -273,9 +274,10 @@ async def attempt(lease: Lease, call: Call, gateway: Gateway) -> Answer | Failur
         return Answer(controller, reply, status, lease, body=data)
     except UpstreamError as exc:
         record_failure(lease, gateway.scheduler, whole=exc.connecting)
-        # A create whose answer had begun made its response or conversation upstream: sent again, it would
-        # make (and bill) a second one.
-        made = endpoint.creates is not None and reply is not None and 200 <= reply.status < 300
+        # A create whose whole answer had begun made its response or conversation upstream: sent again, it
+        # would make (and bill) a second one. (A stream's head comes before the work: before its first event,
+        # another controller may still take it.)
+        made = endpoint.creates is not None and not call.stream and reply is not None and 200 <= reply.status < 300
         return Failure(controller.name, exc.kind, exc.message,
                        sent=(exc.kind == "timeout" and not exc.connecting) or made)
     except asyncio.CancelledError:
