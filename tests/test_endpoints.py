@@ -171,6 +171,12 @@ def test_transcriptions_are_routed_by_the_forms_model_and_relayed_as_received(st
     assert seen.headers["Content-Type"] == content_type
     text = client(stack).audio.transcriptions.create(model="whisper", file=("a.wav", b"RIFF..."))
     assert text.text
+    # The same model twice is one model: the upstream gets the alias's name in both parts.
+    boundary = content_type.split("boundary=")[1]
+    twice = f'--{boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\nwhisper\r\n'.encode() + form
+    assert raw(stack, "POST", "/v1/audio/transcriptions", twice, content_type)[0] == 200
+    sent = whisper.requests_to("/audio/transcriptions")[-1].body
+    assert sent.count(b"\r\n\r\nwhisper-1\r\n") == 2 and b"\r\n\r\nwhisper\r\n" not in sent
 
 
 def test_a_streamed_transcription(stack: Stack) -> None:

@@ -56,7 +56,8 @@ def parse_form(content_type: str, body: bytes) -> tuple[dict[str, list[str]], se
 
 
 def replace_field(content_type: str, body: bytes, name: str, value: str) -> bytes:
-    """The body with the text field `name` set to `value` (a model alias); every other byte as it was."""
+    """The body with the text field `name` set to `value` (a model alias) in every part that holds it (a form
+    may repeat a field with one value); every other byte as it was."""
     found = _BOUNDARY.search(content_type)
     if found is None:
         return body
@@ -72,8 +73,7 @@ def replace_field(content_type: str, body: bytes, name: str, value: str) -> byte
             continue
         tail = b"\r\n" if part.endswith(b"\r\n") else b""
         parts[index] = head + b"\r\n\r\n" + value.encode() + tail
-        return delimiter.join(parts)
-    return body
+    return delimiter.join(parts)
 
 
 def form_value(fields: dict[str, list[str]], name: str) -> Optional[str]:
