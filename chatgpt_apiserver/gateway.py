@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, Optional, Protocol
@@ -233,11 +234,16 @@ class Gateway:
         return sorted(names)
 
     def _usable(self, controller: Controller, models: Iterable[str]) -> list[str]:
-        store = self.store
-        if store.health(controller, WHOLE).status == DISABLED:
+        """Leaves out what only a reload brings back (a rejected key, a missing deployment); a quota that
+        ran out, or a cooldown, passes: the model is still there."""
+        if self._lost(controller, WHOLE):
             return []
         labelled = controller.stats.labels  # a model with no label of its own has no disable of its own
-        return [m for m in models if m not in labelled or store.health(controller, m).status != DISABLED]
+        return [m for m in models if m not in labelled or not self._lost(controller, m)]
+
+    def _lost(self, controller: Controller, model: str) -> bool:
+        health = self.store.health(controller, model)
+        return health.status == DISABLED and math.isinf(health.wait)
 
     async def _discover(self, controller: Controller) -> list[str]:
         """The models `controller` reports, cached (failures too, briefly); one call at a time."""

@@ -121,7 +121,8 @@ def test_an_upstream_429_cools_the_controller_and_the_request_goes_elsewhere(sta
 def test_quota_and_auth_errors_disable_the_controller(stack: Stack, cue: Cue, reason: str) -> None:
     bad, good = stack.fake("bad"), stack.fake("good")
     bad.default = cue
-    stack.gateway({"controllers": [openai_controller(bad, weight=10), openai_controller(good)]},
+    stack.gateway({"controllers": [openai_controller(bad, weight=10, models=["gpt-4o", "o3"]),
+                                   openai_controller(good, models=["gpt-4o"])]},
                   "--quota-disable-seconds", "600")
     assert stack.request("POST", "/v1/chat/completions", BODY)[0] == 200
     state = admin(stack)["bad"]
@@ -133,6 +134,9 @@ def test_quota_and_auth_errors_disable_the_controller(stack: Stack, cue: Cue, re
     for _ in range(3):
         assert stack.request("POST", "/v1/chat/completions", BODY)[0] == 200
     assert len(bad.chat_requests) == 1
+    # A rejected key is lost until a reload: its only model leaves the list; a quota comes back on its own.
+    listed = [model["id"] for model in orjson.loads(stack.request("GET", "/v1/models")[2])["data"]]
+    assert listed == (["gpt-4o", "o3"] if "quota" in reason else ["gpt-4o"])
 
 
 def test_5xx_ejection_and_recovery(stack: Stack) -> None:
