@@ -346,7 +346,8 @@ def test_check_config_hides_the_values_of_a_base_url_query(tmp_path: Path, capsy
     assert "base_url=https://(redacted)@func.example.net/api/v1?code=(redacted)" in out
 
 
-@pytest.mark.parametrize("line", [f'api_key: "{KEY}', f"api_key: {KEY}\n  bad: [", f"api_key: '{KEY}\n"])
+@pytest.mark.parametrize("line", [f'api_key: "{KEY}', f"api_key: {KEY}\n  bad: [", f"api_key: '{KEY}\n",
+                                  f"api_key: !{KEY}", f"api_key: *{KEY}"])
 def test_a_yaml_error_says_where_but_never_prints_the_line(tmp_path: Path, line: str,
                                                            capsys: pytest.CaptureFixture[str]) -> None:
     config = write(tmp_path / "c.yaml", f"controllers:\n  - type: openai\n    config:\n      {line}\n")

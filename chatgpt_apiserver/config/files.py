@@ -101,10 +101,17 @@ def load(path: Path) -> dict[str, Any]:
 
 
 def _where(error: Any) -> str:
-    """Where a YAML error is and what it is, without the text around it: that line may hold a key."""
+    """Where a YAML error is and what it is, without the text around it: that line may hold a key. Only the
+    scanner's and parser's own words are kept; the others quote what they could not read (a tag or an
+    alias, which a value such as `!key` or `*key` becomes)."""
+    import yaml
+
     mark = getattr(error, "problem_mark", None)
     place = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-    what = " ".join(part for part in (getattr(error, "context", None), getattr(error, "problem", None)) if part)
+    if isinstance(error, (yaml.scanner.ScannerError, yaml.parser.ParserError)):
+        what = " ".join(part for part in (error.context, error.problem) if part)
+    else:
+        what = "a tag or an alias the config cannot use (quote a value that starts with ! or *)"
     return f"{place}: {what}" if what else place
 
 
