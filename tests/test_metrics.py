@@ -148,10 +148,23 @@ def test_a_very_long_model_name_is_never_a_metric_label(stack: Stack) -> None:
     headers = {"Content-Type": "application/json", "Authorization": "Bearer app-key"}
     for model in (long_name, "gpt-4o"):
         assert stack.request("POST", "/v1/chat/completions", {**BODY, "model": model}, headers)[0] == 200
+    out = io.StringIO()
+    handler = configure_logging("info", "text", stream=out)
+    try:
+        assert stack.request("POST", "/v1/chat/completions", {**BODY, "model": long_name}, headers)[0] == 200
+        deadline = time.monotonic() + 5
+        while "chatgpt_apiserver.access" not in out.getvalue() and time.monotonic() < deadline:
+            time.sleep(0.01)
+            handler.flush()
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+    line = next(line for line in out.getvalue().splitlines() if "chatgpt_apiserver.access" in line)
+    assert len(line) < 1000 and f'model="{"m" * 128}…"' in line, line[:300]
     m = scrape(stack, Authorization="Bearer admin-key")
     assert all(len(name) < 400 for name in m), max(m, key=len)[:200]
-    assert m['chatgpt_apiserver_tokens_total{controller="up",kind="prompt",model="(long model name)"}'] == 5
-    assert m['chatgpt_apiserver_client_requests_total{client="app",model="(long model name)"}'] == 1
+    assert m['chatgpt_apiserver_tokens_total{controller="up",kind="prompt",model="(long model name)"}'] == 10
+    assert m['chatgpt_apiserver_client_requests_total{client="app",model="(long model name)"}'] == 2
 
 
 def test_a_failed_request_logs_its_attempts_and_last_controller(stack: Stack) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 
 from tornado.web import RequestHandler
 
+from ..endpoints.base import MAX_LABEL_LENGTH
 from ..gateway import Gateway
 from ..ops.logs import JsonFormatter, LineStamp, escape_controls, fast_handler, json_line
 
@@ -93,9 +94,11 @@ def make_log_function(gateway: Gateway, enabled: Callable[[], bool]) -> Callable
         if not access_log.isEnabledFor(level):
             return
         client = getattr(handler, "client", None)
+        model = getattr(handler, "model", "") or "-"
+        if len(model) > MAX_LABEL_LENGTH:
+            model = model[:MAX_LABEL_LENGTH] + "…"  # a client may name any string: the line stays short
         entry = (time.time(), getattr(handler, "request_id", "") or "-", client.name if client is not None else "-",
-                 request.remote_ip, request.method,
-                 request.path, getattr(handler, "model", "") or "-", bool(getattr(handler, "stream", False)),
+                 request.remote_ip, request.method, request.path, model, bool(getattr(handler, "stream", False)),
                  controller, getattr(handler, "attempts", 0), status, getattr(handler, "bytes_out", 0), seconds,
                  getattr(handler, "ttfb", None), getattr(handler, "tokens", None),
                  getattr(handler, "upstream_request_id", "") or "-")
