@@ -176,6 +176,17 @@ def test_what_one_client_stores_another_cannot_read_continue_or_delete(stack: St
     assert mine.conversations.retrieve(conversation.id).id == conversation.id
 
 
+def test_plain_client_keys_share_what_they_store_but_not_what_a_named_client_stores(stack: Stack, api: Api) -> None:
+    fake = stack.fake()
+    start(stack, [{"name": "named", "key": "named-key"}], fake, client_keys=["k1", "k2"])
+    first, second, named = api("k1"), api("k2"), api("named-key")
+    shared = first.responses.create(model="gpt-4o", input="hi")
+    assert second.responses.retrieve(shared.id).id == shared.id  # no mark: a reload that renumbers them loses nothing
+    kept = named.responses.create(model="gpt-4o", input="hi")
+    with pytest.raises(openai.NotFoundError):
+        first.responses.retrieve(kept.id)
+
+
 def test_limits_apply_on_every_endpoint(stack: Stack, api: Api) -> None:
     fake = stack.fake()
     start(stack, [{"name": "embedder", "key": "embed-key", "rpm": 2, "models": ["text-embedding-3-small"]}], fake)

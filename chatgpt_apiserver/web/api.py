@@ -184,7 +184,7 @@ class EndpointHandler(BaseHandler):
             return
         self._answered = True
         self._created = answer.created
-        if client is not None and answer.created and 200 <= answer.status < 300:
+        if client is not None and answer.created and 200 <= answer.status < 300 and client.spec.named:
             self.gateway.affinity.made_by(answer.created, client.name)
         self.controller, self.attempts = answer.controller.name, answer.attempts
         if call.model:
@@ -214,7 +214,9 @@ class EndpointHandler(BaseHandler):
             self.finish()
 
     async def _visible_to(self, client: Client, call: Call, ident: str) -> None:
-        """What one client made, another does not see: a 404, as OpenAI answers for another project's ids."""
+        """What a named client made, another client does not see: a 404, as OpenAI answers for another
+        project's ids. (What the plain `client_keys` make, named only by their place in the list, is not
+        marked: they share it, as the keys of one project do.)"""
         maker = await self.gateway.affinity.maker(ident)
         if maker is None or maker == client.name:
             return  # its own, or made before clients were configured (or forgotten): the upstream decides
