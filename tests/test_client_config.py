@@ -14,7 +14,7 @@ import pytest
 
 from chatgpt_apiserver.clients.prices import SHIPPED, PriceTable
 from chatgpt_apiserver.config.check import render
-from chatgpt_apiserver.config.clients import Budget, Price, RateLimit
+from chatgpt_apiserver.config.clients import Budget, Price, RateLimit, snapshot_of
 from chatgpt_apiserver.config.files import ConfigError
 from chatgpt_apiserver.config.settings import parse_settings
 from chatgpt_apiserver.endpoints.usage import Usage
@@ -150,3 +150,11 @@ def test_the_shipped_price_table_loads_and_config_prices_override_it() -> None:
     assert PriceTable.nano(mini, Usage(2_000_000, 1_000_000, 1_000_000)) == 825_000_000
     embedding = table.find("text-embedding-3-small")
     assert embedding is not None and PriceTable.nano(embedding, Usage(0, 0, 0, 1_000_000)) == 20_000_000
+
+
+@pytest.mark.parametrize("model,base", [("gpt-4o-2024-08-06", "gpt-4o"), ("gpt-4o-mini-2024-07-18", "gpt-4o-mini"),
+                                        ("gpt-4-0613", "gpt-4"), ("gpt-3.5-turbo-0125", "gpt-3.5-turbo"),
+                                        ("gpt-4o", None), ("text-embedding-ada-002", None), ("o3", None),
+                                        ("gpt-4-1106-preview", None), ("whisper-1", None)])
+def test_a_dated_snapshot_is_of_its_model(model: str, base: str | None) -> None:
+    assert snapshot_of(model) == base

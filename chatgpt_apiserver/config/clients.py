@@ -27,12 +27,12 @@ NAME = re.compile(r"[A-Za-z0-9_.:@-]{1,64}")  # safe as a metric label, a header
 PRIORITIES = ("interactive", "batch")
 PERIODS = ("day", "month")
 KEY_FIELDS = ("key", "key_sha256", "key_env", "key_file")
-_SNAPSHOT = re.compile(r"-\d{4}-\d{2}-\d{2}$")  # gpt-4o-2024-08-06 is a snapshot of gpt-4o
+_SNAPSHOT = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{4})$")  # gpt-4o-2024-08-06, gpt-4-0613: dated snapshots
 
 
 def snapshot_of(model: str) -> Optional[str]:
-    """The model a dated snapshot name is of (`gpt-4o-2024-08-06`: `gpt-4o`), or None. A model's price and
-    a client's `model_limits` for it apply to its snapshots too."""
+    """The model a dated snapshot name is of (`gpt-4o-2024-08-06`: `gpt-4o`; the older `gpt-4-0613`:
+    `gpt-4`), or None. A model's price and a client's `model_limits` for it apply to its snapshots too."""
     return _SNAPSHOT.sub("", model) if _SNAPSHOT.search(model) else None
 
 
