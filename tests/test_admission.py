@@ -13,6 +13,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from .fake_upstream import Cue
 from .harness import Stack, openai_controller, raw_exchange
 from .test_process import clean_env, free_port, wait_for_port
 
@@ -170,3 +171,26 @@ def test_an_oversized_head_gets_431(stack: Stack, limit: int, size: int) -> None
         "type": "invalid_request_error", "param": None, "code": "request_header_fields_too_large"}
     assert raw_exchange(stack.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Padding: " + b"p" * (limit - 200)
                         + b"\r\n\r\n")[0] == 200  # under the limit
+
+
+def test_an_http10_keep_alive_client_gets_a_stream_that_ends_where_the_connection_closes(stack: Stack) -> None:
+    fake = stack.fake("up")
+    stack.gateway({"controllers": [openai_controller(fake)]})
+
+    def exchange(sock: socket.socket, payload: dict[str, object]) -> bytes:
+        data = orjson.dumps(payload)
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.0\r\nConnection: keep-alive\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(data), data))
+        return sock.recv(65536)
+
+    with socket.create_connection(("127.0.0.1", stack.port), timeout=10) as sock:
+        whole = exchange(sock, BODY)  # a whole answer has a Content-Length: the connection stays open
+        assert b"Content-Length:" in whole and b"Keep-Alive" in whole
+        fake.default = Cue(mode="stream", events=3, interval=0.05)  # events as they come: no length known
+        received = exchange(sock, {**BODY, "stream": True})
+        deadline = time.monotonic() + 10
+        while (chunk := sock.recv(65536)) and time.monotonic() < deadline:
+            received += chunk  # until the gateway closes: that is where the answer ends
+    head, _, rest = received.partition(b"\r\n\r\n")
+    assert b"Keep-Alive" not in head and b"Content-Length" not in head and b"Transfer-Encoding" not in head, head
+    assert rest.rstrip().endswith(b"data: [DONE]") and not chunk

@@ -129,9 +129,21 @@ class BaseHandler(RequestHandler):
         headers["Access-Control-Expose-Headers"] = EXPOSED_HEADERS
 
     def flush(self, include_footers: bool = False) -> Future[None]:
-        if not self._headers_written and (self._unread or self.gateway.draining):
-            self._headers["Connection"] = "close"
+        if not self._headers_written:
+            if self._unread or self.gateway.draining:
+                self._headers["Connection"] = "close"
+            if self.request.version == "HTTP/1.0" and "Content-Length" not in self._headers:
+                self._close_to_end()
         return super().flush(include_footers)
+
+    def _close_to_end(self) -> None:
+        """An answer sent as it comes (a stream) to an HTTP/1.0 client, which knows no chunked framing, ends
+        where the connection closes; Tornado would keep a keep-alive one open, and the client could not tell
+        where the answer ends."""
+        connection = self.request.connection
+        if isinstance(connection, HTTP1Connection):
+            self.request.headers["Connection"] = "close"  # (no "Keep-Alive" in the answer)
+            connection._disconnect_on_finish = True  # what Tornado sets for a client that asked to close
 
     def prepare(self) -> None:
         """Admit the request on its headers: method, key, then the body it declares."""
