@@ -10,7 +10,8 @@ import orjson
 import pytest
 
 from .fake_upstream import Cue
-from .harness import Stack, openai_controller
+from .harness import Stack, openai_controller, raw_controller
+from .raw_upstream import Script, answer
 
 BODY = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
 STREAM = {**BODY, "stream": True}
@@ -193,6 +194,21 @@ def test_a_streamed_create_that_breaks_before_its_first_event_goes_to_another_co
     client = openai.OpenAI(base_url=stack.base_url, api_key="k", max_retries=0)
     events = list(client.responses.create(model="gpt-4o", input="hi", stream=True))
     assert events[-1].type == "response.completed" and a.requests and b.requests
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_web_page_answered_200_is_a_failure_not_a_success(stack: Stack, stream: bool) -> None:
+    portal, good = stack.raw(), stack.fake("good")
+    page = answer(b"<html>maintenance</html>", "Content-Type: text/html; charset=utf-8")
+    portal.default = Script((page,))
+    stack.gateway({"controllers": [raw_controller(portal, name="portal", weight=100), openai_controller(good)]})
+    status, headers, body = stack.request("POST", "/v1/chat/completions", {**BODY, "stream": stream})
+    assert status == 200 and headers["x-chatgpt-apiserver-controller"] == "good" and b"maintenance" not in body
+    assert stack.running is not None
+    stack.loop.run(stack.running.stop(grace=1.0))
+    stack.gateway({"controllers": [raw_controller(portal, name="portal")]})  # nothing else to ask
+    status, _, body = stack.request("POST", "/v1/chat/completions", {**BODY, "stream": stream})
+    assert status == 502 and b"web page" in body, body
 
 
 def test_mid_stream_failure_is_an_exception_in_the_openai_client(stack: Stack) -> None:

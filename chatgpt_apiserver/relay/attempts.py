@@ -218,6 +218,11 @@ async def attempt(lease: Lease, call: Call, gateway: Gateway) -> Answer | Failur
             reply = await controller.send(call, body)
             status = reply.status
             rate = rate_headers(controller, status, reply.headers)
+            if 200 <= status < 300 and reply.content_type.startswith("text/html"):
+                # No OpenAI endpoint answers with a web page: a maintenance page, a portal, a base_url that
+                # names a web UI. Passed on, it would be a success the client cannot read.
+                record_failure(lease, gateway.scheduler)
+                return Failure(controller.name, "protocol", f"the upstream answered {status} with a web page")
             if 200 <= status < 300 and call.stream and reply.content_type.startswith("text/event-stream"):
                 deadline.clear()  # from here the stream idle timeout applies
                 events, splitter, first = await _first_events(reply, settings.max_event_size)
