@@ -241,6 +241,65 @@ def test_a_slot_taken_while_redis_was_away_is_held_there_when_it_returns(stack: 
         instances.close()
 
 
+def wait_for_heartbeat_after_a_flush(stack: Stack, redis_server: RedisServer) -> None:
+    """FLUSHALL: what a Redis restart too fast for any call to fail leaves (an empty Redis); then wait until a
+    heartbeat has noticed and the instance has put its part back."""
+    link = stack.running.gateway.store.redis.link  # type: ignore[union-attr]
+    redis_server.command("FLUSHALL")
+    key = f"chatgpt-apiserver:instances:{link.instance}"
+    assert wait_until(lambda: redis_server.command("EXISTS", key) == b":1\r\n", 5), "no heartbeat came"
+    time.sleep(0.2)  # what it put back rides the next batch
+    assert link.available  # no call failed: this was never an outage
+
+
+def test_a_redis_that_forgets_everything_between_heartbeats_hands_out_no_fresh_burst(stack: Stack,
+                                                                                     redis_server: RedisServer) -> None:
+    fake = stack.fake("one")
+    stack.gateway(shared_config(redis_server, [openai_controller(fake, rpm=6)], redis_timeout=0.2),
+                  "--max-queue-wait", "0.3")
+    assert [post(stack.port)[0] for _ in range(6)] == [200] * 6
+    assert post(stack.port)[0] == 429
+    wait_for_heartbeat_after_a_flush(stack, redis_server)
+    back = [post(stack.port)[0] for _ in range(6)]
+    assert back.count(200) <= 1, back  # the emptied Redis got the level this instance last saw
+
+
+def test_a_redis_that_forgets_everything_between_heartbeats_gets_the_held_slots_back(stack: Stack,
+                                                                                    redis_server: RedisServer) -> None:
+    fake = stack.fake("one")
+    hold = 8.0  # seconds the first instance's request holds the only slot at the upstream
+    config = shared_config(redis_server, [openai_controller(fake, max_concurrency=1)], redis_timeout=0.2,
+                           clients=[{"name": "app", "key": "app-key", "max_concurrency": 5}])
+    instances = Instances(stack)
+
+    def call(port: int) -> int:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        connection.request("POST", "/v1/chat/completions", body=orjson.dumps(BODY),
+                           headers={"Authorization": "Bearer app-key", "Content-Type": "application/json"})
+        status = connection.getresponse().status
+        connection.close()
+        return status
+
+    try:
+        stack.gateway(config, "--max-queue-wait", "30")
+        other = instances.start(config, "--max-queue-wait", "30")
+        fake.cue(Cue(delay=hold))
+        holder = threading.Thread(target=lambda: call(stack.port))
+        holder.start()
+        assert wait_until(lambda: fake.chat_requests, 10), "the first instance never sent its request"
+        wait_for_heartbeat_after_a_flush(stack, redis_server)
+        instance = stack.running.gateway.store.redis.link.instance  # type: ignore[union-attr]
+        for key in ("chatgpt-apiserver:{one}:inflight", "chatgpt-apiserver:{client:app}:inflight"):
+            assert redis_server.command("HGET", key, instance) == b"$1\r\n1\r\n", key  # the controller's, the client's
+        assert time.monotonic() - fake.chat_requests[0].at < hold, "the heartbeat came too late for the test"
+        assert call(other.port) == 200  # it waits for the slot the first instance holds
+        holder.join(30)
+        first, second = fake.chat_requests
+        assert second.at - first.at >= hold - 0.05, "both instances ran a request on the only slot at once"
+    finally:
+        instances.close()
+
+
 def test_readyz_says_not_ready_while_redis_is_away_and_the_rule_is_refuse(stack: Stack,
                                                                            redis_server: RedisServer) -> None:
     fake = stack.fake("one")

@@ -37,6 +37,7 @@ class FallbackClientStore(ClientStore):
         self.pending: dict[tuple[str, str, float, str], list[int]] = {}
         self.adopted = AdoptedSlots()
         redis.link.watchers.append(self._changed)
+        redis.link.on_lost.append(self.redis.resume)  # (its slots; a client's buckets start full again)
 
     def configure(self, plans: Sequence[Plan]) -> None:
         self.plans = {plan.name: plan for plan in plans}

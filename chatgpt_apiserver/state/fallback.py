@@ -64,6 +64,7 @@ class FallbackStore(ControllerStore):
         self.controllers: list[Controller] = []
         self.adopted = AdoptedSlots()
         redis.link.on_change = self._changed
+        redis.link.on_lost.append(self._lost)
 
     @property
     def poll_interval(self) -> Optional[float]:  # type: ignore[override]
@@ -108,6 +109,11 @@ class FallbackStore(ControllerStore):
             if taken:
                 self.redis.adopt(controller, taken)
         self.redis.resume(self.controllers, levels)
+
+    def _lost(self) -> None:
+        """Redis forgot the shared state between two heartbeats: this instance's slots go back, and the
+        levels it last saw (a Redis that restarted empty must not hand out a full bucket)."""
+        self.redis.resume(self.controllers, {c.name: self.redis.levels(c) for c in self.controllers})
 
     async def admit(self, controller: Controller, model: str, tokens: float) -> Admission:
         if self.redis.available:

@@ -48,6 +48,9 @@ class RedisLink:
         # Other users of the link (the client store) hear of the same transitions and heartbeats.
         self.watchers: list[Callable[[bool, int], None]] = []
         self.beats: list[Callable[[], Awaitable[None]]] = []
+        # Redis forgot everything between two heartbeats (a fast restart, a flush): each user puts back its part.
+        self.on_lost: list[Callable[[], None]] = []
+        self._announced = False  # this instance's key was set once: from then on, a heartbeat finds it
         pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=POOL_SIZE, timeout=timeout,
                                                         socket_timeout=timeout, socket_connect_timeout=timeout,
                                                         retry_on_timeout=False, health_check_interval=0)
@@ -182,9 +185,12 @@ class RedisLink:
         await self._client.aclose()
 
     async def _beat(self) -> None:
+        key = f"{self.prefix}:instances:{self.instance}"
         try:
-            await asyncio.wait_for(self._client.set(f"{self.prefix}:instances:{self.instance}", 1,
-                                                    px=HEARTBEAT_TTL_MS), self.timeout)
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.exists(key)
+                pipe.set(key, 1, px=HEARTBEAT_TTL_MS)
+                existed, _ = await asyncio.wait_for(pipe.execute(), self.timeout)
             count = 0
             async for _key in self._client.scan_iter(match=f"{self.prefix}:instances:*", count=1000):
                 count += 1
@@ -199,6 +205,14 @@ class RedisLink:
             self.on_change(True, self.instances)
             for watcher in self.watchers:
                 watcher(True, self.instances)
+        elif self._announced and not existed:
+            # The key a heartbeat renews long before it expires is gone: Redis restarted, empty, between two
+            # heartbeats (too fast for any call to fail), or was flushed.
+            log.warning("Redis lost the shared state since the last heartbeat (restarted or flushed); this "
+                        "instance puts back its slots and the levels it last saw")
+            for lost in self.on_lost:
+                lost()
+        self._announced = True
         await self.on_beat()
         for beat in self.beats:
             await beat()
