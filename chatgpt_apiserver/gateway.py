@@ -19,7 +19,7 @@ from .ops.metrics import Metrics
 from .scheduling.balancer import make_balancer
 from .scheduling.scheduler import QueuePolicy, RetryBudget, Scheduler
 from .state import ControllerStore, apply_settings, make_affinity, make_store, policy_of
-from .state.store import DISABLED, OK, WHOLE, ControllerView
+from .state.store import DISABLED, WHOLE, ControllerView
 
 log = logging.getLogger("chatgpt_apiserver.gateway")
 
@@ -208,14 +208,16 @@ class Gateway:
 
     def unready_because(self) -> Optional[str]:
         """Why the gateway cannot take requests now (draining; the store cannot admit: Redis is away and its
-        outage rule is `refuse`; every controller disabled, cooling or ejected), or None."""
+        outage rule is `refuse`; every controller disabled), or None. Controllers cooling down or ejected do
+        not make it unready: requests wait for them (or probe them), and every instance shares that state,
+        so a load balancer would pull the whole fleet at once."""
         store = self.store
         if self.draining:
             return "draining"
         if not store.admitting:
             return "the shared state (Redis) is unavailable and redis_fallback is refuse"
-        if not any(store.health(c, WHOLE).status == OK for c in self.controllers):
-            return "no controller can take requests (each is disabled, cooling down or ejected)"
+        if all(store.health(c, WHOLE).status == DISABLED for c in self.controllers):
+            return "every controller is disabled (a rejected key, a quota that ran out: see /admin/controllers)"
         return None
 
     async def models(self) -> list[str]:

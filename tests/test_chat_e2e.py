@@ -11,6 +11,8 @@ import pytest
 from .fake_upstream import Cue
 from .harness import Stack, openai_controller
 
+BODY = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+
 MESSAGES = [{"role": "user", "content": "Say hello"}]
 
 
@@ -175,6 +177,22 @@ def test_status_health_and_ready(stack: Stack) -> None:
         assert status == 200 and orjson.loads(body) == expected
     status, _, body = stack.request("GET", "/readyz")
     assert status == 200 and orjson.loads(body)["status"] == "ready"
+
+
+def test_ready_while_controllers_cool_down_and_not_once_every_one_is_disabled(stack: Stack) -> None:
+    limited, rejecting = stack.fake("limited"), stack.fake("rejecting")
+    limited.default = Cue(mode="status", status=429, headers={"retry-after": "30"})
+    stack.gateway({"controllers": [openai_controller(limited)]}, "--max-queue-wait", "0.2")
+    assert stack.request("POST", "/v1/chat/completions", BODY)[0] == 429
+    status, _, body = stack.request("GET", "/readyz")  # cooling down, shared by every instance: requests wait
+    assert status == 200 and orjson.loads(body)["status"] == "ready"
+    assert stack.running is not None
+    stack.loop.run(stack.running.stop(grace=1.0))
+    rejecting.default = Cue(mode="status", status=401)
+    stack.gateway({"controllers": [openai_controller(rejecting)]})
+    assert stack.request("POST", "/v1/chat/completions", BODY)[0] >= 400
+    status, _, body = stack.request("GET", "/readyz")
+    assert status == 503 and "every controller is disabled" in orjson.loads(body)["reason"], body
 
 
 def test_the_upstreams_request_id_is_relayed(stack: Stack) -> None:
