@@ -25,6 +25,7 @@ class Call:
     content_type: str = "application/json"  # a form's, with its boundary
     owner_of: Optional[str] = None  # a resp_/conv_ id: only the controller that holds it can answer
     attempted: bool = False  # an attempt began: the upstream may have it (and bill it)
+    tried: str = ""  # the controller of the latest attempt
 
     @property
     def upstream_path(self) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import re
+import socket
 import time
 
 import orjson
@@ -103,6 +104,32 @@ def test_access_log_lines(stack: Stack, fmt: str) -> None:
                       "upstream_request_id=req_0a1b2c3d"):
             assert field in line
         assert re.search(r"time_ms=[\d.]+ ttfb_ms=[\d.]+", line)
+
+
+def test_a_request_its_client_left_is_logged_as_499_with_the_controller_that_had_it(stack: Stack) -> None:
+    fake = stack.fake("up")
+    fake.default = Cue(mode="stall")
+    stack.gateway({"controllers": [openai_controller(fake)]}, "--log-format", "json")
+    out = io.StringIO()
+    handler = configure_logging("info", "json", stream=out)
+    try:
+        data = orjson.dumps(BODY)
+        with socket.create_connection(("127.0.0.1", stack.port), timeout=5) as sock:
+            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n%s" % (len(data), data))
+            deadline = time.monotonic() + 5
+            while not fake.chat_requests and time.monotonic() < deadline:
+                time.sleep(0.01)
+        deadline = time.monotonic() + 5  # the client has left
+        while "chatgpt_apiserver.access" not in out.getvalue() and time.monotonic() < deadline:
+            time.sleep(0.01)
+            handler.flush()
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+    entry = orjson.loads(next(line for line in out.getvalue().splitlines() if "chatgpt_apiserver.access" in line))
+    assert entry["status"] == 499 and entry["controller"] == "up" and entry["bytes"] == 0, entry
+    assert scrape(stack)['chatgpt_apiserver_requests_total{controller="up",route="chat_completions",status="499"}'] == 1
 
 
 def test_deferred_lines_keep_their_order_and_a_bad_one_costs_only_itself() -> None:

@@ -204,6 +204,7 @@ async def attempt(lease: Lease, call: Call, gateway: Gateway) -> Answer | Failur
     controller = lease.controller
     settings = gateway.settings
     call.attempted = True
+    call.tried = controller.name
     deadline = Deadline()
     started = deadline.loop.time()
     # A stream's headers come at once; a non-streamed answer's come when it is complete, so only the

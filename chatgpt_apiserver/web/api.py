@@ -132,6 +132,11 @@ class EndpointHandler(BaseHandler):
         except asyncio.CancelledError:
             if self._client_gone:
                 log.info("client went away; request %s cancelled", self.request_id)
+                if not self._headers_written:
+                    # nginx's "client closed request": the log and the metrics tell it from an answer sent.
+                    self.set_status(499, "Client Closed Request")
+                    if self._call is not None and not self.controller:
+                        self.controller = self._call.tried  # the controller that had it, if one did
             elif self._abort_reason:
                 self._finish_aborted()
             else:
