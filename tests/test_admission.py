@@ -120,6 +120,12 @@ def test_body_bytes_held_at_once_are_bounded(stack: Stack) -> None:
     assert raw_exchange(stack.port, head("/v1/chat/completions", len(small)) + small)[0] == 200
     assert len(fake.chat_requests) == 2
     assert orjson.loads(stack.request("GET", "/admin/controllers")[2])["body_bytes_held"] == 0
+    # A body larger than all that may be held at once could never be taken: 413, not a 503 to retry forever.
+    status, headers, answer = raw_exchange(stack.port, head("/v1/chat/completions", 12000) + b"{")
+    assert status == 413 and "retry-after" not in headers and "10000" in orjson.loads(answer)["error"]["message"]
+    huge = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + (b"1000\r\n" + b"z" * 0x1000 + b"\r\n") * 3 + b"0\r\n\r\n")
+    assert raw_exchange(stack.port, huge)[0] == 413
 
 
 def test_bodies_reach_the_upstream_byte_for_byte(stack: Stack) -> None:

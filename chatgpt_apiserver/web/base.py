@@ -168,7 +168,7 @@ class BaseHandler(RequestHandler):
         chunked = "chunked" in header(headers, "Transfer-Encoding", "").lower()
         if length is None and not chunked:
             return  # no body
-        limit = self.gateway.settings.max_body_size
+        limit = self._body_limit()
         declared = 0
         if length is not None and not chunked:
             if not length.isdigit():  # Tornado would refuse it too, with no JSON
@@ -192,7 +192,7 @@ class BaseHandler(RequestHandler):
         if parts is None:
             return  # already refused; the connection closes once the answer is out
         self._received += len(chunk)
-        limit = self.gateway.settings.max_body_size
+        limit = self._body_limit()
         if self._received > limit:
             self._refuse(self._too_large(self._received, limit, so_far=True))
             return
@@ -234,6 +234,11 @@ class BaseHandler(RequestHandler):
         self.bodies.give(self._reserved)
         self._reserved = 0
         self._parts = None
+
+    def _body_limit(self) -> int:
+        """The largest body one request may send: max_body_size, or all that may be held at once if that is
+        less (such a body would never fit: a 503 asking to retry would be asked again forever)."""
+        return min(self.gateway.settings.max_body_size, self.bodies.limit())
 
     @staticmethod
     def _too_large(size: int, limit: int, so_far: bool = False) -> ApiError:
