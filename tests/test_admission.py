@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gzip
 import socket
 import subprocess
 import sys
@@ -200,3 +201,19 @@ def test_an_http10_keep_alive_client_gets_a_stream_that_ends_where_the_connectio
     head, _, rest = received.partition(b"\r\n\r\n")
     assert b"Keep-Alive" not in head and b"Content-Length" not in head and b"Transfer-Encoding" not in head, head
     assert rest.rstrip().endswith(b"data: [DONE]") and not chunk
+
+
+def test_a_compressed_request_body_is_a_415_that_says_so(stack: Stack) -> None:
+    fake = stack.fake("up")
+    stack.gateway({"controllers": [openai_controller(fake)]})
+    packed = gzip.compress(orjson.dumps(BODY))
+    for coding in ("gzip", "br"):
+        status, headers, answer = raw_exchange(stack.port, head("/v1/chat/completions", len(packed),
+                                                                f"Content-Encoding: {coding}") + packed)
+        error = orjson.loads(answer)["error"]
+        assert status == 415 and error["code"] == "unsupported_content_encoding" and coding in error["message"]
+        assert headers["accept-encoding"] == "identity"
+    assert not fake.requests
+    plain = orjson.dumps(BODY)
+    identity = head("/v1/chat/completions", len(plain), "Content-Encoding: identity")
+    assert raw_exchange(stack.port, identity + plain)[0] == 200

@@ -168,6 +168,12 @@ class BaseHandler(RequestHandler):
         chunked = "chunked" in header(headers, "Transfer-Encoding", "").lower()
         if length is None and not chunked:
             return  # no body
+        coding = header(headers, "Content-Encoding", "identity").strip().lower()
+        if coding != "identity":
+            # Read as it is, a compressed body would fail as JSON that is not valid UTF-8; say what it is instead.
+            raise ApiError(415, f"The request body is sent with Content-Encoding {coding[:40]!r}, which the "
+                                f"gateway does not decode; send it uncompressed.", code="unsupported_content_encoding",
+                           headers={"Accept-Encoding": "identity"})
         limit = self._body_limit()
         declared = 0
         if length is not None and not chunked:
