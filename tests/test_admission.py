@@ -217,3 +217,15 @@ def test_a_compressed_request_body_is_a_415_that_says_so(stack: Stack) -> None:
     plain = orjson.dumps(BODY)
     identity = head("/v1/chat/completions", len(plain), "Content-Encoding: identity")
     assert raw_exchange(stack.port, identity + plain)[0] == 200
+
+
+def test_a_request_target_in_absolute_form_is_served_like_its_path(stack: Stack) -> None:
+    fake = stack.fake("up")
+    stack.gateway({"controllers": [openai_controller(fake)]})
+    data = orjson.dumps(BODY)
+    for target in (f"http://127.0.0.1:{stack.port}/v1/chat/completions", "HTTP://gateway/v1/chat/completions?x=1"):
+        request = head(target, len(data)) + data
+        status, _, answer = raw_exchange(stack.port, request)
+        assert status == 200 and orjson.loads(answer)["object"] == "chat.completion", answer
+    assert raw_exchange(stack.port, head("http://gateway", 0, method="GET"))[0] == 200  # "/": the status page
+    assert len(fake.chat_requests) == 2

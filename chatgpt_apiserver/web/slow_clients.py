@@ -19,6 +19,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Optional, Union
+from urllib.parse import urlsplit
 
 from tornado.http1connection import HTTP1ServerConnection
 from tornado.httpserver import HTTPServer
@@ -212,6 +213,8 @@ class _Reading(HTTPMessageDelegate):
         if isinstance(stream, ClientStream):
             stream.head_answer = None  # the head is in: a read limit hit from here on is not about it
         self._server.reading[self._conn] = (time.monotonic() + self._server.timeouts()[1], BODY, self._request)
+        if isinstance(start_line, RequestStartLine) and start_line.path[:1] != "/":
+            start_line = _origin_form(start_line)
         return self._delegate.headers_received(start_line, headers)
 
     def data_received(self, chunk: bytes) -> Optional[Awaitable[None]]:
@@ -224,6 +227,16 @@ class _Reading(HTTPMessageDelegate):
     def on_connection_close(self) -> None:
         self._server.reading.pop(self._conn, None)
         self._delegate.on_connection_close()
+
+
+def _origin_form(start_line: RequestStartLine) -> RequestStartLine:
+    """`POST http://host/v1/... HTTP/1.1` (the absolute form, which RFC 9112 says a server must take) as
+    `POST /v1/...`: the routes match paths."""
+    target = urlsplit(start_line.path)
+    if target.scheme.lower() not in ("http", "https") or not target.netloc:
+        return start_line
+    path = (target.path or "/") + (f"?{target.query}" if target.query else "")
+    return RequestStartLine(start_line.method, path, start_line.version)
 
 
 def _sent_bytes(stream: IOStream) -> int:
