@@ -106,7 +106,8 @@ class Pool:
             raise UpstreamError("timeout", "timed out connecting to the upstream", connecting=True) from None
         except OSError as error:
             self._closed_one()
-            where = "the proxy" if self.proxy is not None else "the upstream"
+            # TLS is spoken with the upstream only (through a tunnel, if there is a proxy: plain HTTP).
+            where = "the proxy" if self.proxy is not None and not isinstance(error, ssl.SSLError) else "the upstream"
             raise UpstreamError("connection", f"cannot connect to {where} ({_reason(error)})",
                                 connecting=True) from None
         except UpstreamError as error:  # the proxy refused the tunnel
