@@ -112,8 +112,8 @@ class FallbackStore(ControllerStore):
 
     def _lost(self) -> None:
         """Redis forgot the shared state between two heartbeats: this instance's slots go back, and the
-        levels it last saw (a Redis that restarted empty must not hand out a full bucket)."""
-        self.redis.resume(self.controllers, {c.name: self.redis.levels(c) for c in self.controllers})
+        lowest levels it saw since the heartbeat before (a fresh bucket a request took from meanwhile is no guide)."""
+        self.redis.resume(self.controllers, {c.name: self.redis.low_levels(c) for c in self.controllers})
 
     async def admit(self, controller: Controller, model: str, tokens: float) -> Admission:
         if self.redis.available:

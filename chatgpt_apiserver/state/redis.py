@@ -67,6 +67,11 @@ class MirroredBucket:
         return min(self.capacity, self.level + max(0.0, now - self.at) * self.rate)
 
 
+def _lower(low: Optional[MirroredBucket], seen: MirroredBucket) -> MirroredBucket:
+    """The lower of two readings of one bucket, compared at the time of the later one."""
+    return seen if low is None or seen.level <= low.now(seen.at) else low
+
+
 @dataclass
 class Mirror:
     """What this process last learned about one controller from Redis."""
@@ -82,6 +87,8 @@ class Mirror:
     concurrency: Packed
     requests: Optional[MirroredBucket] = None
     tokens: Optional[MirroredBucket] = None
+    low_requests: Optional[MirroredBucket] = None  # the lowest of each since the last heartbeat
+    low_tokens: Optional[MirroredBucket] = None
     in_flight: int = 0
     held: int = 0
     cooling_until: float = 0.0
@@ -216,8 +223,10 @@ class RedisStore(ControllerStore):
         limits = m.limits
         if requests is not None and limits.rpm:
             m.requests = MirroredBucket(requests, (limits.request_burst or limits.rpm), limits.rpm / 60, now)
+            m.low_requests = _lower(m.low_requests, m.requests)
         if tokens is not None and limits.tpm:
             m.tokens = MirroredBucket(tokens, (limits.token_burst or limits.tpm), limits.tpm / 60, now)
+            m.low_tokens = _lower(m.low_tokens, m.tokens)
 
     def release(self, ticket: Ticket, used_tokens: Optional[float], rate: Optional[RateHeaders],
                 rate_age: float) -> None:
@@ -379,9 +388,9 @@ class RedisStore(ControllerStore):
                 view.buckets[label] = BucketView(level, capacity, rate * 60)
                 bucket = MirroredBucket(level, capacity, rate, now)
                 if label == "requests":
-                    m.requests = bucket
+                    m.requests, m.low_requests = bucket, _lower(m.low_requests, bucket)
                 else:
-                    m.tokens = bucket
+                    m.tokens, m.low_tokens = bucket, _lower(m.low_tokens, bucket)
         cooling = float(_text(reply[7])) / 1000
         m.cooling_until = now + cooling if cooling > 0 else 0.0
         off = _pairs(reply[8])
@@ -422,7 +431,8 @@ class RedisStore(ControllerStore):
         return HEALTHY
 
     async def beat(self) -> None:
-        """With each heartbeat: keep this instance's slots alive and refresh the mirrors."""
+        """With each heartbeat: keep this instance's slots alive, refresh the mirrors, and keep the buckets as
+        they stand then (see `beat_levels`)."""
         for m in list(self.mirrors.values()):
             if m.held:
                 self.link.send("beat", (m.keys["inflight"], m.keys["seen"]), (self._now(), self.link.instance, b"-1"))
@@ -431,6 +441,15 @@ class RedisStore(ControllerStore):
                 await self.views(self.controllers)
             except Exception as error:
                 log.debug("refreshing the Redis mirror failed: %s", type(error).__name__)
+        for m in self.mirrors.values():
+            m.low_requests, m.low_tokens = m.requests, m.tokens  # the lows start again from what Redis says
+
+    def low_levels(self, controller: Controller) -> tuple[Optional[float], Optional[float]]:
+        """The lowest levels seen since the last heartbeat, refilled to now. After Redis forgot everything,
+        the mirror may hold a fresh, full bucket a request took from meanwhile; these are from before."""
+        m = self.mirror(controller)
+        now = self.clock()
+        return (m.low_requests.now(now) if m.low_requests else None, m.low_tokens.now(now) if m.low_tokens else None)
 
     def adopt(self, controller: Controller, slots: int) -> None:
         """Count `slots` another store took for `controller` as this instance's (see `resume`); each is

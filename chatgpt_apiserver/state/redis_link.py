@@ -209,7 +209,7 @@ class RedisLink:
             # The key a heartbeat renews long before it expires is gone: Redis restarted, empty, between two
             # heartbeats (too fast for any call to fail), or was flushed.
             log.warning("Redis lost the shared state since the last heartbeat (restarted or flushed); this "
-                        "instance puts back its slots and the levels it last saw")
+                        "instance puts back its slots and the lowest levels it saw")
             for lost in self.on_lost:
                 lost()
         self._announced = True
