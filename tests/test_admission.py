@@ -229,3 +229,12 @@ def test_a_request_target_in_absolute_form_is_served_like_its_path(stack: Stack)
         assert status == 200 and orjson.loads(answer)["object"] == "chat.completion", answer
     assert raw_exchange(stack.port, head("http://gateway", 0, method="GET"))[0] == 200  # "/": the status page
     assert len(fake.chat_requests) == 2
+
+
+def test_an_unreadable_absolute_form_target_is_a_404_not_a_traceback(stack: Stack,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    stack.gateway({"controllers": [openai_controller(stack.fake("up"))]})
+    for target in ("http://[foo]/v1/models", "http://[::1/v1/models"):
+        status, _, answer = raw_exchange(stack.port, head(target, 0, method="GET"))
+        assert status == 404 and orjson.loads(answer)["error"], answer
+    assert "Traceback" not in caplog.text and "Uncaught exception" not in caplog.text

@@ -232,7 +232,10 @@ class _Reading(HTTPMessageDelegate):
 def _origin_form(start_line: RequestStartLine) -> RequestStartLine:
     """`POST http://host/v1/... HTTP/1.1` (the absolute form, which RFC 9112 says a server must take) as
     `POST /v1/...`: the routes match paths."""
-    target = urlsplit(start_line.path)
+    try:
+        target = urlsplit(start_line.path)
+    except ValueError:  # an authority urlsplit cannot read (`http://[foo]/...`): no route matches it as it is
+        return start_line
     if target.scheme.lower() not in ("http", "https") or not target.netloc:
         return start_line
     path = (target.path or "/") + (f"?{target.query}" if target.query else "")
