@@ -355,3 +355,11 @@ def test_a_yaml_error_says_where_but_never_prints_the_line(tmp_path: Path, line:
     err = capsys.readouterr().err
     assert "not valid YAML at line" in err and "column" in err
     assert "SECRET" not in err and "Traceback" not in err
+
+
+def test_a_yaml_character_error_says_where_and_what(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = write(tmp_path / "c.yaml", f"controllers:\n  - type: openai\n    config:\n      api_key: {KEY}\x01\n")
+    assert main(["--config-file", str(config), "--check-config"]) == 2
+    err = capsys.readouterr().err
+    assert "not valid YAML at character" in err and "special characters are not allowed" in err
+    assert "SECRET" not in err and "tag or an alias" not in err

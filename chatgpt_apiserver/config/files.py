@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,6 +76,9 @@ def locate(flag_file: Optional[str], flag_path: Optional[str], env: Mapping[str,
     return Location(None, "not found", searched)
 
 
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"|`[^`]*`")
+
+
 def load(path: Path) -> dict[str, Any]:
     """Read a JSON or YAML config document; the top level must be an object."""
     try:
@@ -101,17 +105,15 @@ def load(path: Path) -> dict[str, Any]:
 
 
 def _where(error: Any) -> str:
-    """Where a YAML error is and what it is, without the text around it: that line may hold a key. Only the
-    scanner's and parser's own words are kept; the others quote what they could not read (a tag or an
-    alias, which a value such as `!key` or `*key` becomes)."""
-    import yaml
-
+    """Where a YAML error is and what it is, without the text around it: that line may hold a key, and the
+    problem's own words may quote it (a tag or an alias, which a value such as `!key` or `*key` becomes), so
+    what they quote is left out."""
     mark = getattr(error, "problem_mark", None)
     place = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-    if isinstance(error, (yaml.scanner.ScannerError, yaml.parser.ParserError)):
-        what = " ".join(part for part in (error.context, error.problem) if part)
-    else:
-        what = "a tag or an alias the config cannot use (quote a value that starts with ! or *)"
+    if mark is None and isinstance(getattr(error, "position", None), int):
+        place = f" at character {error.position + 1}"  # (a character YAML does not allow)
+    words = [getattr(error, name, None) for name in ("context", "problem", "reason")]
+    what = _QUOTED.sub("…", " ".join(word for word in words if isinstance(word, str) and word))
     return f"{place}: {what}" if what else place
 
 
