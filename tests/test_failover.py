@@ -199,7 +199,7 @@ def test_a_streamed_create_that_breaks_before_its_first_event_goes_to_another_co
 @pytest.mark.parametrize("stream", [False, True])
 def test_a_web_page_answered_200_is_a_failure_not_a_success(stack: Stack, stream: bool) -> None:
     portal, good = stack.raw(), stack.fake("good")
-    page = answer(b"<html>maintenance</html>", "Content-Type: text/html; charset=utf-8")
+    page = answer(b"<html>maintenance</html>", "Content-Type: Text/HTML; charset=utf-8")
     portal.default = Script((page,))
     stack.gateway({"controllers": [raw_controller(portal, name="portal", weight=100), openai_controller(good)]})
     status, headers, body = stack.request("POST", "/v1/chat/completions", {**BODY, "stream": stream})

@@ -247,7 +247,8 @@ class Options:
         "arrive).")
     max_buffered_body_bytes: int = option(
         256 * 1024 * 1024, parse_positive_int,
-        "Request body bytes held at once across all requests; a request past it gets 503 with Retry-After.")
+        "Request body bytes held at once across all requests; a request past it gets 503 with Retry-After, a "
+        "body larger than all of it 413.")
     max_header_size: int = option(
         64 * 1024, parse_positive_int, "Largest request head (request line and headers) in bytes; larger gets 431.")
     cors_origins: tuple[str, ...] = option(

@@ -219,7 +219,7 @@ async def attempt(lease: Lease, call: Call, gateway: Gateway) -> Answer | Failur
             reply = await controller.send(call, body)
             status = reply.status
             rate = rate_headers(controller, status, reply.headers)
-            if 200 <= status < 300 and reply.content_type.startswith("text/html"):
+            if 200 <= status < 300 and reply.content_type[:9].lower() == "text/html":
                 # No OpenAI endpoint answers with a web page: a maintenance page, a portal, a base_url that
                 # names a web UI. Passed on, it would be a success the client cannot read.
                 record_failure(lease, gateway.scheduler)
