@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import re
 import socket
 import time
+from collections.abc import Callable, Iterator
 
 import orjson
 import pytest
@@ -17,6 +19,26 @@ from .fake_upstream import Cue
 from .harness import Stack, openai_controller
 
 BODY = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+
+
+@contextlib.contextmanager
+def access_log(fmt: str) -> Iterator[Callable[[], str]]:
+    """The gateway's log captured in `fmt`; what it yields waits for the first access line and returns it."""
+    out = io.StringIO()
+    handler = configure_logging("info", fmt, stream=out)
+
+    def first_line() -> str:
+        deadline = time.monotonic() + 5  # the line is written just after the response leaves
+        while "chatgpt_apiserver.access" not in out.getvalue() and time.monotonic() < deadline:
+            time.sleep(0.01)
+            handler.flush()  # the server flushes buffered lines every quarter second; this test has no server loop
+        return next(line for line in out.getvalue().splitlines() if "chatgpt_apiserver.access" in line)
+
+    try:
+        yield first_line
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
 
 
 def scrape(stack: Stack, **headers: str) -> dict[str, float]:
@@ -73,22 +95,13 @@ def test_access_log_lines(stack: Stack, fmt: str) -> None:
     fake = stack.fake("up")
     fake.default = Cue(headers={"x-request-id": "req_0a1b2c3d"})  # OpenAI's own id for the request
     stack.gateway({"controllers": [openai_controller(fake)]}, "--log-format", fmt)
-    out = io.StringIO()
-    handler = configure_logging("info", fmt, stream=out)
-    try:
+    with access_log(fmt) as first_line:
         status, headers, body = stack.request("POST", "/v1/chat/completions", BODY, headers={
             "Content-Type": "application/json", "X-Request-Id": "trace-42"})
-        deadline = time.monotonic() + 5  # the line is written just after the response leaves
-        while "chatgpt_apiserver.access" not in out.getvalue() and time.monotonic() < deadline:
-            time.sleep(0.01)
-            handler.flush()  # the server flushes buffered lines every quarter second; this test has no server loop
-    finally:
-        logging.getLogger().removeHandler(handler)
-        handler.close()
+        line = first_line()
     assert status == 200 and headers["x-request-id"] == "trace-42"
     assert headers["x-upstream-request-id"] == "req_0a1b2c3d"
     assert fake.chat_requests[0].headers["X-Request-Id"] == "trace-42"
-    line = next(line for line in out.getvalue().splitlines() if "chatgpt_apiserver.access" in line)
     if fmt == "json":
         entry = orjson.loads(line)
         assert entry["request_id"] == "trace-42" and entry["status"] == 200 and entry["controller"] == "up"
@@ -110,9 +123,7 @@ def test_a_request_its_client_left_is_logged_as_499_with_the_controller_that_had
     fake = stack.fake("up")
     fake.default = Cue(mode="stall")
     stack.gateway({"controllers": [openai_controller(fake)]}, "--log-format", "json")
-    out = io.StringIO()
-    handler = configure_logging("info", "json", stream=out)
-    try:
+    with access_log("json") as first_line:
         data = orjson.dumps(BODY)
         with socket.create_connection(("127.0.0.1", stack.port), timeout=5) as sock:
             sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
@@ -120,14 +131,7 @@ def test_a_request_its_client_left_is_logged_as_499_with_the_controller_that_had
             deadline = time.monotonic() + 5
             while not fake.chat_requests and time.monotonic() < deadline:
                 time.sleep(0.01)
-        deadline = time.monotonic() + 5  # the client has left
-        while "chatgpt_apiserver.access" not in out.getvalue() and time.monotonic() < deadline:
-            time.sleep(0.01)
-            handler.flush()
-    finally:
-        logging.getLogger().removeHandler(handler)
-        handler.close()
-    entry = orjson.loads(next(line for line in out.getvalue().splitlines() if "chatgpt_apiserver.access" in line))
+        entry = orjson.loads(first_line())  # (the client has left)
     assert entry["status"] == 499 and entry["controller"] == "up" and entry["bytes"] == 0, entry
     assert scrape(stack)['chatgpt_apiserver_requests_total{controller="up",route="chat_completions",status="499"}'] == 1
 
@@ -175,18 +179,9 @@ def test_a_very_long_model_name_is_never_a_metric_label(stack: Stack) -> None:
     headers = {"Content-Type": "application/json", "Authorization": "Bearer app-key"}
     for model in (long_name, "gpt-4o"):
         assert stack.request("POST", "/v1/chat/completions", {**BODY, "model": model}, headers)[0] == 200
-    out = io.StringIO()
-    handler = configure_logging("info", "text", stream=out)
-    try:
+    with access_log("text") as first_line:
         assert stack.request("POST", "/v1/chat/completions", {**BODY, "model": long_name}, headers)[0] == 200
-        deadline = time.monotonic() + 5
-        while "chatgpt_apiserver.access" not in out.getvalue() and time.monotonic() < deadline:
-            time.sleep(0.01)
-            handler.flush()
-    finally:
-        logging.getLogger().removeHandler(handler)
-        handler.close()
-    line = next(line for line in out.getvalue().splitlines() if "chatgpt_apiserver.access" in line)
+        line = first_line()
     assert len(line) < 1000 and f'model="{"m" * 128}…"' in line, line[:300]
     m = scrape(stack, Authorization="Bearer admin-key")
     assert all(len(name) < 400 for name in m), max(m, key=len)[:200]
@@ -199,17 +194,8 @@ def test_a_failed_request_logs_its_attempts_and_last_controller(stack: Stack) ->
     first.default = second.default = Cue(mode="status", status=503)
     stack.gateway({"controllers": [openai_controller(first, weight=9), openai_controller(second)]},
                   "--breaker-failures", "100")
-    out = io.StringIO()
-    handler = configure_logging("info", "json", stream=out)
-    try:
+    with access_log("json") as first_line:
         status = stack.request("POST", "/v1/chat/completions", BODY)[0]
-        deadline = time.monotonic() + 5
-        while "chatgpt_apiserver.access" not in out.getvalue() and time.monotonic() < deadline:
-            time.sleep(0.01)
-            handler.flush()
-    finally:
-        logging.getLogger().removeHandler(handler)
-        handler.close()
-    entry = orjson.loads(next(line for line in out.getvalue().splitlines() if "chatgpt_apiserver.access" in line))
+        entry = orjson.loads(first_line())
     assert status == 500 and entry["status"] == 500
     assert entry["attempts"] == 2 and entry["controller"] == "second"
