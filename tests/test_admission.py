@@ -203,6 +203,19 @@ def test_an_http10_keep_alive_client_gets_a_stream_that_ends_where_the_connectio
     assert rest.rstrip().endswith(b"data: [DONE]") and not chunk
 
 
+def test_an_http10_keep_alive_connection_the_gateway_closes_is_not_told_keep_alive(stack: Stack) -> None:
+    stack.gateway({"controllers": [openai_controller(stack.fake("up"))], "client_keys": ["team-key"]})
+    data = orjson.dumps(BODY)
+    with socket.create_connection(("127.0.0.1", stack.port), timeout=10) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.0\r\nConnection: keep-alive\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(data), data))
+        received = b""
+        while chunk := sock.recv(65536):  # no key: refused on the headers, its body unread, then closed
+            received += chunk
+    head, _, _ = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 401") and b"Keep-Alive" not in head and b"Connection: close" in head, head
+
+
 def test_a_compressed_request_body_is_a_415_that_says_so(stack: Stack) -> None:
     fake = stack.fake("up")
     stack.gateway({"controllers": [openai_controller(fake)]})

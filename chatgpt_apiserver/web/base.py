@@ -132,14 +132,16 @@ class BaseHandler(RequestHandler):
         if not self._headers_written:
             if self._unread or self.gateway.draining:
                 self._headers["Connection"] = "close"
-            if self.request.version == "HTTP/1.0" and "Content-Length" not in self._headers:
-                self._close_to_end()
+            if self.request.version == "HTTP/1.0" and (
+                    "Content-Length" not in self._headers or self._headers.get("Connection") == "close"):
+                self._close_after()
         return super().flush(include_footers)
 
-    def _close_to_end(self) -> None:
-        """An answer sent as it comes (a stream) to an HTTP/1.0 client, which knows no chunked framing, ends
-        where the connection closes; Tornado would keep a keep-alive one open, and the client could not tell
-        where the answer ends."""
+    def _close_after(self) -> None:
+        """An HTTP/1.0 connection that closes after this answer, saying so. An answer sent as it comes (a
+        stream) ends there, as HTTP/1.0 has no chunked framing: Tornado would keep a keep-alive connection
+        open, and the client could not tell where the answer ends. And where the gateway closes it (a body
+        left unread, a drain), Tornado would still have answered `Keep-Alive`."""
         connection = self.request.connection
         if isinstance(connection, HTTP1Connection):
             self.request.headers["Connection"] = "close"  # (no "Keep-Alive" in the answer)
