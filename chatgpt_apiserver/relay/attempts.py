@@ -213,25 +213,27 @@ async def attempt(lease: Lease, call: Call, gateway: Gateway) -> Answer | Failur
     reply: Optional[Reply] = None
     handed_over = False  # an Answer owns its reply; every other way out closes it
     endpoint = call.endpoint
+    kind = ""  # the reply's Content-Type, read once
     try:
         while True:
             body, injected = upstream_body(call, controller)
             reply = await controller.send(call, body)
             status = reply.status
             rate = rate_headers(controller, status, reply.headers)
-            if 200 <= status < 300 and reply.content_type[:9].lower() == "text/html":
+            kind = reply.content_type
+            if 200 <= status < 300 and kind[:9].lower() == "text/html":
                 # No OpenAI endpoint answers with a web page: a maintenance page, a portal, a base_url that
                 # names a web UI. Passed on, it would be a success the client cannot read.
                 record_failure(lease, gateway.scheduler)
                 return Failure(controller.name, "protocol", f"the upstream answered {status} with a web page")
-            if 200 <= status < 300 and call.stream and reply.content_type.startswith("text/event-stream"):
+            if 200 <= status < 300 and call.stream and kind.startswith("text/event-stream"):
                 deadline.clear()  # from here the stream idle timeout applies
                 events, splitter, first = await _first_events(reply, settings.max_event_size)
                 record_status(lease, status, rate, b"", gateway.scheduler, settings, complete=False)
                 handed_over = True
                 return Answer(controller, reply, status, lease, first_events=events, splitter=splitter,
                               scheduler=gateway.scheduler, created=created_id(endpoint.creates, first))
-            if 200 <= status < 300 and endpoint.binary and not reply.content_type.startswith("application/json"):
+            if 200 <= status < 300 and endpoint.binary and not kind.startswith("application/json"):
                 deadline.clear()  # audio comes as it is made: the stream idle timeout applies between pieces
                 piece = await reply.read_chunk()
                 record_status(lease, status, rate, b"", gateway.scheduler, settings, complete=False)
@@ -249,7 +251,7 @@ async def attempt(lease: Lease, call: Call, gateway: Gateway) -> Answer | Failur
                 continue
             break
         if 200 <= status < 300:
-            json = reply.content_type.startswith("application/json")
+            json = kind.startswith("application/json")
             created = None
             if endpoint.creates is not None:
                 try:

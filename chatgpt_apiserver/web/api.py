@@ -210,7 +210,10 @@ class EndpointHandler(BaseHandler):
             self._start_binary(answer)
             await relay_bytes(answer, self._send)
         else:
-            self._account(await self._charged_once(answer.usage))
+            usage = answer.usage
+            if usage is not None and self._ticket is not None:
+                usage = await self._charged_once(usage)
+            self._account(usage)
             if answer.usage is None and answer.status >= 400:
                 self._used = 0.0
             await self._finish_body(answer)
@@ -243,11 +246,10 @@ class EndpointHandler(BaseHandler):
         if ticket.headers:
             self._headers.update(ticket.headers)  # x-ratelimit-*: numbers and durations only
 
-    async def _charged_once(self, usage: Optional[Usage]) -> Optional[Usage]:
+    async def _charged_once(self, usage: Usage) -> Optional[Usage]:
         """A client pays a stored response's usage once: when the answer that made it reports it, else when a
-        fetch first shows it. None: charged before (the fetch costs no tokens)."""
-        if usage is None or self._ticket is None:
-            return usage
+        fetch first shows it. None: charged before (the fetch costs no tokens). (Only for a client's request:
+        the callers check, so that no other answer awaits a coroutine for it.)"""
         call, affinity = self._call, self.gateway.affinity
         assert call is not None
         if call.endpoint.shows_stored_usage:
@@ -277,7 +279,10 @@ class EndpointHandler(BaseHandler):
             self._events += data.count(b"data:")  # one per event, in both stream styles
         if last:
             if self._stream is not None:
-                self._account(await self._charged_once(self._stream.usage))  # before the access log line
+                usage = self._stream.usage
+                if usage is not None and self._ticket is not None:
+                    usage = await self._charged_once(usage)
+                self._account(usage)  # before finish() writes the access log line
             # A whole stream in hand at once leaves in one write, with a Content-Length; else this is the last chunk.
             await self._sent(self.finish(data))
             return
