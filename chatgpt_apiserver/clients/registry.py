@@ -53,14 +53,18 @@ class Client:
     def plan(self, model: str) -> Plan:
         """The plan for a request for `model`."""
         found = self.plans.get(model)
-        return found if found is not None else self.plans[self.limited_as(model)]
+        return found if found is not None else self.plans[self._snapshot_limited(model)]
 
     def limited_as(self, model: str) -> str:
         """The name of `model` in the client's `model_limits` (its own, or that of the model it is a dated
         snapshot of), or "" if it has no limits of its own."""
-        if model in self.plans:
-            return model
-        base = snapshot_of(model) if len(self.plans) > 1 else None  # (only with model_limits)
+        return model if model in self.plans else self._snapshot_limited(model)
+
+    def _snapshot_limited(self, model: str) -> str:
+        """The model `model` is a dated snapshot of, if it has limits here; else ""."""
+        if len(self.plans) == 1:
+            return ""  # no model_limits
+        base = snapshot_of(model)
         return base if base is not None and base in self.plans else ""
 
 

@@ -190,8 +190,8 @@ class Clients:
             return ApiError(429, f"The client {name!r} has {limit} requests in flight, its limit "
                                  f"(max_concurrency); retry when one has finished.", code="rate_limit_exceeded",
                             headers={**headers, "Retry-After": "1"})
-        limits = client.spec.model_limits.get(client.limited_as(model)) if reason in (MODEL_REQUESTS, MODEL_TOKENS) \
-            else None
+        by_model = reason in (MODEL_REQUESTS, MODEL_TOKENS)
+        limits = client.spec.model_limits.get(client.limited_as(model)) if by_model else None
         source = limits if limits is not None else client.spec.limits
         if reason in (REQUESTS, MODEL_REQUESTS):
             what = f"{_number(source.rpm or 0)} requests per minute"
