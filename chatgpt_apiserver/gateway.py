@@ -238,12 +238,12 @@ class Gateway:
     def _usable(self, controller: Controller, models: Iterable[str]) -> list[str]:
         """Leaves out what only a reload brings back (a rejected key, a missing deployment); a quota that
         ran out, or a cooldown, passes: the model is still there."""
-        if self._lost(controller, WHOLE):
+        if self._gone_until_reload(controller, WHOLE):
             return []
         labelled = controller.stats.labels  # a model with no label of its own has no disable of its own
-        return [m for m in models if m not in labelled or not self._lost(controller, m)]
+        return [m for m in models if m not in labelled or not self._gone_until_reload(controller, m)]
 
-    def _lost(self, controller: Controller, model: str) -> bool:
+    def _gone_until_reload(self, controller: Controller, model: str) -> bool:
         health = self.store.health(controller, model)
         return health.status == DISABLED and math.isinf(health.wait)
 

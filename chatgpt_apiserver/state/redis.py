@@ -431,8 +431,8 @@ class RedisStore(ControllerStore):
         return HEALTHY
 
     async def beat(self) -> None:
-        """With each heartbeat: keep this instance's slots alive, refresh the mirrors, and keep the buckets as
-        they stand then (see `beat_levels`)."""
+        """With each heartbeat: keep this instance's slots alive, refresh the mirrors, and start the lowest
+        levels seen again from them (see `low_levels`)."""
         for m in list(self.mirrors.values()):
             if m.held:
                 self.link.send("beat", (m.keys["inflight"], m.keys["seen"]), (self._now(), self.link.instance, b"-1"))
