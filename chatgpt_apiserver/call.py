@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from .endpoints.base import Endpoint
@@ -26,13 +26,13 @@ class Call:
     owner_of: Optional[str] = None  # a resp_/conv_ id: only the controller that holds it can answer
     attempted: bool = False  # an attempt began: the upstream may have it (and bill it)
     tried: str = ""  # the controller of the latest attempt
+    # The scope of breakers and counts: the model, or the route when the call names none (Endpoint.label).
+    label: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.label = self.endpoint.label(self.model)
 
     @property
     def upstream_path(self) -> str:
         """Where the call goes, relative to a controller's base URL."""
         return self.path or self.endpoint.path
-
-    @property
-    def label(self) -> str:
-        """The scope of breakers and counts: the model, or the route when the call names none."""
-        return self.endpoint.label(self.model)
