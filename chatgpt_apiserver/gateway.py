@@ -74,7 +74,7 @@ class Gateway:
         self.clients: Clients = make_clients(settings, self.store, clock)
         clients = self.clients
         self.metrics.registry.register(ClientCollector(
-            clients.tally, lambda: clients.registry.by_name, clients.store.held,
+            clients.tally, clients.usage_here, lambda: clients.registry.by_name, clients.store.held,
             lambda client: self.scheduler.waiting(client.tenant), clients.budgets))
         self.draining = False
         self.active: set[Abortable] = set()

@@ -182,6 +182,10 @@ def test_budgets_and_usage_survive_a_restart_without_redis(stack: Stack, api: Ap
     assert_out_of_budget(api("team-key"), "24 of 20 tokens")
     usage = admin(stack)["usage"]["models"]["gpt-4o"]
     assert usage["requests"] == 2 and usage["completion_tokens"] == 14
+    # The counters go on from the saved state: a restart is not a reset to zero.
+    metrics = stack.request("GET", "/metrics", headers={"Authorization": "Bearer admin-key"})[2].decode()
+    assert 'chatgpt_apiserver_client_requests_total{client="team",model="gpt-4o"} 2.0' in metrics, metrics
+    assert 'chatgpt_apiserver_client_tokens_total{client="team",kind="completion",model="gpt-4o"} 14.0' in metrics
 
 
 def test_the_admin_view_shows_a_restored_bucket_as_it_was_left(stack: Stack, api: Api, tmp_path: Path) -> None:

@@ -147,6 +147,14 @@ class LocalClientStore(ClientStore):
             return  # removed by a reload while this request ran, and nothing else held
         if client.in_flight:
             client.in_flight -= 1
+        if plan.limited:
+            self._settle_limits(client, ticket, charge)
+        add_row(client.usage, charge.label, charge.row)
+        self.dirty = True
+
+    def _settle_limits(self, client: LocalClient, ticket: ClientTicket, charge: Charge) -> None:
+        """C1 and C3 of a settlement: the tokens bucket trued up to what was used, the budget charged."""
+        plan = ticket.plan
         if charge.used is not None and plan.buckets:
             now = self.clock()
             delta = ticket.reserved - charge.used
@@ -159,8 +167,6 @@ class LocalClientStore(ClientStore):
                         held.bucket.take(-delta, now)
         if plan.period and ticket.period.name:
             client.spend(ticket.period.name, charge.tokens, charge.nano)
-        add_row(client.usage, charge.label, charge.row)
-        self.dirty = True
 
     def add(self, name: str, period: str, label: str, row: Sequence[int], tokens: int) -> None:
         """Add spending and usage without a request (carried over from another store)."""
@@ -181,6 +187,11 @@ class LocalClientStore(ClientStore):
     def held(self, name: str) -> int:
         client = self.clients.get(name)
         return client.in_flight if client is not None else 0
+
+    def counted_here(self) -> dict[str, dict[str, list[int]]]:
+        """This process's rows (with a state file, since the state began: a counter that goes on across a
+        restart)."""
+        return {name: client.usage for name, client in self.clients.items() if client.usage}
 
     async def views(self, plans: Sequence[Plan], period: dict[str, Period]) -> dict[str, ClientView]:
         return {plan.name: self.view_now(plan, period.get(plan.name)) for plan in plans}

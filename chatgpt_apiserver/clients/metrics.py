@@ -18,7 +18,8 @@ PREFIX = "chatgpt_apiserver_client"
 
 
 class Tally:
-    """Usage rows per client and model, and refusals per client and reason, counted in this process."""
+    """Refusals per client and reason counted in this process, and usage rows per client and model when the
+    store's own rows are not this process's (with Redis; a store in this process needs no second copy)."""
 
     def __init__(self) -> None:
         self.usage: dict[str, dict[str, list[int]]] = {}  # client -> label -> USAGE_FIELDS
@@ -48,10 +49,12 @@ class Tally:
 class ClientCollector(Collector):
     """Client metrics, read from the tally and the clients' live state at scrape time."""
 
-    def __init__(self, tally: Tally, clients: Callable[[], Mapping[str, Client]],
-                 in_flight: Callable[[str], int], waiting: Callable[[Client], int],
+    def __init__(self, tally: Tally, usage: Callable[[], Mapping[str, Mapping[str, list[int]]]],
+                 clients: Callable[[], Mapping[str, Client]], in_flight: Callable[[str], int],
+                 waiting: Callable[[Client], int],
                  budgets: Callable[[], Iterable[tuple[str, str, float, float]]]) -> None:
         self.tally = tally
+        self.usage = usage  # this process's rows per client (the tally's, or those of a store in this process)
         self.clients = clients
         self.in_flight = in_flight
         self.waiting = waiting
@@ -72,7 +75,7 @@ class ClientCollector(Collector):
         refused = CounterMetricFamily(f"{PREFIX}_refused", "Requests refused by the client's own limits, by "
                                       "reason (model, budget, busy, requests, tokens, model_requests, model_tokens).",
                                       labels=["client", "reason"])
-        for name, rows in sorted(self.tally.usage.items()):
+        for name, rows in sorted(self.usage().items()):
             for label, row in sorted(rows.items()):
                 requests.add_metric([name, label], row[0])
                 errors.add_metric([name, label], row[1])

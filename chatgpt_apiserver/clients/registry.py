@@ -39,7 +39,7 @@ def plan_for(spec: ClientSpec, model: Optional[str] = None) -> Plan:
 class Client:
     """One configured client as the gateway uses it: its spec, queue place and admission plans."""
 
-    __slots__ = ("name", "plans", "spec", "tenant", "view_plan")
+    __slots__ = ("name", "plain", "plans", "spec", "tenant", "view_plan")
 
     def __init__(self, spec: ClientSpec, max_waiting: Optional[int]) -> None:
         self.spec = spec
@@ -47,6 +47,8 @@ class Client:
         self.tenant = Tenant(spec.name, spec.priority == "batch", spec.share, max_waiting)
         self.plans = {model: plan_for(spec, model) for model in spec.model_limits}
         self.plans[""] = plan_for(spec)
+        # Admitting it checks nothing (no allow-list, no limit of any kind): its requests are only counted.
+        self.plain = spec.models is None and len(self.plans) == 1 and not self.plans[""].limited
         buckets = {rule.field: rule for plan in self.plans.values() for rule in plan.buckets}
         self.view_plan = Plan(spec.name, tuple(buckets.values()))  # every bucket, for the admin view
 

@@ -60,7 +60,8 @@ class Clients:
         self.store = store
         self.state_file = state_file
         self.wall = wall
-        self.tally = Tally()
+        self.tally = Tally()  # refusals; usage rows too when the store's rows are not this process's own
+        self._tallied = store.counted_here() is None
         self.registry = Registry()
         self.prices = PriceTable({})
         self.priced: dict[str, bool] = {}  # model label -> whether its cost was known
@@ -123,10 +124,14 @@ class Clients:
     def admit_now(self, client: Client, model: str, label: str, tokens: float,
                   takes_model: bool = True) -> Optional[ClientTicket]:
         """`admit` without a coroutine when the store decides at once (in this process); None: use `admit`."""
-        if not self.store.decides_now:
+        store = self.store
+        if not store.decides_now:
             return None
+        if client.plain:  # nothing to check or to tell: a ticket for its settlement (C4 admits what checks nothing)
+            plan = client.plans[""]
+            return ClientTicket(plan, tokens, NO_PERIOD, store.admit_now(plan, tokens, NO_PERIOD).store, label)
         plan, period = self._plan(client, model, takes_model)
-        return self._ticket(client, plan, period, self.store.admit_now(plan, tokens, period), model, label, tokens)
+        return self._ticket(client, plan, period, store.admit_now(plan, tokens, period), model, label, tokens)
 
     def _plan(self, client: Client, model: str, takes_model: bool) -> tuple[Plan, Period]:
         """The plan and budget period that admit this request, after the client's model allow-list."""
@@ -217,20 +222,35 @@ class Clients:
             charge = Charge(label, used, 0, (1, int(error), 0, 0, 0, 0))
         else:
             price = self.prices.find(label, *models)
-            priced = self.priced
-            if len(priced) < MAX_PRICED or label in priced:
-                priced[label] = price is not None
+            known, priced = price is not None, self.priced
+            if priced.get(label) is not known and (label in priced or len(priced) < MAX_PRICED):
+                priced[label] = known
             charge = Charge(label, used, usage.tokens, (
                 1, int(error), usage.prompt, usage.cached, usage.completion,
                 PriceTable.nano(price, usage) if price is not None else 0))
         self.store.settle(ticket, charge)
+        if self._tallied or ticket.period.name:
+            self._count(ticket, charge)
+
+    def _count(self, ticket: ClientTicket, charge: Charge) -> None:
+        """What this process keeps of a settled request beside the store: the tally's row (when the store's rows
+        are not its own) and the budget spending it last saw."""
         name = ticket.plan.name
         if name not in self.registry.by_name:
             return  # removed by a reload while this request ran: its metrics went with it
-        self.tally.count(name, charge)
+        if self._tallied:
+            self.tally.count(name, charge)
         seen = self.seen_spent.get(name)
         if seen is not None and seen[0] == ticket.period.name:
             self.seen_spent[name] = (seen[0], seen[1] + charge.tokens, seen[2] + charge.nano)
+
+    def usage_here(self) -> Mapping[str, Mapping[str, list[int]]]:
+        """This process's usage rows per configured client (for the metrics)."""
+        counted = self.store.counted_here()
+        if counted is None:
+            return self.tally.usage
+        names = self.registry.by_name  # (a client a reload removed may still be finishing a request)
+        return {name: rows for name, rows in counted.items() if name in names}
 
     def budgets(self) -> list[tuple[str, str, float, float]]:
         """(client, kind, spent, budget) as this instance last saw them, for the metrics."""

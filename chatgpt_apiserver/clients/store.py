@@ -166,6 +166,11 @@ class ClientStore(ABC):
     def held(self, name: str) -> int:
         """Requests of client `name` in flight that this process admitted."""
 
+    def counted_here(self) -> Optional[Mapping[str, Mapping[str, list[int]]]]:
+        """The usage rows per client, if the store's own rows are what this process counted (a store in this
+        process); None if they are not (with Redis: every instance's), and the service tallies its own."""
+        return None
+
     @abstractmethod
     async def views(self, plans: Sequence[Plan], period: dict[str, Period]) -> dict[str, ClientView]:
         """Every client's state, from the store itself (with Redis: every instance's); `period` names each
