@@ -155,7 +155,8 @@ def test_every_instance_sharing_redis_stops_asking_for_a_missing_deployment(
         stack: Stack, loop_thread: LoopThread, tmp_path: Path, redis_server: RedisServer) -> None:
     east = start_azure(stack, "east", ())  # no deployment left at all
     west = start_azure(stack, "west", ("gpt4o",))
-    config = {"redis_url": redis_server.url,
+    # (A Redis call stalled past the 0.1 s default on a loaded machine would make this an outage test.)
+    config = {"redis_url": redis_server.url, "redis_timeout": 2,
               "controllers": [azure_controller(east, GPT, weight=5), azure_controller(west, GPT)]}
     stack.gateway(config)
     (tmp_path / "other").mkdir()
