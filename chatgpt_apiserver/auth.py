@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 from collections.abc import Iterable
 from typing import Optional
 
+from .config.clients import key_digest
 from .secret import Secret
 
 
@@ -14,7 +14,7 @@ class KeyRing:
     """A set of keys; `check` compares a presented key against every one of them in constant time."""
 
     def __init__(self, keys: Iterable[Secret]) -> None:
-        self._digests = [hashlib.sha256(key.reveal().encode()).digest() for key in keys if key]
+        self._digests = [key_digest(key.reveal()) for key in keys if key]
 
     def __bool__(self) -> bool:
         return bool(self._digests)
@@ -23,7 +23,7 @@ class KeyRing:
         """Whether an `Authorization: Bearer <key>` header carries one of the keys."""
         if not authorization or authorization[:7].lower() != "bearer ":
             return False
-        presented = hashlib.sha256(authorization[7:].strip().encode()).digest()
+        presented = key_digest(authorization[7:].strip())
         found = False
         for digest in self._digests:
             found |= hmac.compare_digest(presented, digest)

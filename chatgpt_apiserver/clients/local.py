@@ -110,7 +110,7 @@ class LocalClientStore(ClientStore):
 
     def admit_now(self, plan: Plan, tokens: float, period: Period) -> ClientAdmission:
         """`admit` without a coroutine (the local store never waits on I/O)."""
-        client = self._client(plan.name)
+        client = self.clients.get(plan.name) or self._client(plan.name)
         if not plan.limited:  # nothing to check: only counted in flight
             client.in_flight += 1
             return ADMITTED

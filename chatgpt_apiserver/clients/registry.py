@@ -7,12 +7,11 @@ reveal something about a digest, which does not help to find a key.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Iterable
 from typing import Optional
 
-from ..config.clients import ClientSpec, snapshot_of
+from ..config.clients import ClientSpec, key_digest, snapshot_of
 from ..scheduling.fair_queue import Tenant
 from .rules import MODEL_REQUESTS, MODEL_TOKENS, REQUESTS, TOKENS, BucketRule
 from .store import Plan
@@ -87,7 +86,7 @@ class Registry:
         """The client whose key an `Authorization: Bearer <key>` header carries, if any."""
         if not authorization or authorization[:7].lower() != "bearer ":
             return None
-        return self._by_digest.get(hashlib.sha256(authorization[7:].strip().encode()).digest())
+        return self._by_digest.get(key_digest(authorization[7:].strip()))
 
 
 def queue_bound(max_queue_size: int, share: float, clients: int) -> Optional[int]:

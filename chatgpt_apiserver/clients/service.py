@@ -221,7 +221,7 @@ class Clients:
         if usage is None:
             charge = Charge(label, used, 0, (1, int(error), 0, 0, 0, 0))
         else:
-            price = self.prices.find(label, *models)
+            price = self.prices.prices.get(label) or self.prices.find(label, *models)  # (mostly: the label's own)
             known, priced = price is not None, self.priced
             if priced.get(label) is not known and (label in priced or len(priced) < MAX_PRICED):
                 priced[label] = known

@@ -118,7 +118,7 @@ class ClientTicket:
     period: Period
     store: Optional[ClientStore] = None
     label: str = ""  # the usage row it counts in
-    headers: Mapping[str, str] = field(default_factory=lambda: NO_HEADERS)  # x-ratelimit-* (rule C6)
+    headers: Optional[Mapping[str, str]] = None  # x-ratelimit-* (rule C6), for a client with limits
     settled: bool = False
 
 

@@ -73,6 +73,7 @@ class EndpointHandler(BaseHandler):
     _events = 0
     _stream: Optional[StreamResult] = None  # a relayed event stream, as far as it has come
     _created: Optional[str] = None  # the stored response (or conversation) the answer made
+    _stored_usage = False  # a client's answer whose usage is a stored response's: charged once (_charged_once)
 
     def initialize(self, gateway: Gateway, bodies: Bodies, endpoints: Mapping[str, Endpoint]) -> None:  # type: ignore[override]
         super().initialize(gateway, bodies)
@@ -189,6 +190,7 @@ class EndpointHandler(BaseHandler):
             return
         self._answered = True
         self._created = answer.created
+        self._stored_usage = self._ticket is not None and (bool(answer.created) or call.endpoint.shows_stored_usage)
         if client is not None and answer.created and 200 <= answer.status < 300 and client.spec.named:
             self.gateway.affinity.made_by(answer.created, client.name)
         self.controller, self.attempts = answer.controller.name, answer.attempts
@@ -211,7 +213,7 @@ class EndpointHandler(BaseHandler):
             await relay_bytes(answer, self._send)
         else:
             usage = answer.usage
-            if usage is not None and self._ticket is not None:
+            if usage is not None and self._stored_usage:
                 usage = await self._charged_once(usage)
             self._account(usage)
             if answer.usage is None and answer.status >= 400:
@@ -248,8 +250,8 @@ class EndpointHandler(BaseHandler):
 
     async def _charged_once(self, usage: Usage) -> Optional[Usage]:
         """A client pays a stored response's usage once: when the answer that made it reports it, else when a
-        fetch first shows it. None: charged before (the fetch costs no tokens). (Only for a client's request:
-        the callers check, so that no other answer awaits a coroutine for it.)"""
+        fetch first shows it. None: charged before (the fetch costs no tokens). (Only where `_stored_usage`
+        says so: no other answer awaits a coroutine for it.)"""
         call, affinity = self._call, self.gateway.affinity
         assert call is not None
         if call.endpoint.shows_stored_usage:
@@ -280,7 +282,7 @@ class EndpointHandler(BaseHandler):
         if last:
             if self._stream is not None:
                 usage = self._stream.usage
-                if usage is not None and self._ticket is not None:
+                if usage is not None and self._stored_usage:
                     usage = await self._charged_once(usage)
                 self._account(usage)  # before finish() writes the access log line
             # A whole stream in hand at once leaves in one write, with a Content-Length; else this is the last chunk.
