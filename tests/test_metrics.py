@@ -14,6 +14,7 @@ import orjson
 import pytest
 
 from chatgpt_apiserver.ops.logs import BufferedHandler, configure_logging
+from chatgpt_apiserver.web.access import FIELDS
 
 from .fake_upstream import Cue
 from .harness import Stack, openai_controller
@@ -111,7 +112,10 @@ def test_access_log_lines(stack: Stack, fmt: str) -> None:
         assert entry["method"] == "POST" and entry["path"] == "/v1/chat/completions"
         assert entry["time_ms"] >= entry["ttfb_ms"] > 0 and entry["time"].endswith("Z")
         assert entry["upstream_request_id"] == "req_0a1b2c3d"
+        assert re.findall(r"(\w+)=", entry["message"]) == list(FIELDS)  # the text line's fields, the same
+        assert [key for key in entry if key in FIELDS] == list(FIELDS)
     else:
+        assert re.findall(r" (\w+)=", line) == list(FIELDS), line  # every field once, in order
         for field in ("request_id=trace-42", "status=200", "controller=up", "model=gpt-4o", "stream=False",
                       "attempts=1", f"bytes={len(body)}", "tokens=12", "peer=127.0.0.1", "client=-",
                       "upstream_request_id=req_0a1b2c3d"):

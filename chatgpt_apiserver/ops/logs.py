@@ -89,6 +89,8 @@ class BufferedHandler(logging.Handler):
     def __init__(self, stream: TextIO, limit: int = 64 * 1024, secrets: tuple[bytes, ...] = (),
                  max_batches: int = MAX_BATCHES) -> None:
         super().__init__()
+        assert self.lock is not None  # (createLock made it)
+        self._lock = self.lock  # the handler's own lock, typed as never None
         self.stream = stream
         self.limit = limit
         self.secrets = secrets  # replaced whole (never mutated), so the writer reads a consistent tuple
@@ -119,14 +121,11 @@ class BufferedHandler(logging.Handler):
         Rendering a batch of lines at once, off the event loop, costs a fraction of rendering each between
         two requests.
         """
-        self.acquire()
-        try:
+        with self._lock:  # (what acquire() and release() do, without two calls per request)
             self._pending.append((render, item))
             self._size += DEFERRED_LINE_SIZE
             if self._size >= self.limit:
                 self.flush()
-        finally:
-            self.release()
 
     def flush(self) -> None:
         """Hand what is pending to the writer; never waits for the stream."""

@@ -18,8 +18,7 @@ access_log = logging.getLogger("chatgpt_apiserver.access")
 
 FIELDS = ("request_id", "client", "peer", "method", "path", "model", "stream", "controller", "attempts", "status",
           "bytes", "time_ms", "ttfb_ms", "tokens", "upstream_request_id")
-MESSAGE = " ".join(f"{name}=%s" for name in FIELDS)
-TEXT_LINE = f"%s,%03d INFO {access_log.name}: {MESSAGE}\n"
+TEXT_PREFIX = f" INFO {access_log.name}: "
 
 # What a request leaves for its line: the wall time it ended, then FIELDS with both times in seconds.
 Entry = tuple[Any, ...]
@@ -52,11 +51,19 @@ def text_value(value: Any) -> str:
     return '"' + escape_controls(text.replace("\\", "\\\\").replace('"', '\\"')) + '"'
 
 
-def _text_values(values: tuple[Any, ...]) -> tuple[Any, ...]:
-    # Only the method, the path and the model are the client's text; the other fields are numbers, or
-    # tokens checked against a safe charset already (request ids, client and controller names, the peer's
-    # address).
-    return (*values[:3], text_value(values[3]), text_value(values[4]), text_value(values[5]), *values[6:])
+def _message(entry: Entry) -> str:
+    """The line's key=value fields, FIELDS in order (the text line, and the JSON line's message).
+
+    Only the method, the path and the model are the client's text; the other fields are numbers, or tokens
+    checked against a safe charset already (request ids, client and controller names, the peer's address).
+    (One f-string: a third of the cost of formatting the fields one by one, in the access log's writer.)
+    """
+    seconds, ttfb = entry[12], entry[13]
+    return (f"request_id={entry[1]} client={entry[2]} peer={entry[3]} method={text_value(entry[4])} "
+            f"path={text_value(entry[5])} model={text_value(entry[6])} stream={entry[7]} controller={entry[8]} "
+            f"attempts={entry[9]} status={entry[10]} bytes={entry[11]} time_ms={seconds * 1000:.2f} "
+            f"ttfb_ms={(ttfb if ttfb is not None else seconds) * 1000:.2f} tokens={entry[14]} "
+            f"upstream_request_id={entry[15]}")
 
 
 class _Lines:
@@ -66,12 +73,12 @@ class _Lines:
         self.stamp = LineStamp()
 
     def text(self, entry: Entry) -> str:
-        return TEXT_LINE % (*self.stamp.text_parts(entry[0]), *_text_values(_values(entry)))
+        stamp, millis = self.stamp.text_parts(entry[0])
+        return f"{stamp},{millis:03d}{TEXT_PREFIX}{_message(entry)}\n"
 
     def json(self, entry: Entry) -> str:
-        values = _values(entry)
         return json_line({"time": self.stamp.iso(entry[0]), "level": "info", "logger": access_log.name,
-                          "message": MESSAGE % _text_values(values), **dict(zip(FIELDS, values, strict=True))}) + "\n"
+                          "message": _message(entry), **dict(zip(FIELDS, _values(entry), strict=True))}) + "\n"
 
 
 def make_log_function(gateway: Gateway, enabled: Callable[[], bool]) -> Callable[[RequestHandler], None]:
@@ -113,5 +120,4 @@ def make_log_function(gateway: Gateway, enabled: Callable[[], bool]) -> Callable
 
 def _log_record(level: int, entry: Entry) -> None:
     """Through the logging machinery, for set-ups with other handlers (tests, embedding applications)."""
-    values = _values(entry)
-    access_log.log(level, MESSAGE % _text_values(values), extra={"fields": dict(zip(FIELDS, values, strict=True))})
+    access_log.log(level, _message(entry), extra={"fields": dict(zip(FIELDS, _values(entry), strict=True))})
