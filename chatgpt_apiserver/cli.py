@@ -8,8 +8,8 @@ import sys
 from collections.abc import Sequence
 from typing import Optional, TextIO
 
+from .auth import key_digest
 from .config.check import render, warnings
-from .config.clients import key_digest
 from .config.files import ConfigError
 from .config.settings import Settings, parse_settings
 from .ops.logs import configure_logging

@@ -11,7 +11,8 @@ import math
 from collections.abc import Iterable
 from typing import Optional
 
-from ..config.clients import ClientSpec, key_digest, snapshot_of
+from ..auth import key_digest
+from ..config.clients import ClientSpec, snapshot_of
 from ..scheduling.fair_queue import Tenant
 from .rules import MODEL_REQUESTS, MODEL_TOKENS, REQUESTS, TOKENS, BucketRule
 from .store import Plan

@@ -7,7 +7,6 @@ repr leaves the digest out, and errors name the entry, never its key.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -18,6 +17,7 @@ from typing import Any, Optional
 
 import voluptuous as vol
 
+from ..auth import key_digest
 from ..secret import Secret
 from .controllers import _report  # one wording of voluptuous errors for every entry
 from .files import resolve
@@ -34,16 +34,6 @@ def snapshot_of(model: str) -> Optional[str]:
     """The model a dated snapshot name is of (`gpt-4o-2024-08-06`: `gpt-4o`; the older `gpt-4-0613`:
     `gpt-4`), or None. A model's price and a client's `model_limits` for it apply to its snapshots too."""
     return _SNAPSHOT.sub("", model) if _SNAPSHOT.search(model) else None
-
-
-_SHA256 = hashlib.sha256()  # copied for each key: with OpenSSL 3, half the cost of looking the algorithm up
-
-
-def key_digest(key: str) -> bytes:
-    """The SHA-256 digest a client key is known by (what `--hash-key` prints, in hex)."""
-    hasher = _SHA256.copy()
-    hasher.update(key.encode())
-    return hasher.digest()
 
 
 @dataclass(frozen=True)
