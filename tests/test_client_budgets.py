@@ -182,10 +182,11 @@ def test_budgets_and_usage_survive_a_restart_without_redis(stack: Stack, api: Ap
     assert_out_of_budget(api("team-key"), "24 of 20 tokens")
     usage = admin(stack)["usage"]["models"]["gpt-4o"]
     assert usage["requests"] == 2 and usage["completion_tokens"] == 14
-    # The counters go on from the saved state: a restart is not a reset to zero.
+    # The admin view goes on from the saved state; the counters are this process's own. (Counters that went on
+    # from a file saved up to 5 s before a crash would go back, which Prometheus reads as a reset: the whole
+    # total as new.)
     metrics = stack.request("GET", "/metrics", headers={"Authorization": "Bearer admin-key"})[2].decode()
-    assert 'chatgpt_apiserver_client_requests_total{client="team",model="gpt-4o"} 2.0' in metrics, metrics
-    assert 'chatgpt_apiserver_client_tokens_total{client="team",kind="completion",model="gpt-4o"} 14.0' in metrics
+    assert 'client_requests_total{client="team"' not in metrics, metrics
 
 
 def test_the_admin_view_shows_a_restored_bucket_as_it_was_left(stack: Stack, api: Api, tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ import pytest
 from chatgpt_apiserver.clients.local import LocalClientStore
 from chatgpt_apiserver.clients.registry import plan_for
 from chatgpt_apiserver.clients.state_file import StateFile
-from chatgpt_apiserver.clients.store import Charge, ClientTicket, Period
+from chatgpt_apiserver.clients.store import NO_PERIOD, Charge, ClientTicket, Period
 from chatgpt_apiserver.config.check import render
 from chatgpt_apiserver.config.clients import ClientSpec, RateLimit
 from chatgpt_apiserver.server import reload
@@ -205,6 +205,23 @@ def test_the_state_file_is_written_atomically_and_an_unreadable_one_is_set_aside
     StateFile(tmp_path, fresh).load()
     assert not fresh.clients and (tmp_path / "clients.json.unreadable").exists()
     assert not (tmp_path / "clients.json").exists()
+
+
+def test_the_local_store_counts_for_the_metrics_only_what_this_process_counted() -> None:
+    spec = ClientSpec("team", b"\0" * 32)
+    plan = plan_for(spec)
+    store = LocalClientStore()
+    store.restore({"team": {"usage": {"gpt-4o": [5, 1, 50, 0, 20, 900], "o3": [2, 0, 10, 0, 4, 80]}},
+                   "gone": {"usage": {"gpt-4o": [9, 0, 0, 0, 0, 0]}}}, 0.0)
+    assert store.counted_here() == {}  # all of it was counted before this process
+    store.admit_now(plan, 10, NO_PERIOD)
+    store.settle(ClientTicket(plan, 10, NO_PERIOD, None, "gpt-4o"), Charge.of("gpt-4o", 10, 10, 4, 1, 6, 99))
+    store.admit_now(plan, 10, NO_PERIOD)
+    store.settle(ClientTicket(plan, 10, NO_PERIOD, None, "gpt-4.1"), Charge.of("gpt-4.1", 3, 3, 2, 0, 1, 7))
+    assert store.counted_here() == {"team": {"gpt-4o": [1, 0, 4, 1, 6, 99], "gpt-4.1": [1, 0, 2, 0, 1, 7]}}
+    assert store.view_now(plan, None).usage["gpt-4o"] == [6, 1, 54, 1, 26, 999]  # the admin view: every count
+    store.configure([])  # a reload removes both: a client of that name later starts from nothing
+    assert store.counted_here() == {} and not store.restored
 
 
 def test_without_an_admin_key_no_client_key_opens_the_admin_views_or_metrics(

@@ -25,6 +25,8 @@ from .store import (
     add_row,
 )
 
+ZERO_ROW = (0,) * len(USAGE_FIELDS)
+
 
 class _Bucket:
     """A token bucket and the limit it was built for (a reload that changes the limit rebuilds it)."""
@@ -70,11 +72,14 @@ class LocalClientStore(ClientStore):
         self.fraction = fraction
         self.clients: dict[str, LocalClient] = {}
         self.dirty = False  # changed since the last snapshot
+        # The usage rows restore() brought back, per client: counted before this process (see counted_here).
+        self.restored: dict[str, dict[str, list[int]]] = {}
 
     def configure(self, plans: Sequence[Plan]) -> None:
         names = {plan.name for plan in plans}
         for name in [name for name, client in self.clients.items() if name not in names and not client.in_flight]:
             del self.clients[name]
+            self.restored.pop(name, None)
         self.dirty = True
 
     def rescale(self, fraction: float) -> None:
@@ -189,9 +194,22 @@ class LocalClientStore(ClientStore):
         return client.in_flight if client is not None else 0
 
     def counted_here(self) -> dict[str, dict[str, list[int]]]:
-        """This process's rows (with a state file, since the state began: a counter that goes on across a
-        restart)."""
-        return {name: client.usage for name, client in self.clients.items() if client.usage}
+        """The rows this process counted: the store's, less what restore() brought back. (A counter that went
+        on from the state file would go back after a crash, which saved less than was scraped, and Prometheus
+        would read the drop as a reset and the whole total as new.)"""
+        counted: dict[str, dict[str, list[int]]] = {}
+        for name, client in self.clients.items():
+            before = self.restored.get(name)
+            if before is None:
+                if client.usage:
+                    counted[name] = client.usage
+                continue
+            rows = {label: [now - then for now, then in zip(row, before.get(label, ZERO_ROW), strict=True)]
+                    for label, row in client.usage.items()}
+            rows = {label: row for label, row in rows.items() if any(row)}
+            if rows:
+                counted[name] = rows
+        return counted
 
     async def views(self, plans: Sequence[Plan], period: dict[str, Period]) -> dict[str, ClientView]:
         return {plan.name: self.view_now(plan, period.get(plan.name)) for plan in plans}
@@ -234,6 +252,7 @@ class LocalClientStore(ClientStore):
             width = len(USAGE_FIELDS)  # a shorter row (an older file) gets zeros for the fields it lacks
             client.usage = {str(label): ([int(value) for value in row] + [0] * width)[:width]
                             for label, row in data.get("usage", {}).items()}
+            self.restored[name] = {label: list(row) for label, row in client.usage.items()}
             # A bucket refills from empty to full in one minute: that much of its fill has come back.
             client.saved = {str(field): min(1.0, float(fill) + max(0.0, elapsed) / 60)
                             for field, fill in data.get("fills", {}).items()}
