@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import os
 import ssl
+from pathlib import Path
+from typing import Any
 
+import pytest
+
+from .certificates import make_certificates
 from .fake_upstream import Cue, FakeUpstream
 from .harness import Stack
 
@@ -43,3 +48,21 @@ def test_every_tls_upstream_shares_one_context_with_verification_on(stack: Stack
     assert context is not None and context is second.pool.tls  # the CA store is read once per process
     assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
     assert Http1Client(f"http://127.0.0.1:{tls_upstream.port}/v1", [], Transport()).pool.tls is None
+
+
+def test_the_upstream_is_told_the_host_name_it_is_asked_for(
+        stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SNI: a server with one certificate per name (most TLS front ends) picks it by the name the client sends."""
+    ca, cert, key = make_certificates(tmp_path)
+    names: list[Any] = []
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(str(cert), str(key))
+    context.sni_callback = lambda _socket, name, _context: names.append(name)
+    fake = FakeUpstream("named")
+    stack.loop.call(fake.start, context)
+    stack.fakes.append(fake)
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca))
+    stack.gateway({"controllers": [{"type": "openai", "name": "named", "config": {
+        "api_key": "sk-named-0123456789abcdef", "base_url": f"https://localhost:{fake.port}/v1"}}]})
+    assert stack.request("POST", "/v1/chat/completions", BODY)[0] == 200
+    assert names == ["localhost"]
