@@ -19,6 +19,13 @@ def key_digest(key: str) -> bytes:
     return hasher.digest()
 
 
+def presented_digest(authorization: Optional[str]) -> Optional[bytes]:
+    """The digest of the key an `Authorization: Bearer <key>` header carries, or None for any other header."""
+    if not authorization or authorization[:7].lower() != "bearer ":
+        return None
+    return key_digest(authorization[7:].strip())
+
+
 class KeyRing:
     """A set of keys; `check` compares a presented key against every one of them in constant time."""
 
@@ -30,9 +37,9 @@ class KeyRing:
 
     def check(self, authorization: Optional[str]) -> bool:
         """Whether an `Authorization: Bearer <key>` header carries one of the keys."""
-        if not authorization or authorization[:7].lower() != "bearer ":
+        presented = presented_digest(authorization)
+        if presented is None:
             return False
-        presented = key_digest(authorization[7:].strip())
         found = False
         for digest in self._digests:
             found |= hmac.compare_digest(presented, digest)

@@ -11,7 +11,7 @@ import math
 from collections.abc import Iterable
 from typing import Optional
 
-from ..auth import key_digest
+from ..auth import presented_digest
 from ..config.clients import ClientSpec, snapshot_of
 from ..scheduling.fair_queue import Tenant
 from .rules import MODEL_REQUESTS, MODEL_TOKENS, REQUESTS, TOKENS, BucketRule
@@ -85,9 +85,8 @@ class Registry:
 
     def find(self, authorization: Optional[str]) -> Optional[Client]:
         """The client whose key an `Authorization: Bearer <key>` header carries, if any."""
-        if not authorization or authorization[:7].lower() != "bearer ":
-            return None
-        return self._by_digest.get(key_digest(authorization[7:].strip()))
+        presented = presented_digest(authorization)
+        return self._by_digest.get(presented) if presented is not None else None
 
 
 def queue_bound(max_queue_size: int, share: float, clients: int) -> Optional[int]:
