@@ -6,14 +6,13 @@ import re
 from pathlib import Path
 from typing import Any, Optional
 
-from tornado.web import Application
-
 from ..endpoints.base import Endpoint
 from ..endpoints.catalog import ENDPOINTS
 from ..gateway import Gateway
 from .access import make_log_function
 from .api import EndpointHandler, ModelHandler
 from .bodies import Bodies
+from .delegate import GatewayApplication
 from .handlers import (
     AdminClientsHandler,
     AdminControllersHandler,
@@ -38,7 +37,7 @@ def endpoint_routes(deps: dict[str, Any]) -> list[tuple[str, type, dict[str, Any
              {**deps, "endpoints": methods}) for path, methods in paths.items()]
 
 
-def make_app(gateway: Gateway, bodies: Optional[Bodies] = None) -> Application:
+def make_app(gateway: Gateway, bodies: Optional[Bodies] = None) -> GatewayApplication:
     """The Tornado application for `gateway`; `bodies` tracks request bodies (the server shares it)."""
     if bodies is None:
         bodies = Bodies(lambda: gateway.settings.max_buffered_body_bytes)
@@ -56,7 +55,7 @@ def make_app(gateway: Gateway, bodies: Optional[Bodies] = None) -> Application:
         (r"/metrics/?", MetricsHandler, deps),
         (r"/(?:dashboard/?)?", StatusPageHandler, {**deps, "page": STATUS_PAGE.read_bytes()}),
     ]
-    return Application(
+    return GatewayApplication(
         routes,
         default_handler_class=NotFoundHandler,
         default_handler_args=deps,
