@@ -470,11 +470,11 @@ class Bench:
                 "cost_ratio": short_rps / long_rps}
 
     def compare(self, revisions: list[str]) -> dict[str, Any]:
-        """(b), (n), (g) and (h) of other commits in the same run: each is checked out into the work directory
-        with a virtualenv of its own, installed from its own setup.py under the versions this tree's
+        """(b), (n), (a), (g) and (h) of other commits in the same run: each is checked out into the work
+        directory with a virtualenv of its own, installed from its own setup.py under the versions this tree's
         virtualenv holds (so that only the code differs), and its gateway is measured side by side with this
-        tree's and with bare Tornado, non-streamed and then streamed; then (g) and (h), each commit against
-        itself (`_compare_features`)."""
+        tree's and with bare Tornado, non-streamed and then streamed; then the added latency of each
+        (`_compare_latency`); then (g) and (h), each commit against itself (`_compare_features`)."""
         constraints = self.workdir / "constraints.txt"
         frozen = subprocess.run([PYTHON, "-m", "pip", "freeze", "--exclude-editable"], capture_output=True,
                                 text=True, check=True)
@@ -501,8 +501,37 @@ class Bench:
             rps = self.paired(servers, payload)
             figures[name] = {label: {"rps": rps[f"{label}_rps"], "ratio": rps[f"{label}_rps"] / rps["bare Tornado_rps"]}
                              for label in checkouts}
+        figures["a"] = self._compare_latency(checkouts)
         figures.update(self._compare_features(checkouts))
         return figures
+
+    def _compare_latency(self, checkouts: dict[str, tuple[Path, str]]) -> dict[str, Any]:
+        """(a) of each checkout: every checkout's gateway running at once (idle but one), measured at c=1 in
+        rounds, each round the fake upstream direct and then every gateway, starting with the next one in
+        turn; the added p50/p99 of a round is the gateway's less the direct one's of the same round, and the
+        figure is the median over the rounds."""
+        started: list[subprocess.Popen[bytes]] = []
+        order: list[tuple[str, int]] = []
+        added: dict[str, dict[str, list[float]]] = {}
+        try:
+            for label, checkout in checkouts.items():
+                process, port = self.gateway(checkout=checkout)
+                started.append(process)
+                order.append((label, port))
+                added[label] = {"added_p50_ms": [], "added_p99_ms": []}
+                wrk(port, body(), 32, 2)  # warm up
+            rounds = -(-(3 if self.quick else 6) // len(order)) * len(order)
+            for number in range(rounds):
+                direct = wrk(self.upstream_port, body(), 1, self.seconds(3))
+                for label, port in order[number % len(order):] + order[:number % len(order)]:
+                    via = wrk(port, body(), 1, self.seconds(3))
+                    added[label]["added_p50_ms"].append(via["p50_ms"] - direct["p50_ms"])
+                    added[label]["added_p99_ms"].append(via["p99_ms"] - direct["p99_ms"])
+        finally:
+            for process in started:
+                stop(process)
+        return {label: {name: statistics.median(values) for name, values in figures.items()}
+                for label, figures in added.items()}
 
     def _compare_features(self, checkouts: dict[str, tuple[Path, str]]) -> dict[str, Any]:
         """(g) and (h) of each checkout: its gateway with the access log (with Redis buckets) against its own
@@ -611,8 +640,8 @@ def main() -> int:
     parser.add_argument("--only", default="", metavar="LETTERS",
                         help="measure only these figures, e.g. 'ad' for (a) and (d); for working on one figure")
     parser.add_argument("--compare", nargs="+", default=[], metavar="REVISION",
-                        help="instead of the figures: (b), (n), (g) and (h) of these commits (e.g. 94fb45b) side by "
-                             "side with this tree's, in the same rounds (--only does not apply)")
+                        help="instead of the figures: (b), (n), (a), (g) and (h) of these commits (e.g. 94fb45b) side "
+                             "by side with this tree's, in the same rounds (--only does not apply)")
     parser.add_argument("--output", default=str(ROOT / "bench-results.json"))
     args = parser.parse_args()
     only = frozenset(args.only.replace(",", ""))
@@ -631,6 +660,9 @@ def main() -> int:
                     print(title)
                     for label, figure in compared[name].items():
                         print(f"  {label:<20} {figure['rps']:>8.0f} req/s   {figure['ratio']:.2f} {of}")
+                print("(a) added latency, c=1")
+                for label, figure in compared["a"].items():
+                    print(f"  {label:<20} p50 {figure['added_p50_ms']:.3f} ms   p99 {figure['added_p99_ms']:.3f} ms")
                 print(f"\nwrote {args.output}")
                 return 0
             results = bench.run()
