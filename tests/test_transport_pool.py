@@ -178,8 +178,8 @@ def tracked(monkeypatch: pytest.MonkeyPatch) -> Iterator[TrackedConnections]:
     seen = TrackedConnections()
 
     class Tracked(Connection):
-        def __init__(self, idle_timeout: float) -> None:
-            super().__init__(idle_timeout)
+        def __init__(self, idle_timeout: float, loop: asyncio.AbstractEventLoop) -> None:
+            super().__init__(idle_timeout, loop)
             seen.refs.append(weakref.ref(self))
 
     monkeypatch.setattr(pool_module, "Connection", Tracked)

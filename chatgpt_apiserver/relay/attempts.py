@@ -162,8 +162,8 @@ class Deadline:
     __slots__ = ("_armed", "_handle", "_when", "expired", "loop", "task")
 
     def __init__(self) -> None:
-        self.loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
+        self.loop = loop = asyncio.get_running_loop()
+        task = asyncio.current_task(loop)  # (given the loop: not asked for it again, a system call on 3.11)
         assert task is not None
         self.task = task
         self._handle: Optional[asyncio.TimerHandle] = None

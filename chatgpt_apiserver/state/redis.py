@@ -322,10 +322,10 @@ class RedisStore(ControllerStore):
     # --- what this process knows -------------------------------------------------------------------
 
     def health(self, controller: Controller, model: str) -> Health:
-        model = scope_of(controller, model)
         m = self.mirrors.get(controller.name)
-        if m is None:
-            return HEALTHY
+        if m is None or not (m.disables or m.cooling_until or m.ejected or m.probing):
+            return HEALTHY  # (the common case, without the lookups)
+        model = scope_of(controller, model)
         now = self.clock()
         for scope in (WHOLE, model):
             disable = m.disables.get(scope)

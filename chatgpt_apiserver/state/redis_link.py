@@ -64,6 +64,7 @@ class RedisLink:
         self._connection: Optional[RespConnection] = None
         self._opening = asyncio.Lock()
         self._flush_scheduled = False
+        self._in_tasks = 0  # batches handed to a task (`_send_in_turn`) and not yet answered
 
     def add_scripts(self, scripts: dict[str, str]) -> None:
         """Scripts of another user of the link (call before `start`, which loads every script)."""
@@ -98,20 +99,41 @@ class RedisLink:
     def _flush(self) -> None:
         batch, self._pending = self._pending, []
         self._flush_scheduled = False
-        self._spawn(self._send(batch))
+        connection = self._connection
+        if connection is None or connection.closed or self._in_tasks:
+            # The connection opens first; or batches sent that way are still on their way, and this one must
+            # not pass them.
+            self._in_tasks += 1
+            self._spawn(self._send_in_turn(batch))
+            return
+        calls = _Batch(self, batch)
+        try:
+            connection.write(self._commands(batch), calls)
+        except ConnectionError as error:
+            calls.cancel()
+            self._failed(batch, error)
 
     def _spawn(self, coroutine: Any) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _send(self, batch: list[Queued]) -> None:
-        """Run a batch of script calls in one round trip (EVALSHA each; scripts are loaded at start)."""
+    async def _send_in_turn(self, batch: list[Queued], reload: bool = False) -> None:
         try:
+            await self._send(batch, reload)
+        finally:
+            self._in_tasks -= 1
+
+    async def _send(self, batch: list[Queued], reload: bool = False) -> None:
+        """Run a batch of script calls in one round trip from a task, opening the connection first if need be
+        (EVALSHA each; scripts are loaded at start, and first with `reload`)."""
+        try:
+            if reload:
+                async with asyncio.timeout(self.timeout * 2):
+                    await self._load_scripts()
             async with asyncio.timeout(self.timeout):
                 replies = await self._pipeline(batch)
-            missing = [i for i, reply in enumerate(replies)
-                       if isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT")]
+            missing = [i for i, reply in enumerate(replies) if _forgotten(reply)]
             if missing:  # Redis restarted and forgot the scripts: load them and run those calls again
                 async with asyncio.timeout(self.timeout * 2):
                     await self._load_scripts()
@@ -119,21 +141,37 @@ class RedisLink:
                 for index, reply in zip(missing, again, strict=True):
                     replies[index] = reply
         except Exception as error:  # any client, connection or timeout error means Redis is away
-            self.went_down(error)
-            for _script, _keys, _args, future, _callback in batch:
-                if future is not None and not future.done():
-                    future.set_exception(StoreUnavailable(type(error).__name__))
+            self._failed(batch, error)
             return
-        for (_script, _keys, _args, future, callback), reply in zip(batch, replies, strict=True):
-            if isinstance(reply, Exception):
-                log.error("a Redis script failed: %s", reply)
-                if future is not None and not future.done():
-                    future.set_exception(StoreUnavailable(str(reply)))
-            elif future is not None:
-                if not future.done():
-                    future.set_result(reply)
-            elif callback is not None:
-                callback(reply)
+        for call, reply in zip(batch, replies, strict=True):
+            self._deliver(call, reply)
+
+    def _deliver(self, call: Queued, reply: Any) -> None:
+        """A call's reply, to whoever waits for it."""
+        _script, _keys, _args, future, callback = call
+        if isinstance(reply, Exception):
+            log.error("a Redis script failed: %s", reply)
+            if future is not None and not future.done():
+                future.set_exception(StoreUnavailable(str(reply)))
+        elif future is not None:
+            if not future.done():
+                future.set_result(reply)
+        elif callback is not None:
+            callback(reply)
+
+    def _failed(self, batch: Sequence[Queued], error: BaseException) -> None:
+        """Redis did not answer these calls: it counts as down, and whoever waits hears so."""
+        self.went_down(error)
+        for _script, _keys, _args, future, _callback in batch:
+            if future is not None and not future.done():
+                future.set_exception(StoreUnavailable(type(error).__name__))
+
+    def _commands(self, batch: Sequence[Queued]) -> list[bytes]:
+        commands = []
+        for script, keys, args, _f, _c in batch:
+            packed = keys if keys.__class__ is Packed else Packed(*keys)
+            commands.append(pack(b"EVALSHA", self._shas[script], packed.arguments, packed, *args))
+        return commands
 
     async def _pipeline(self, batch: Sequence[Queued]) -> list[Any]:
         """Write every call of the batch at once on the dedicated connection; replies come back in order."""
@@ -143,11 +181,7 @@ class RedisLink:
                 connection = self._connection
                 if connection is None or connection.closed:
                     connection = self._connection = await RespConnection.open(self._address)
-        commands = []
-        for script, keys, args, _f, _c in batch:
-            packed = keys if keys.__class__ is Packed else Packed(*keys)
-            commands.append(pack(b"EVALSHA", self._shas[script], packed.arguments, packed, *args))
-        return list(await asyncio.gather(*connection.send(commands)))
+        return list(await asyncio.gather(*connection.send(self._commands(batch))))
 
     async def _load_scripts(self) -> None:
         for name, script in self._scripts.items():
@@ -225,3 +259,60 @@ class RedisLink:
 
 async def _nothing() -> None:
     return None
+
+
+def _forgotten(reply: Any) -> bool:
+    """Redis answered that it does not know the script (restarted, or its scripts were flushed)."""
+    return isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT")
+
+
+class _Batch:
+    """The calls of one batch written on the connection without a task: each reply goes to its caller as it
+    arrives, and the calls still unanswered when the link's timeout runs out fail, Redis then counting as down
+    (their late replies are dropped). Calls Redis has no script for run again from a task, once reloaded."""
+
+    __slots__ = ("_calls", "_left", "_link", "_missing", "_timer")
+
+    def __init__(self, link: RedisLink, calls: list[Queued]) -> None:
+        self._link = link
+        self._calls: Optional[list[Optional[Queued]]] = list(calls)
+        self._left = len(calls)
+        self._missing: list[Queued] = []
+        self._timer = asyncio.get_running_loop().call_later(link.timeout, self._expire)
+
+    def received(self, index: int, reply: Any) -> None:
+        calls = self._calls
+        if calls is None:
+            return  # too late: the batch failed already
+        call = calls[index]
+        assert call is not None
+        calls[index] = None
+        self._left -= 1
+        if _forgotten(reply):
+            self._missing.append(call)
+        else:
+            self._link._deliver(call, reply)
+        if not self._left:
+            self.cancel()
+            if self._missing:
+                link = self._link
+                link._in_tasks += 1
+                link._spawn(link._send_in_turn(self._missing, reload=True))
+
+    def lost(self, index: int, error: ConnectionError) -> None:
+        self._fail(error)
+
+    def _expire(self) -> None:
+        self._fail(TimeoutError())
+
+    def _fail(self, error: BaseException) -> None:
+        calls = self._calls
+        if calls is None:
+            return
+        self.cancel()
+        self._link._failed([call for call in calls if call is not None] + self._missing, error)
+
+    def cancel(self) -> None:
+        """Stop the timer; the calls are no longer this batch's to answer."""
+        self._timer.cancel()
+        self._calls = None

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Optional
+from itertools import repeat
+from typing import Any, Optional, Protocol
 from urllib.parse import unquote, urlsplit
 
 import hiredis
@@ -57,13 +58,41 @@ class Address:
                    unquote(parts.username or "") or None, int(db) if db.isdigit() else 0)
 
 
+class Receiver(Protocol):
+    """Who gets the replies of commands written together: by their index among them."""
+
+    def received(self, index: int, reply: Any) -> None: ...
+
+    def lost(self, index: int, error: ConnectionError) -> None: ...
+
+
+class Futures:
+    """Replies into one future per command (the connection's set-up, and batches sent from a task)."""
+
+    __slots__ = ("futures",)
+
+    def __init__(self, futures: list[asyncio.Future[Any]]) -> None:
+        self.futures = futures
+
+    def received(self, index: int, reply: Any) -> None:
+        future = self.futures[index]
+        if not future.done():
+            future.set_result(reply)
+
+    def lost(self, index: int, error: ConnectionError) -> None:
+        future = self.futures[index]
+        if not future.done():
+            future.set_exception(error)
+
+
 class RespConnection(asyncio.Protocol):
-    """The hot path's own pipelined connection to Redis: packed commands out, hiredis-parsed replies in."""
+    """The hot path's own pipelined connection to Redis: packed commands out, hiredis-parsed replies in, each
+    handed to the receiver its command was written with, in order."""
 
     def __init__(self) -> None:
         self.transport: Optional[asyncio.Transport] = None
         self.reader = hiredis.Reader()
-        self.waiting: deque[asyncio.Future[Any]] = deque()
+        self.waiting: deque[tuple[Receiver, int]] = deque()
         self.closed = False
 
     @classmethod
@@ -87,29 +116,33 @@ class RespConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.reader.feed(data)
+        waiting = self.waiting
         while True:
             reply = self.reader.gets()
             if reply is False:
                 return
-            future = self.waiting.popleft()
-            if not future.done():
-                future.set_result(reply)
+            receiver, index = waiting.popleft()
+            receiver.received(index, reply)
 
     def connection_lost(self, exc: Optional[Exception]) -> None:
         self.closed = True
+        error = ConnectionError("the Redis connection was lost")
         while self.waiting:
-            future = self.waiting.popleft()
-            if not future.done():
-                future.set_exception(ConnectionError("the Redis connection was lost"))
+            receiver, index = self.waiting.popleft()
+            receiver.lost(index, error)
+
+    def write(self, commands: list[bytes], receiver: Receiver) -> None:
+        """Write the commands in one go; their replies go to `receiver` as they come."""
+        if self.closed or self.transport is None:
+            raise ConnectionError("the Redis connection is closed")
+        self.waiting.extend(zip(repeat(receiver), range(len(commands))))
+        self.transport.write(b"".join(commands))
 
     def send(self, commands: list[bytes]) -> list[asyncio.Future[Any]]:
         """Write the commands in one go; one future per reply."""
-        if self.closed or self.transport is None:
-            raise ConnectionError("the Redis connection is closed")
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in commands]
-        self.waiting.extend(futures)
-        self.transport.write(b"".join(commands))
+        self.write(commands, Futures(futures))
         return futures
 
     def close(self) -> None:

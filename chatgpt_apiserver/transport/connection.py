@@ -44,8 +44,9 @@ class Connection(asyncio.BufferedProtocol):
     the scratch: it is read straight into one buffer of its announced length, then handed on as it is.
     """
 
-    def __init__(self, idle_timeout: float) -> None:
+    def __init__(self, idle_timeout: float, loop: asyncio.AbstractEventLoop) -> None:
         self.idle_timeout = idle_timeout
+        self.loop = loop  # (asked once: asking the running loop is a system call, getpid, on Python 3.11)
         self.transport: Optional[asyncio.Transport] = None
         self.parser = httptools.HttpResponseParser(self)
         self.closed = False
@@ -93,7 +94,7 @@ class Connection(asyncio.BufferedProtocol):
             return
         self.received += nbytes
         self._filled += nbytes
-        self._last_data = asyncio.get_running_loop().time()
+        self._last_data = self.loop.time()
         if self._filled == len(direct):
             self._direct, self._direct_view = None, _scratch
             self.body.append(direct)
@@ -182,7 +183,7 @@ class Connection(asyncio.BufferedProtocol):
         self._body_seen += len(body)
         whole = self._whole
         if whole is not None:
-            self._last_data = asyncio.get_running_loop().time()
+            self._last_data = self.loop.time()
             if self.buffered > whole:
                 self._fail(UpstreamError("protocol", "the upstream's answer runs past max_upstream_body_size "
                                                      f"({whole} bytes)"))
@@ -196,13 +197,13 @@ class Connection(asyncio.BufferedProtocol):
             return  # the end of an interim answer
         self.complete = True
         if self._drained is not None:  # once the parser is done with this read
-            asyncio.get_running_loop().call_soon(self._end_drain)
+            self.loop.call_soon(self._end_drain)
 
     # --- what the pool and the reply use -----------------------------------------------------------
 
     def send(self, data: bytes) -> asyncio.Future[None]:
         """Write one request; the future resolves once the answer's head is in `status` and `headers`."""
-        self.head = head = asyncio.get_running_loop().create_future()
+        self.head = head = self.loop.create_future()
         self.status, self.headers = 0, {}
         self.body.clear()
         self.buffered = self.received = self._head_bytes = self._body_seen = 0
@@ -237,7 +238,7 @@ class Connection(asyncio.BufferedProtocol):
                 raise self.error
             if self.complete:
                 return b""
-            loop = asyncio.get_running_loop()
+            loop = self.loop
             self._waiter = loop.create_future()
             timer = loop.call_later(self.idle_timeout, self._idle_expired)
             try:
@@ -255,7 +256,7 @@ class Connection(asyncio.BufferedProtocol):
         if self.buffered > limit:
             self._fail(UpstreamError("protocol", f"the upstream's answer runs past max_upstream_body_size ({limit} "
                                                  "bytes)"))
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         self._whole, self._last_data = limit, loop.time()
         self._read_directly()
         if self._paused and self.transport is not None:
@@ -291,7 +292,7 @@ class Connection(asyncio.BufferedProtocol):
         A method, not a closure in `whole`: a closure that re-arms itself is a reference cycle, garbage for the
         cyclic collector on every non-streamed answer.
         """
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         left = self._last_data + self.idle_timeout - loop.time()
         if left > 0:
             self._whole_timer = loop.call_later(left, self._whole_idle)
@@ -329,7 +330,7 @@ class Connection(asyncio.BufferedProtocol):
         if self._paused:
             self._paused = False
             self.transport.resume_reading()
-        self._drain_timer = asyncio.get_running_loop().call_later(DRAIN_TIMEOUT, self.close)
+        self._drain_timer = self.loop.call_later(DRAIN_TIMEOUT, self.close)
         return True
 
     def _end_drain(self) -> None:

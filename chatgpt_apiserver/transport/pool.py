@@ -121,7 +121,7 @@ class Pool:
     async def _connect(self) -> Connection:
         loop = asyncio.get_running_loop()
         origin, proxy = self.origin, self.proxy
-        connection = Connection(self.idle_timeout)
+        connection = Connection(self.idle_timeout, loop)
         if proxy is None:
             await loop.create_connection(lambda: connection, origin.host, origin.port, ssl=self.tls,
                                          server_hostname=origin.host if self.tls else None)
@@ -145,7 +145,7 @@ class Pool:
         stream's [DONE]) is read to its end in the background, and its connection then pooled.
         """
         if connection.reusable and not self._closed:
-            connection.idle_since = asyncio.get_running_loop().time()
+            connection.idle_since = connection.loop.time()
             self.idle.append(connection)
             if self._reaper is None:
                 self._schedule_reaper()
