@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import http.client
 import logging
 import socket
 from typing import Any, Optional
@@ -16,6 +17,7 @@ from tornado.web import HTTPError, RequestHandler, stream_request_body
 from chatgpt_apiserver.web.delegate import GatewayApplication
 
 EVENTS: list[str] = []
+TASKS: list[tuple[str, Optional[asyncio.Task[Any]]]] = []  # the task each step ran in
 
 
 @stream_request_body
@@ -24,6 +26,7 @@ class Recorder(RequestHandler):
 
     def prepare(self) -> Optional[Any]:
         EVENTS.append(f"prepare {len(self.request.body or b'')}")
+        TASKS.append(("prepare", asyncio.current_task()))
         if self.request.headers.get("X-Refuse"):
             raise HTTPError(403)
         return None
@@ -33,6 +36,7 @@ class Recorder(RequestHandler):
 
     def post(self) -> None:
         EVENTS.append("post")
+        TASKS.append(("post", asyncio.current_task()))
         self.write({"events": EVENTS})
 
     def on_connection_close(self) -> None:
@@ -45,6 +49,7 @@ class AsyncPrepare(Recorder):
 
     async def prepare(self) -> None:  # type: ignore[override]
         EVENTS.append("prepare starts")
+        TASKS.append(("prepare", asyncio.current_task()))
         await asyncio.sleep(float(self.request.headers.get("X-Sleep", "0")))
         EVENTS.append("prepare ends")
 
@@ -59,6 +64,7 @@ class Whole(RequestHandler):
 @pytest.fixture
 def app() -> GatewayApplication:
     EVENTS.clear()
+    TASKS.clear()
     return GatewayApplication([("/record", Recorder), ("/async", AsyncPrepare), ("/whole", Whole)])
 
 
@@ -78,6 +84,27 @@ async def test_prepare_runs_on_the_headers_and_the_method_once_the_body_is_in(ht
 
 
 @pytest.mark.gen_test
+async def test_prepare_runs_as_the_headers_are_read_and_the_method_in_a_task_of_its_own(
+        http_server: Any, http_port: int) -> None:
+    def two_requests() -> list[int]:  # on one keep-alive connection
+        connection = http.client.HTTPConnection("127.0.0.1", http_port, timeout=5)
+        statuses = []
+        for _ in range(2):
+            connection.request("POST", "/record", b"x" * 10)
+            response = connection.getresponse()
+            response.read()
+            statuses.append(response.status)
+        connection.close()
+        return statuses
+
+    assert await asyncio.get_running_loop().run_in_executor(None, two_requests) == [200, 200]
+    assert [step for step, _task in TASKS] == ["prepare", "post", "prepare", "post"]
+    (_, first), (_, post1), (_, second), (_, post2) = TASKS
+    assert first is second  # the connection's own reading task: prepare ran inside headers_received
+    assert len({id(first), id(post1), id(post2)}) == 3  # each method in a task of its own
+
+
+@pytest.mark.gen_test
 @pytest.mark.parametrize("sleep", ["0", "0.05"])
 async def test_an_async_prepare_is_waited_for_before_the_method(http_client: AsyncHTTPClient, base_url: str,
                                                                 sleep: str) -> None:
@@ -86,6 +113,7 @@ async def test_an_async_prepare_is_waited_for_before_the_method(http_client: Asy
     events = answer["events"]
     assert events[:2] == ["prepare starts", "prepare ends"] and events[-1] == "post"
     assert sum(int(event.split()[1]) for event in events[2:-1]) == 5000
+    assert TASKS[0][1] is TASKS[1][1]  # a coroutine prepare() keeps Tornado's way: in the request's own task
 
 
 @pytest.mark.gen_test

@@ -4,6 +4,7 @@ Redis forgot, and a connection lost with calls on it. Each call gets its own rep
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import time
 from typing import Any
@@ -28,7 +29,10 @@ def run(redis_server: RedisServer, timeout: float, scenario: Any) -> Any:
         link = RedisLink(redis_server.url, "linktest", timeout)
         await link.start()
         try:
-            return await scenario(link)
+            result = await scenario(link)
+            await asyncio.sleep(0.05)
+            assert link._in_tasks == 0 and not link._background  # no batch left behind in a task
+            return result
         finally:
             await link.close()
 
@@ -92,3 +96,32 @@ def test_a_connection_lost_with_calls_on_it_fails_them_at_once(redis_server: Red
     failed_after, after = run(redis_server, 5.0, scenario)
     assert failed_after < 2.0  # at once, not at the 5 s timeout
     assert after == b"back"  # a fresh connection carries the calls again
+
+
+def test_calls_on_an_open_connection_go_out_without_a_task(redis_server: RedisServer) -> None:
+    async def scenario(link: RedisLink) -> list[Any]:
+        link.send("aff_set", (b"linktest:t",), (b"direct", b"60"))
+        assert await link.call("aff_get", (b"linktest:t",), ()) == b"direct"  # (the connection is open now)
+        calls = [asyncio.ensure_future(link.call("aff_get", (b"linktest:t",), ())) for _ in range(5)]
+        await asyncio.sleep(0)  # the calls are queued, and flushed at the end of this turn
+        await asyncio.sleep(0)
+        assert not link._background and link._in_tasks == 0  # written from the flush itself
+        return list(await asyncio.gather(*calls))
+
+    assert run(redis_server, 1.0, scenario) == [b"direct"] * 5
+
+
+def test_a_reply_handler_that_fails_is_logged_and_the_other_calls_answered(
+        redis_server: RedisServer, caplog: pytest.LogCaptureFixture) -> None:
+    def broken(_reply: Any) -> None:
+        raise RuntimeError("a bug in a reply handler")
+
+    async def scenario(link: RedisLink) -> tuple[Any, ...]:
+        assert await link.call("aff_get", (b"linktest:h",), ()) is None
+        link.send("aff_get", (b"linktest:h",), (), broken)
+        answer = await link.call("aff_get", (b"linktest:h",), ())  # in the same batch, after it
+        return answer, link.available, await link.call("aff_get", (b"linktest:h",), ())
+
+    caplog.set_level(logging.ERROR, "chatgpt_apiserver.state")
+    assert run(redis_server, 1.0, scenario) == (None, True, None)
+    assert [r.getMessage() for r in caplog.records] == ["handling a Redis reply failed"]

@@ -65,6 +65,7 @@ class RedisLink:
         self._opening = asyncio.Lock()
         self._flush_scheduled = False
         self._in_tasks = 0  # batches handed to a task (`_send_in_turn`) and not yet answered
+        self._closing = False
 
     def add_scripts(self, scripts: dict[str, str]) -> None:
         """Scripts of another user of the link (call before `start`, which loads every script)."""
@@ -103,26 +104,29 @@ class RedisLink:
         if connection is None or connection.closed or self._in_tasks:
             # The connection opens first; or batches sent that way are still on their way, and this one must
             # not pass them.
-            self._in_tasks += 1
-            self._spawn(self._send_in_turn(batch))
+            self._send_in_turn(batch)
             return
-        calls = _Batch(self, batch)
         try:
-            connection.write(self._commands(batch), calls)
-        except ConnectionError as error:
-            calls.cancel()
+            commands = self._commands(batch)
+            calls = _Batch(self, batch)
+            try:
+                connection.write(commands, calls)
+            except BaseException:
+                calls.cancel()
+                raise
+        except Exception as error:  # as from a task: the calls fail at once, with what went wrong
             self._failed(batch, error)
 
-    def _spawn(self, coroutine: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coroutine)
+    def _send_in_turn(self, batch: list[Queued], reload: bool = False) -> None:
+        """Send `batch` from a task; batches flushed meanwhile follow it from tasks too, so none passes it."""
+        task = asyncio.get_running_loop().create_task(self._send(batch, reload))
+        self._in_tasks += 1
         self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        task.add_done_callback(self._sent_in_turn)  # (cancelled before it ran, too)
 
-    async def _send_in_turn(self, batch: list[Queued], reload: bool = False) -> None:
-        try:
-            await self._send(batch, reload)
-        finally:
-            self._in_tasks -= 1
+    def _sent_in_turn(self, task: asyncio.Task[None]) -> None:
+        self._in_tasks -= 1
+        self._background.discard(task)
 
     async def _send(self, batch: list[Queued], reload: bool = False) -> None:
         """Run a batch of script calls in one round trip from a task, opening the connection first if need be
@@ -157,7 +161,10 @@ class RedisLink:
             if not future.done():
                 future.set_result(reply)
         elif callback is not None:
-            callback(reply)
+            try:
+                callback(reply)
+            except Exception:  # (run from the connection's reads: one failing must not fail the others)
+                log.exception("handling a Redis reply failed")
 
     def _failed(self, batch: Sequence[Queued], error: BaseException) -> None:
         """Redis did not answer these calls: it counts as down, and whoever waits hears so."""
@@ -189,8 +196,8 @@ class RedisLink:
             self._shas[name] = sha.encode() if isinstance(sha, str) else sha
 
     def went_down(self, error: BaseException) -> None:
-        """Note that Redis stopped answering (logged once per transition)."""
-        if self.available:
+        """Note that Redis stopped answering (logged once per transition; not while the link closes)."""
+        if self.available and not self._closing:
             self.available = False
             log.error("Redis is unreachable (%s)", type(error).__name__)
             self.on_change(False, self.instances)
@@ -208,6 +215,7 @@ class RedisLink:
 
     async def close(self) -> None:
         """Stop the heartbeat and drop this instance's key."""
+        self._closing = True  # calls cut short from here on are not an outage
         if self._heartbeat is not None:
             self._heartbeat.cancel()
         for task in list(self._background):
@@ -295,9 +303,7 @@ class _Batch:
         if not self._left:
             self.cancel()
             if self._missing:
-                link = self._link
-                link._in_tasks += 1
-                link._spawn(link._send_in_turn(self._missing, reload=True))
+                self._link._send_in_turn(self._missing, reload=True)
 
     def lost(self, index: int, error: ConnectionError) -> None:
         self._fail(error)

@@ -13,6 +13,7 @@ suspends. One turn per request (the task's start), as without `stream_request_bo
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import Coroutine
 from typing import Any, Optional, Union
 
@@ -22,13 +23,26 @@ from tornado.web import Application, RequestHandler, _HandlerDelegate, _has_stre
 
 
 class GatewayApplication(Application):
-    """Tornado's Application, serving `stream_request_body` handlers through `AdmitOnHeaders`."""
+    """Tornado's Application, serving `stream_request_body` handlers whose prepare() is a plain method through
+    `AdmitOnHeaders`. A coroutine prepare() keeps Tornado's delegate: it would otherwise start in the connection's
+    task (where `asyncio.timeout` or `current_task()` would bind to the connection, not the request)."""
 
     def get_handler_delegate(self, request: HTTPServerRequest, target_class: type[RequestHandler],
                              target_kwargs: Optional[dict[str, Any]] = None, path_args: Optional[list[bytes]] = None,
                              path_kwargs: Optional[dict[str, bytes]] = None) -> _HandlerDelegate:
-        delegate = AdmitOnHeaders if _has_stream_request_body(target_class) else _HandlerDelegate
+        delegate = AdmitOnHeaders if _admits_on_headers(target_class) else _HandlerDelegate
         return delegate(self, request, target_class, target_kwargs, path_args, path_kwargs)
+
+
+_ADMITS: dict[type[RequestHandler], bool] = {}  # per handler class (the route table's: a fixed few)
+
+
+def _admits_on_headers(handler_class: type[RequestHandler]) -> bool:
+    admits = _ADMITS.get(handler_class)
+    if admits is None:
+        admits = _ADMITS[handler_class] = (_has_stream_request_body(handler_class)
+                                           and not inspect.iscoroutinefunction(handler_class.prepare))
+    return admits
 
 
 class AdmitOnHeaders(_HandlerDelegate):
