@@ -525,6 +525,8 @@ class Bench:
                 direct = wrk(self.upstream_port, body(), 1, self.seconds(3))
                 for label, port in order[number % len(order):] + order[:number % len(order)]:
                     via = wrk(port, body(), 1, self.seconds(3))
+                    if via["errors"]:
+                        raise RuntimeError(f"{label}: non-2xx answers while measuring (a): a refusal is not latency")
                     added[label]["added_p50_ms"].append(via["p50_ms"] - direct["p50_ms"])
                     added[label]["added_p99_ms"].append(via["p99_ms"] - direct["p99_ms"])
         finally:
