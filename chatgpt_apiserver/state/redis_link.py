@@ -108,14 +108,14 @@ class RedisLink:
             return
         try:
             commands = self._commands(batch)
-            calls = _Batch(self, batch)
-            try:
-                connection.write(commands, calls)
-            except BaseException:
-                calls.cancel()
-                raise
         except Exception as error:  # as from a task: the calls fail at once, with what went wrong
             self._failed(batch, error)
+            return
+        calls = _Batch(self, batch)
+        try:
+            connection.write(commands, calls)
+        except Exception as error:
+            calls.fail(error)
 
     def _send_in_turn(self, batch: list[Queued], reload: bool = False) -> None:
         """Send `batch` from a task; batches flushed meanwhile follow it from tasks too, so none passes it."""
@@ -130,25 +130,25 @@ class RedisLink:
 
     async def _send(self, batch: list[Queued], reload: bool = False) -> None:
         """Run a batch of script calls in one round trip from a task, opening the connection first if need be
-        (EVALSHA each; scripts are loaded at start, and first with `reload`)."""
+        (EVALSHA each; scripts are loaded at start, and first with `reload`: calls Redis had forgotten the
+        scripts of, run once again)."""
         try:
             if reload:
                 async with asyncio.timeout(self.timeout * 2):
                     await self._load_scripts()
             async with asyncio.timeout(self.timeout):
                 replies = await self._pipeline(batch)
-            missing = [i for i, reply in enumerate(replies) if _forgotten(reply)]
-            if missing:  # Redis restarted and forgot the scripts: load them and run those calls again
-                async with asyncio.timeout(self.timeout * 2):
-                    await self._load_scripts()
-                    again = await self._pipeline([batch[i] for i in missing])
-                for index, reply in zip(missing, again, strict=True):
-                    replies[index] = reply
         except Exception as error:  # any client, connection or timeout error means Redis is away
             self._failed(batch, error)
             return
+        missing = []
         for call, reply in zip(batch, replies, strict=True):
-            self._deliver(call, reply)
+            if not reload and _forgotten(reply):
+                missing.append(call)
+            else:
+                self._deliver(call, reply)
+        if missing:
+            self._send_in_turn(missing, reload=True)
 
     def _deliver(self, call: Queued, reply: Any) -> None:
         """A call's reply, to whoever waits for it."""
@@ -301,24 +301,25 @@ class _Batch:
         else:
             self._link._deliver(call, reply)
         if not self._left:
-            self.cancel()
+            self._stop()
             if self._missing:
                 self._link._send_in_turn(self._missing, reload=True)
 
     def lost(self, index: int, error: ConnectionError) -> None:
-        self._fail(error)
+        self.fail(error)
 
     def _expire(self) -> None:
-        self._fail(TimeoutError())
+        self.fail(TimeoutError())
 
-    def _fail(self, error: BaseException) -> None:
+    def fail(self, error: BaseException) -> None:
+        """Every call still unanswered fails (Redis counts as down), and late replies are dropped."""
         calls = self._calls
         if calls is None:
             return
-        self.cancel()
+        self._stop()
         self._link._failed([call for call in calls if call is not None] + self._missing, error)
 
-    def cancel(self) -> None:
+    def _stop(self) -> None:
         """Stop the timer; the calls are no longer this batch's to answer."""
         self._timer.cancel()
         self._calls = None
