@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +78,35 @@ def redis_server(databases: int = 1) -> Server:
                      "--databases", str(databases)], core=1)
     wait_port(port)
     return process, port
+
+
+def client_key(number: int) -> str:
+    """The key of bench client `number` (every bench presents the last configured one)."""
+    return f"sk-bench-client-{number:04d}-0123456789abcdef"
+
+
+def bench_clients(count: int) -> list[dict[str, Any]]:
+    """`count` clients with nothing to check, their keys given as SHA-256 digests."""
+    return [{"name": f"client-{number}", "key_sha256": hashlib.sha256(client_key(number).encode()).hexdigest()}
+            for number in range(count)]
+
+
+def gateway_config(upstream_port: int, limited: bool = False,
+                   clients: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The benches' gateway: two controllers on the fake upstream (with rpm/tpm limits too high to bind when
+    `limited`), and `clients` if any."""
+    base = f"http://127.0.0.1:{upstream_port}/v1"
+    limits = {"rpm": 10_000_000, "tpm": 10_000_000_000} if limited else {}
+    return {**({"clients": clients} if clients else {}), "controllers": [
+        {"type": "openai", "name": name, **limits, "config": {"api_key": f"sk-{name}-000000000000", "base_url": base}}
+        for name in ("bench-a", "bench-b")]}
+
+
+def gateway_command(python: str, config: Path, port: int, log: bool, extra: Sequence[str] = ()) -> list[str]:
+    """How the benches start that gateway (with the access log, at level info, when `log`)."""
+    return [python, "-m", "chatgpt_apiserver", "--config-file", str(config), "--port", str(port),
+            "--upstream-max-connections", "20000", "--log-level", "info" if log else "warning",
+            "--access-log", "true" if log else "false", *extra]
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
@@ -156,18 +185,9 @@ class Bench:
         another commit (see `compare`)."""
         port = free_port()
         config = self.workdir / f"gateway-{port}.json"
-        base = f"http://127.0.0.1:{self.upstream_port}/v1"
-        limits = {"rpm": 10_000_000, "tpm": 10_000_000_000} if limited else {}
-        config.write_bytes(orjson.dumps({**({"clients": clients} if clients else {}), "controllers": [
-            {"type": "openai", "name": "bench-a", **limits,
-             "config": {"api_key": "sk-bench-a-000000000000", "base_url": base}},
-            {"type": "openai", "name": "bench-b", **limits,
-             "config": {"api_key": "sk-bench-b-000000000000", "base_url": base}},
-        ]}))
+        config.write_bytes(orjson.dumps(gateway_config(self.upstream_port, limited, clients)))
         tree, python = checkout
-        args = [python, "-m", "chatgpt_apiserver", "--config-file", str(config), "--port", str(port),
-                "--upstream-max-connections", "20000", "--log-level", "info" if log else "warning",
-                "--access-log", "true" if log else "false", *extra]
+        args = gateway_command(python, config, port, log, extra)
         log_file = self.workdir / f"gateway-{port}.log"
         process = start(args, core=0, log=log_file, cwd=tree)
         try:
@@ -320,13 +340,12 @@ class Bench:
         clients; and, reported beside it, the same clients each with rpm, tpm and a token budget (every request
         also admitted by its buckets and budget and told its six x-ratelimit-* headers). wrk presents the last
         client's key to all three."""
-        keys = [f"sk-bench-client-{number:04d}-0123456789abcdef" for number in range(count)]
-        plain = [{"name": f"client-{number}", "key_sha256": hashlib.sha256(key.encode()).hexdigest()}
-                 for number, key in enumerate(keys)]
+        plain = bench_clients(count)
         limited = [{**client, "rpm": 10_000_000, "tpm": 10_000_000_000,
                     "budget": {"tokens": 10**15, "period": "month"}} for client in plain]
         figures = self.paired({"no_clients": self.gateway, "clients": functools.partial(self.gateway, clients=plain),
-                               "limited_clients": functools.partial(self.gateway, clients=limited)}, key=keys[-1])
+                               "limited_clients": functools.partial(self.gateway, clients=limited)},
+                              key=client_key(count - 1))
         figures["ratio"] = figures["clients_rps"] / figures["no_clients_rps"]
         figures["limited_ratio"] = figures["limited_clients_rps"] / figures["no_clients_rps"]
         figures["clients_configured"] = count
@@ -358,17 +377,31 @@ class Bench:
         return {"upstream_rps": direct, "gateway_rps": via, "ratio": direct / via}
 
     def added_latency(self, port: int) -> dict[str, float]:
-        rounds = 3 if self.quick else 6
-        p50s, p99s, direct50, direct99 = [], [], [], []
-        for _ in range(rounds):
+        return self.added_latencies({"gateway": port})["gateway"]
+
+    def added_latencies(self, ports: dict[str, int]) -> dict[str, dict[str, float]]:
+        """(a) of each server: at c=1 in rounds, each round the fake upstream direct and then every server,
+        starting with the next one in turn; a round's added p50/p99 is the server's less the direct one's of
+        the same round, and each figure is the median over the rounds. A server that answers errors fails it:
+        a refusal is not latency."""
+        order = list(ports.items())
+        rounds = -(-(3 if self.quick else 6) // len(order)) * len(order)  # each server first equally often
+        seen: dict[str, dict[str, list[float]]] = {
+            label: {"added_p50_ms": [], "added_p99_ms": [], "direct_p50_ms": [], "direct_p99_ms": []}
+            for label in ports}
+        for number in range(rounds):
             direct = wrk(self.upstream_port, body(), 1, self.seconds(3))
-            via = wrk(port, body(), 1, self.seconds(3))
-            p50s.append(via["p50_ms"] - direct["p50_ms"])
-            p99s.append(via["p99_ms"] - direct["p99_ms"])
-            direct50.append(direct["p50_ms"])
-            direct99.append(direct["p99_ms"])
-        return {"added_p50_ms": statistics.median(p50s), "added_p99_ms": statistics.median(p99s),
-                "direct_p50_ms": statistics.median(direct50), "direct_p99_ms": statistics.median(direct99)}
+            for label, port in order[number % len(order):] + order[:number % len(order)]:
+                via = wrk(port, body(), 1, self.seconds(3))
+                if via["errors"]:
+                    raise RuntimeError(f"{label}: non-2xx answers while measuring (a)")
+                figures = seen[label]
+                figures["added_p50_ms"].append(via["p50_ms"] - direct["p50_ms"])
+                figures["added_p99_ms"].append(via["p99_ms"] - direct["p99_ms"])
+                figures["direct_p50_ms"].append(direct["p50_ms"])
+                figures["direct_p99_ms"].append(direct["p99_ms"])
+        return {label: {name: statistics.median(values) for name, values in figures.items()}
+                for label, figures in seen.items()}
 
     def throughput(self, port: int) -> dict[str, float]:
         """(b) The gateway against the bare Tornado handler, side by side in alternating rounds."""
@@ -506,34 +539,19 @@ class Bench:
         return figures
 
     def _compare_latency(self, checkouts: dict[str, tuple[Path, str]]) -> dict[str, Any]:
-        """(a) of each checkout: every checkout's gateway running at once (idle but one), measured at c=1 in
-        rounds, each round the fake upstream direct and then every gateway, starting with the next one in
-        turn; the added p50/p99 of a round is the gateway's less the direct one's of the same round, and the
-        figure is the median over the rounds."""
+        """(a) of each checkout, every checkout's gateway running at once (idle but the one measured)."""
         started: list[subprocess.Popen[bytes]] = []
-        order: list[tuple[str, int]] = []
-        added: dict[str, dict[str, list[float]]] = {}
+        ports: dict[str, int] = {}
         try:
             for label, checkout in checkouts.items():
                 process, port = self.gateway(checkout=checkout)
                 started.append(process)
-                order.append((label, port))
-                added[label] = {"added_p50_ms": [], "added_p99_ms": []}
+                ports[label] = port
                 wrk(port, body(), 32, 2)  # warm up
-            rounds = -(-(3 if self.quick else 6) // len(order)) * len(order)
-            for number in range(rounds):
-                direct = wrk(self.upstream_port, body(), 1, self.seconds(3))
-                for label, port in order[number % len(order):] + order[:number % len(order)]:
-                    via = wrk(port, body(), 1, self.seconds(3))
-                    if via["errors"]:
-                        raise RuntimeError(f"{label}: non-2xx answers while measuring (a): a refusal is not latency")
-                    added[label]["added_p50_ms"].append(via["p50_ms"] - direct["p50_ms"])
-                    added[label]["added_p99_ms"].append(via["p99_ms"] - direct["p99_ms"])
+            return self.added_latencies(ports)
         finally:
             for process in started:
                 stop(process)
-        return {label: {name: statistics.median(values) for name, values in figures.items()}
-                for label, figures in added.items()}
 
     def _compare_features(self, checkouts: dict[str, tuple[Path, str]]) -> dict[str, Any]:
         """(g) and (h) of each checkout: its gateway with the access log (with Redis buckets) against its own

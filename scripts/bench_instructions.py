@@ -13,7 +13,6 @@ interpreter (a commit before, say). PYTHONMALLOC=malloc, so that counts do not d
 from __future__ import annotations
 
 import argparse
-import hashlib
 import http.client
 import json
 import os
@@ -24,26 +23,24 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench import MESSAGES_2, PYTHON, ROOT, SCRIPTS, free_port, redis_server, start, stop, wait_port
+from bench import (
+    MESSAGES_2,
+    PYTHON,
+    ROOT,
+    SCRIPTS,
+    bench_clients,
+    client_key,
+    free_port,
+    gateway_command,
+    gateway_config,
+    redis_server,
+    start,
+    stop,
+    wait_port,
+)
 
 WARM_UP = 300
 CONNECTIONS = 4
-
-
-def key(number: int) -> str:
-    return f"sk-bench-client-{number:04d}-0123456789abcdef"
-
-
-def config(upstream: int, clients: int, limited: bool) -> dict[str, object]:
-    base = f"http://127.0.0.1:{upstream}/v1"
-    limits = {"rpm": 10_000_000, "tpm": 10_000_000_000} if limited else {}
-    document: dict[str, object] = {"controllers": [
-        {"type": "openai", "name": name, **limits, "config": {"api_key": f"sk-{name}-000000000000", "base_url": base}}
-        for name in ("bench-a", "bench-b")]}
-    if clients:
-        document["clients"] = [{"name": f"client-{n}", "key_sha256": hashlib.sha256(key(n).encode()).hexdigest()}
-                               for n in range(clients)]
-    return document
 
 
 def send(port: int, count: int, bearer: str) -> None:
@@ -83,20 +80,19 @@ def main() -> int:
                 redis, redis_port = redis_server()
                 extra = ["--redis-url", f"redis://127.0.0.1:{redis_port}/0"]
             path = Path(workdir) / "gateway.json"
-            path.write_text(json.dumps(config(upstream_port, args.clients, args.redis or args.limited)))
+            path.write_text(json.dumps(gateway_config(upstream_port, args.redis or args.limited,
+                                                      bench_clients(args.clients))))
             port = free_port()
             out = Path(workdir) / "callgrind.out"
             log = Path(workdir) / "gateway.log"
             log_file = log.open("ab")  # the gateway writes it until it stops
             gateway = subprocess.Popen(
                 ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
-                 args.python, "-m", "chatgpt_apiserver", "--config-file", str(path), "--port", str(port),
-                 "--upstream-max-connections", "20000", "--log-level", "info" if args.access_log else "warning",
-                 "--access-log", "true" if args.access_log else "false", *extra],
+                 *gateway_command(args.python, path, port, args.access_log, extra)],
                 cwd=args.tree, env={**os.environ, "PYTHONMALLOC": "malloc"},
                 stdout=log_file, stderr=subprocess.STDOUT)
             wait_port(port, timeout=300)  # a slow start under valgrind
-            bearer = key(args.clients - 1) if args.clients else "sk-none"
+            bearer = client_key(args.clients - 1) if args.clients else "sk-none"
             send(port, WARM_UP, bearer)
             subprocess.run(["callgrind_control", "--instr=on", str(gateway.pid)], check=True, capture_output=True)
             send(port, args.requests, bearer)
