@@ -16,7 +16,7 @@ setup(
                   "chatgpt_apiserver.clients": ["prices.json"]},
     include_package_data=True,
     install_requires=[
-        "tornado>=6.4",
+        "tornado>=6.5",  # web/connections.py builds HTTPHeaders as 6.5 holds them (`_as_list`)
         "httptools>=0.6",
         "uvloop>=0.19",
         "orjson>=3.9",

@@ -25,11 +25,11 @@ from .ops.logs import apply_logging, flush_logs, use_secrets
 from .ops.notify import notify
 from .web.app import make_app
 from .web.bodies import Bodies
-from .web.slow_clients import SlowClientServer
+from .web.connections import ClientServer
 
 log = logging.getLogger("chatgpt_apiserver.server")
 
-# Tornado's own cap on bodies, for a request refused before its handler could set the real limits
+# The connections' own cap on bodies, for a request refused before its handler could set the real limits
 # (max_body_size, checked on the declared length and on every byte as it arrives).
 HARD_BODY_CAP_FACTOR = 2
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)  # drain, then exit
@@ -45,7 +45,7 @@ GC_GEN0_THRESHOLD = 2_000
 class Running:
     """A listening server and the gateway behind it."""
 
-    server: SlowClientServer
+    server: ClientServer
     gateway: Gateway
     sockets: list[socket.socket]
 
@@ -77,7 +77,7 @@ async def start_server(settings: Settings, gateway: Optional[Gateway] = None) ->
     gateway = gateway or Gateway.from_settings(settings)
     await gateway.start()
     bodies = Bodies(lambda: gateway.settings.max_buffered_body_bytes)
-    server = SlowClientServer(
+    server = ClientServer(
         make_app(gateway, bodies),
         max_body_size=settings.max_body_size * HARD_BODY_CAP_FACTOR,
         max_header_size=settings.max_header_size,
@@ -142,11 +142,11 @@ async def reload(running: Running, argv: Sequence[str]) -> bool:
 
 def apply_server_settings(running: Running, settings: Settings) -> None:
     """A reload: the settings the server and the logging hold take effect (the gateway applies its own)."""
-    app = running.server.request_callback
+    app = running.server.app
     if isinstance(app, Application):
         app.settings["cors_origins"] = settings.cors_origins
-    running.server.conn_params.max_body_size = settings.max_body_size * HARD_BODY_CAP_FACTOR
-    running.server.conn_params.max_header_size = settings.max_header_size
+    running.server.max_body_size = settings.max_body_size * HARD_BODY_CAP_FACTOR
+    running.server.max_header_size = settings.max_header_size
     apply_logging(settings.log_level, settings.log_format)
     use_secrets(running.gateway.secrets)  # a new key is scrubbed from the log from now on
 

@@ -8,7 +8,6 @@ import logging
 from collections.abc import Mapping
 from typing import Any, Optional, cast
 
-from tornado.http1connection import HTTP1Connection
 from tornado.iostream import StreamClosedError
 
 from ..call import Call
@@ -27,7 +26,7 @@ from ..transport.reply import joined
 from .base import REQUEST_ID, BaseHandler, header
 from .bodies import Bodies
 from .calls import read_call
-from .slow_clients import written
+from .connections import ClientConnection, written
 
 log = logging.getLogger("chatgpt_apiserver.handlers")
 
@@ -128,8 +127,8 @@ class EndpointHandler(BaseHandler):
         except BrokenAnswer:
             self._client_gone = True
             connection = self.request.connection
-            if isinstance(connection, HTTP1Connection):
-                connection.stream.close()  # no final chunk: the client sees the answer is incomplete
+            if isinstance(connection, ClientConnection):
+                connection.close()  # no final chunk: the client sees the answer is incomplete
         except asyncio.CancelledError:
             if self._client_gone:
                 log.info("client went away; request %s cancelled", self.request_id)
@@ -301,13 +300,13 @@ class EndpointHandler(BaseHandler):
             flushed.result()  # raises if the client has gone
             return
         connection = self.request.connection
-        assert isinstance(connection, HTTP1Connection)
+        assert isinstance(connection, ClientConnection)
         timeout = self.gateway.settings.client_write_timeout
-        if await written(connection.stream, flushed, timeout):
+        if await written(connection, flushed, timeout):
             return
         log.info("client accepted no bytes for %g s; request %s disconnected", timeout, self.request_id)
         self._client_gone = True
-        connection.stream.close()  # its close callback cancels this request, as when a client hangs up
+        connection.close()  # its close callback cancels this request, as when a client hangs up
         await flushed
 
     async def _finish_body(self, answer: Answer) -> None:
@@ -324,7 +323,7 @@ class EndpointHandler(BaseHandler):
         pieces = answer.pieces
         size = sum(len(piece) for piece in pieces)
         connection = self.request.connection
-        if size <= LARGE_BODY or not isinstance(connection, HTTP1Connection):
+        if size <= LARGE_BODY or not isinstance(connection, ClientConnection):
             await self._sent(self.finish(joined(pieces)))
             return
         # A large answer leaves as the pieces it came in, after the head: joining them, or Tornado copying
