@@ -20,6 +20,7 @@ import pytest
 from chatgpt_apiserver.controllers.token_file import TokenFile
 from chatgpt_apiserver.ops.logs import MAX_SECRETS, BufferedHandler, configure_logging, use_secrets
 from chatgpt_apiserver.server import reload
+from chatgpt_apiserver.web import access
 from chatgpt_apiserver.web.access import FIELDS
 
 from .fake_upstream import Cue
@@ -224,3 +225,16 @@ def read_all(fd: int, into: list[bytes]) -> None:
     with os.fdopen(fd, "rb") as source:
         while chunk := source.read1(65536):
             into.append(chunk)
+
+
+def test_the_access_logs_memory_of_written_values_is_bounded_and_quotes_as_before() -> None:
+    """What a line shows of a method, path or model is remembered (a dict lookup instead of a regex) for at
+    most WRITTEN_KEPT values of at most WRITTEN_LONGEST characters; a remembered value reads as a new one does."""
+    access._WRITTEN.clear()
+    assert access.text_value('a "quoted"\npath') == '"a \\"quoted\\"\\npath"'
+    assert access.text_value('a "quoted"\npath') == '"a \\"quoted\\"\\npath"'  # (now from memory)
+    for number in range(access.WRITTEN_KEPT + 10):
+        assert access.text_value(f"/v1/responses/resp_{number}") == f"/v1/responses/resp_{number}"
+        assert len(access._WRITTEN) <= access.WRITTEN_KEPT
+    long = "m" * (access.WRITTEN_LONGEST + 1)
+    assert access.text_value(long) == long and long not in access._WRITTEN

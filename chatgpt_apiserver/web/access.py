@@ -37,6 +37,11 @@ def _values(entry: Entry) -> tuple[Any, ...]:
 
 
 _PLAIN = re.compile(r"[!#-<>-\[\]-~]+")  # printable ASCII but space, quote, backslash and =
+# The client's text as a line shows it, for the few methods, paths and models most lines repeat: a dict lookup
+# where the check is a regex match. Emptied when full (paths that carry ids would otherwise fill it for good).
+_WRITTEN: dict[str, str] = {}
+WRITTEN_KEPT = 1024
+WRITTEN_LONGEST = 200  # characters of a value worth keeping
 
 
 def text_value(value: Any) -> str:
@@ -46,9 +51,18 @@ def text_value(value: Any) -> str:
     a space or a quote a field of its own.
     """
     text = str(value)
+    written = _WRITTEN.get(text)
+    if written is not None:
+        return written
     if _PLAIN.fullmatch(text):
-        return text
-    return '"' + escape_controls(text.replace("\\", "\\\\").replace('"', '\\"')) + '"'
+        written = text
+    else:
+        written = '"' + escape_controls(text.replace("\\", "\\\\").replace('"', '\\"')) + '"'
+    if len(text) <= WRITTEN_LONGEST:
+        if len(_WRITTEN) >= WRITTEN_KEPT:
+            _WRITTEN.clear()
+        _WRITTEN[text] = written
+    return written
 
 
 def _message(entry: Entry) -> str:
