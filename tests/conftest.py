@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 import warnings
 from collections.abc import Callable, Iterator
@@ -10,6 +11,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 import pytest
+
+from chatgpt_apiserver.web.connections import ClientServer
 
 from .certificates import make_certificates
 from .fake_upstream import FakeUpstream
@@ -53,6 +56,24 @@ def _close_leftover_event_loop() -> Iterator[None]:
     if not loop.is_running() and not loop.is_closed():
         loop.close()
         policy.set_event_loop(None)
+
+
+@pytest.fixture
+def http_server(request: pytest.FixtureRequest, io_loop: Any, _unused_port: tuple[socket.socket, int]
+                ) -> Iterator[ClientServer]:
+    """pytest-tornado's server fixture (for a test module's `app`), serving through the gateway's own client
+    connections (web/connections.py) rather than Tornado's HTTPServer."""
+    app = request.getfixturevalue(request.config.option.app_fixture)
+
+    async def start() -> ClientServer:
+        return ClientServer(app, max_header_size=65536, max_body_size=64 * 1024 * 1024,
+                            timeouts=lambda: (60.0, 60.0))
+
+    server: ClientServer = io_loop.run_sync(start)
+    server.add_sockets([_unused_port[0]])
+    yield server
+    server.stop()
+    io_loop.run_sync(server.close_all_connections)
 
 
 @pytest.fixture(scope="session")

@@ -149,3 +149,15 @@ def test_http10_without_keep_alive_is_answered_and_closed(stack: Stack) -> None:
         status, headers, body = read_answer(reader)
         assert reader.read() == b""
     assert status == 200 and "content-length" in headers and orjson.loads(body)
+
+
+def test_a_request_without_a_valid_host_gets_a_400_in_openais_shape(stack: Stack) -> None:
+    stack.gateway({"controllers": [{"type": "mock"}]})
+    for head in (b"GET /healthz HTTP/1.1\r\n\r\n", b"GET /healthz HTTP/1.1\r\nHost: a b\r\n\r\n",
+                 b"GET /healthz HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"):
+        with connect(stack) as sock, sock.makefile("rb") as reader:
+            sock.sendall(head)
+            status, headers, body = read_answer(reader)
+            assert reader.read() == b""
+        assert status == 400 and headers["connection"] == "close", head
+        assert orjson.loads(body)["error"]["code"] == "malformed_http_request"

@@ -12,9 +12,11 @@ from typing import Any, Optional
 import orjson
 import pytest
 from tornado.httpclient import AsyncHTTPClient
+from tornado.httputil import HTTPHeaders, HTTPServerRequest, RequestStartLine
 from tornado.web import HTTPError, RequestHandler, stream_request_body
 
-from chatgpt_apiserver.web.delegate import GatewayApplication
+from chatgpt_apiserver.web.connections import ClientServer
+from chatgpt_apiserver.web.delegate import ROUTES_KEPT, GatewayApplication
 
 EVENTS: list[str] = []
 TASKS: list[tuple[str, Optional[asyncio.Task[Any]]]] = []  # the task each step ran in
@@ -61,11 +63,19 @@ class Whole(RequestHandler):
         self.write({"length": len(self.request.body)})
 
 
+class Item(RequestHandler):
+    """A route that takes an id from its path."""
+
+    def post(self, item: str) -> None:
+        self.write({"item": item})
+
+
 @pytest.fixture
 def app() -> GatewayApplication:
     EVENTS.clear()
     TASKS.clear()
-    return GatewayApplication([("/record", Recorder), ("/async", AsyncPrepare), ("/whole", Whole)])
+    return GatewayApplication([("/record", Recorder), ("/async", AsyncPrepare), ("/whole", Whole),
+                               (r"/items/(?P<item>\d+)", Item), (r"/files/.*", Whole)])
 
 
 async def post(client: AsyncHTTPClient, url: str, body: bytes, **headers: str) -> tuple[int, Any]:
@@ -150,3 +160,20 @@ async def test_a_client_gone_mid_body_is_told_to_the_handler_and_nothing_fails(
     await asyncio.sleep(0.05)  # the parked method's task, had it been started, would run here
     assert EVENTS == ["prepare 0", "data 10", "closed"]
     assert not [record for record in caplog.records if record.levelno >= logging.WARNING]
+
+
+@pytest.mark.gen_test
+async def test_a_paths_route_is_remembered_only_for_routes_that_take_nothing_from_it(
+        http_server: Any, http_client: AsyncHTTPClient, base_url: str, app: GatewayApplication) -> None:
+    assert isinstance(http_server, ClientServer)  # (these tests run on the gateway's own connections)
+    for path in ("/record", "/record", "/whole", "/items/7", "/items/8", "/nowhere"):
+        response = await http_client.fetch(base_url + path, method="POST", body=b"{}", raise_error=False)
+        assert response.code == (404 if path == "/nowhere" else 200), path
+    assert sorted(app._routes) == ["/record", "/whole"]  # not the paths carrying an id, nor an unknown one
+    assert orjson.loads((await http_client.fetch(base_url + "/items/9", method="POST", body=b""))
+                        .body) == {"item": "9"}
+    for number in range(2 * ROUTES_KEPT):  # a route that matches any number of paths: bounded, emptied when full
+        path = f"/files/{number}"
+        delegate = app.find_handler(HTTPServerRequest(start_line=RequestStartLine("GET", path, "HTTP/1.1"),
+                                                      headers=HTTPHeaders({"Host": "x"})))
+        assert delegate.handler_class is Whole and path in app._routes and len(app._routes) <= ROUTES_KEPT

@@ -36,13 +36,15 @@ import httptools
 from tornado.httputil import (
     HTTPConnection,
     HTTPHeaders,
-    HTTPServerConnectionDelegate,
+    HTTPInputError,
+    HTTPServerRequest,
     RequestStartLine,
     ResponseStartLine,
     _normalize_header,
 )
 from tornado.iostream import StreamClosedError
 from tornado.log import app_log
+from tornado.web import Application
 
 from ..errors import error_body
 from .accept import Acceptor
@@ -89,7 +91,7 @@ class _Peer:
 class ClientServer:
     """Accepts client connections (through an Acceptor: EMFILE back-off) and serves them to `app`."""
 
-    def __init__(self, app: HTTPServerConnectionDelegate, *, max_header_size: int, max_body_size: int,
+    def __init__(self, app: Application, *, max_header_size: int, max_body_size: int,
                  timeouts: Timeouts, on_slow_body: Optional[SlowBody] = None) -> None:
         self.app = app
         self.max_header_size = max_header_size
@@ -451,8 +453,22 @@ class ClientConnection(asyncio.Protocol, HTTPConnection):
         self._max_body = server.max_body_size
         self._body_size = 0
         server.reading[self] = (time.monotonic() + server.timeouts()[1], BODY)
-        delegate = self._delegate = server.app.start_request(self, self)
-        waited = self._call(delegate.headers_received, start_line, headers)
+        try:
+            # What Tornado's routing delegate does, minus that delegate: the request, its handler, its head.
+            request = HTTPServerRequest(connection=self, server_connection=self, start_line=start_line,
+                                        headers=headers)
+            delegate = self._delegate = server.app.find_handler(request)
+            waited = delegate.headers_received(start_line, headers)
+        except HTTPInputError as error:  # no Host header (HTTP/1.1), or a bad or repeated one
+            log.info("malformed HTTP request from %s: %s", self.context, error)
+            self._active, self._delegate = False, None
+            self._write(MALFORMED_REQUEST_ANSWER)
+            self.close_softly()
+            return
+        except Exception:
+            app_log.error("Uncaught exception", exc_info=True)
+            self.abort()
+            return
         if self.closed:
             return
         self._continue = headers._as_list.get("Expect") == ["100-continue"]

@@ -19,13 +19,35 @@ from typing import Any, Optional, Union
 
 from tornado.concurrent import future_set_result_unless_cancelled
 from tornado.httputil import HTTPHeaders, HTTPServerRequest, RequestStartLine, ResponseStartLine
-from tornado.web import Application, RequestHandler, _HandlerDelegate, _has_stream_request_body
+from tornado.web import Application, ErrorHandler, RequestHandler, _HandlerDelegate, _has_stream_request_body
 
 
 class GatewayApplication(Application):
     """Tornado's Application, serving `stream_request_body` handlers whose prepare() is a plain method through
     `AdmitOnHeaders`. A coroutine prepare() keeps Tornado's delegate: it would otherwise start in the connection's
-    task (where `asyncio.timeout` or `current_task()` would bind to the connection, not the request)."""
+    task (where `asyncio.timeout` or `current_task()` would bind to the connection, not the request).
+
+    A path's route is remembered once found, for routes that take nothing from the path: Tornado tries each
+    route's regex in turn, through two routers, on every request.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # A path -> its handler and arguments. Emptied when full; unknown paths (the default handler) stay out.
+        self._routes: dict[str, tuple[type[RequestHandler], dict[str, Any]]] = {}
+
+    def find_handler(self, request: HTTPServerRequest, **kwargs: Any) -> _HandlerDelegate:
+        path = request.path
+        known = self._routes.get(path)
+        if known is not None:
+            return self.get_handler_delegate(request, known[0], known[1])
+        delegate = super().find_handler(request, **kwargs)
+        if (not delegate.path_args and not delegate.path_kwargs and len(path) <= ROUTE_PATH_LONGEST
+                and delegate.handler_class not in (self.settings.get("default_handler_class"), ErrorHandler)):
+            if len(self._routes) >= ROUTES_KEPT:
+                self._routes.clear()
+            self._routes[path] = (delegate.handler_class, delegate.handler_kwargs)
+        return delegate
 
     def get_handler_delegate(self, request: HTTPServerRequest, target_class: type[RequestHandler],
                              target_kwargs: Optional[dict[str, Any]] = None, path_args: Optional[list[bytes]] = None,
@@ -34,6 +56,8 @@ class GatewayApplication(Application):
         return delegate(self, request, target_class, target_kwargs, path_args, path_kwargs)
 
 
+ROUTES_KEPT = 256  # paths whose route is remembered
+ROUTE_PATH_LONGEST = 200
 _ADMITS: dict[type[RequestHandler], bool] = {}  # per handler class (the route table's: a fixed few)
 
 
