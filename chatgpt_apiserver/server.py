@@ -64,7 +64,14 @@ class Running:
         gateway = self.gateway
         gateway.draining = True  # from here every answer says Connection: close
         self.server.drain()
-        if not await gateway.wait_idle(gateway.settings.shutdown_timeout if grace is None else grace):
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (gateway.settings.shutdown_timeout if grace is None else grace)
+        idle = await gateway.wait_idle(deadline - loop.time())
+        while idle and not self.server.quiet() and loop.time() < deadline:  # a request whose head is arriving
+            await asyncio.sleep(0.05)
+            if gateway.in_flight:
+                idle = await gateway.wait_idle(max(0.05, deadline - loop.time()))
+        if not idle:
             log.warning("shutdown timeout: ending %d request(s) still in flight", gateway.in_flight)
             gateway.abort_all("the server is shutting down")
             await gateway.wait_idle(5.0)

@@ -3,11 +3,18 @@ and in order, with Tornado's framing, and bounded while they wait."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import socket
 import time
+from collections.abc import Callable
 from typing import BinaryIO
 
 import orjson
+import pytest
+
+from chatgpt_apiserver.web import connections
 
 from .fake_upstream import Cue
 from .harness import Stack, openai_controller
@@ -161,3 +168,119 @@ def test_a_request_without_a_valid_host_gets_a_400_in_openais_shape(stack: Stack
             assert reader.read() == b""
         assert status == 400 and headers["connection"] == "close", head
         assert orjson.loads(body)["error"]["code"] == "malformed_http_request"
+
+
+def wait_until(check: Callable[[], bool], seconds: float = 5.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def test_what_was_pipelined_behind_a_refused_request_is_dropped_and_the_connection_closes(
+        stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
+    stack.gateway({"controllers": [{"type": "mock"}]})
+    running = stack.running
+    assert running is not None
+    refused = b"POST /nope HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"
+    for after in (get("/healthz", "after"), b"\x16\x03\x01 not http at all\r\n\r\n"):
+        with connect(stack) as sock, sock.makefile("rb") as reader:
+            sock.sendall(get("/healthz", "first") + refused + after)
+            assert read_answer(reader)[0] == 200
+            status, headers, _ = read_answer(reader)
+            assert status == 404 and headers["connection"] == "close"
+            assert reader.read() == b""  # nothing for what followed it
+        assert wait_until(lambda: not stack.loop.call(lambda: len(running.server.connections)))
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
+
+
+def test_a_pipelined_request_whose_body_is_slow_gets_its_408(stack: Stack) -> None:
+    fake = stack.fake("up")
+    stack.gateway({"controllers": [openai_controller(fake)]}, "--client-body-timeout", "1")
+    with connect(stack) as sock, sock.makefile("rb") as reader:
+        sock.sendall(post("whole") + post("slow")[:-5])  # the second body never ends
+        answers = [read_answer(reader)[:2] for _ in range(2)]
+    assert [(status, headers["x-request-id"]) for status, headers in answers] == [(200, "whole"), (408, "slow")]
+
+
+def test_trailers_past_the_head_limit_get_431_and_are_never_held(stack: Stack) -> None:
+    stack.gateway({"controllers": [{"type": "mock"}]}, "--max-header-size", "4096")
+    with connect(stack) as sock, sock.makefile("rb") as reader:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     b"%x\r\n%s\r\n0\r\n" % (len(CHAT), CHAT))
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            sock.sendall(b"a:b\r\n" * 40_000)  # trailer lines that never end: answered long before they would
+        status, headers, body = read_answer(reader)
+    assert status == 431 and headers["connection"] == "close"
+    assert orjson.loads(body)["error"]["code"] == "request_header_fields_too_large"
+
+
+def test_the_last_answer_reaches_a_slow_reader_before_the_connection_closes(
+        stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The grace a closing connection gets counts from when its last answer has left, not from its end."""
+    monkeypatch.setattr(connections, "CLOSING_GRACE", 0.3)
+    fake = stack.fake("up")
+    fake.default = Cue(text="x" * 12_000_000)  # more than the kernel's socket buffers hold
+    stack.gateway({"controllers": [openai_controller(fake)]}, "--client-idle-timeout", "1")  # a sweep each 0.2 s
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 262144)  # fixed: no window growing to megabytes
+    sock.connect(("127.0.0.1", stack.port))
+    received = b""
+    with sock:
+        sock.sendall(post("big", CHAT, b"Connection: close"))
+        while chunk := sock.recv(262144):  # at ~10 MB/s: the answer takes a second to leave
+            received += chunk
+            time.sleep(0.02)
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ") and b"Connection: close" in head.split(b"\r\n")
+    assert orjson.loads(body)["choices"][0]["message"]["content"] == "x" * 12_000_000
+
+
+def test_a_drain_answers_a_request_whose_head_has_begun_on_a_kept_alive_connection(stack: Stack) -> None:
+    stack.gateway({"controllers": [{"type": "mock"}]})
+    running = stack.running
+    assert running is not None
+    with connect(stack) as sock, sock.makefile("rb") as reader:
+        sock.sendall(get("/healthz", "first"))
+        assert read_answer(reader)[0] == 200
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # half a head
+        assert wait_until(lambda: stack.loop.call(lambda: all(c.head_begun() for c in running.server.connections)))
+        stopping = asyncio.run_coroutine_threadsafe(running.stop(), stack.loop.loop)
+        stack.running = None
+        time.sleep(0.3)
+        sock.sendall(b"X-Request-Id: second\r\n\r\n")
+        status, headers, _ = read_answer(reader)
+        assert reader.read() == b""
+    assert status == 200 and headers["connection"] == "close" and headers["x-request-id"] == "second"
+    stopping.result(10)
+
+
+def test_a_request_asking_for_an_upgrade_is_read_with_its_body_and_served_over_http11(stack: Stack) -> None:
+    """curl --http2 on http:// asks every request to upgrade to h2c: llhttp would take no body and hand the
+    connection over; the gateway reads the request again without the upgrade."""
+    fake = stack.fake("up")
+    stack.gateway({"controllers": [openai_controller(fake)]})
+    with connect(stack) as sock, sock.makefile("rb") as reader:
+        sock.sendall(post("h2c", CHAT, b"Connection: Upgrade, HTTP2-Settings", b"Upgrade: h2c",
+                          b"HTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA") + get("/healthz", "next"))
+        answers = [read_answer(reader) for _ in range(2)]
+    assert [(status, headers["x-request-id"]) for status, headers, _ in answers] == [(200, "h2c"), (200, "next")]
+    assert orjson.loads(answers[0][2])["object"] == "chat.completion" and fake.chat_requests[0].body == CHAT
+
+
+def test_a_refused_request_without_a_body_keeps_its_connection(stack: Stack) -> None:
+    stack.gateway({"client_keys": ["team-key"], "controllers": [{"type": "mock"}]})
+    with connect(stack) as sock, sock.makefile("rb") as reader:
+        sock.sendall(get("/v1/models", "refused"))
+        status, headers, _ = read_answer(reader)
+        assert status == 401 and "connection" not in headers
+        sock.sendall(get("/healthz", "again"))
+        assert read_answer(reader)[:1] == (200,)
+
+
+def test_the_memory_of_header_names_is_bounded() -> None:
+    for number in range(connections.NAMES_KEPT + 10):
+        assert connections._header_name(b"x-made-up-%d" % number) == f"X-Made-Up-{number}"
+        assert len(connections._NAMES) <= connections.NAMES_KEPT

@@ -232,8 +232,10 @@ class BaseHandler(RequestHandler):
         return True
 
     def _forget_waiting(self) -> None:
-        if self.request.connection is not None:
-            self.bodies.waiting.pop(self.request.connection, None)
+        connection = self.request.connection
+        # Only its own entry: on a kept-alive connection, the next request's may be there already.
+        if connection is not None and self.bodies.waiting.get(connection) == self._body_timed_out:
+            del self.bodies.waiting[connection]
 
     def _release_body(self) -> None:
         self._forget_waiting()

@@ -55,6 +55,7 @@ Timeouts = Callable[[], tuple[float, float]]  # (idle or headers, body) in secon
 SlowBody = Callable[["ClientConnection"], bool]  # asks the request's handler to answer 408; False if it could not
 HEADERS, BODY, CLOSING = "headers", "body", "closing"
 CLOSING_GRACE = 5.0  # seconds a client gets to read a last answer (408, 431, 400) before its connection is closed
+CHUNK_FRAMING = 32  # bytes of a chunk's size line and line ends allowed beside max_header_size (for trailers)
 HEAD_LINE_OVERHEAD = 4  # ": " and CRLF of a header line, as counted against max_header_size
 CONTINUE = b"HTTP/1.1 100 (Continue)\r\n\r\n"
 
@@ -155,6 +156,10 @@ class ClientServer:
             if what == HEADERS and not conn.head_begun():
                 conn.close()
 
+    def quiet(self) -> bool:
+        """No request is arriving or being answered on any connection (what a drain waits for)."""
+        return not any((conn._active or conn.head_begun()) and not conn._discarding for conn in self.connections)
+
     async def close_all_connections(self) -> None:
         """Close every connection, and stop the sweep."""
         self._closing = True
@@ -198,14 +203,15 @@ def headers_of(fields: dict[str, list[str]]) -> HTTPHeaders:
     return headers
 
 
-_NAMES: dict[bytes, str] = {}  # a header name as sent -> as HTTPHeaders keys it; bounded by NAMES_KEPT
+_NAMES: dict[bytes, str] = {}  # a header name as sent -> as HTTPHeaders keys it; up to NAMES_KEPT
 NAMES_KEPT = 512
 
 
 def _header_name(raw: bytes) -> str:
     name = _normalize_header(raw.decode("latin1"))
-    if len(_NAMES) < NAMES_KEPT:
-        _NAMES[raw] = name
+    if len(_NAMES) >= NAMES_KEPT:  # emptied when full: a client's made-up names cannot crowd out the usual ones
+        _NAMES.clear()
+    _NAMES[raw] = name
     return name
 
 
@@ -235,7 +241,10 @@ class ClientConnection(asyncio.Protocol, HTTPConnection):
         self._lines: list[tuple[bytes, bytes]] = []
         self._in_head = True  # between requests, or inside a head: counts towards max_header_size
         self._raw_head = 0  # bytes fed while in a head (llhttp holds a header line until it is whole)
-        self._requests = 0  # taken on this connection so far
+        # Bytes fed after a head that were not body (chunk sizes, trailers), and the chunks so far.
+        self._framing = 0
+        self._chunks = 0
+        self._upgrade: Optional[tuple[RequestStartLine, HTTPHeaders]] = None  # a head to read again without Upgrade
         # Events waiting for the request before them to be answered (or for the handler's prepare()).
         self._held: Optional[list[_Event]] = None
         self._waiting = False  # the application asked to wait before the body is passed on
@@ -249,6 +258,7 @@ class ClientConnection(asyncio.Protocol, HTTPConnection):
         self._request_line: Optional[RequestStartLine] = None
         self._request_headers: Optional[HTTPHeaders] = None
         self._disconnect = False
+        self._bodiless = True  # the request declares no body
         self._chunking = False
         self._remaining: Optional[int] = None  # bytes of the answer still due by its Content-Length
         self._max_body = 0
@@ -304,15 +314,22 @@ class ClientConnection(asyncio.Protocol, HTTPConnection):
         for future in flushing:
             if not future.done():
                 future.set_result(None)
+        if self._discarding and not self.closed:  # closing softly: the last answer has left
+            self.server.reading[self] = (time.monotonic() + CLOSING_GRACE, CLOSING)
 
     def data_received(self, data: bytes) -> None:
         if self._discarding:
             return
         if self._in_head:
             self._raw_head += len(data)
+        else:
+            self._framing += len(data)
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
+        except httptools.HttpParserUpgrade as upgrade:
+            if self._upgrade is not None:  # a request with a body that asked for an upgrade: read as it is
+                self._read_again(data[upgrade.args[0]:])
+                return
             # An upgrade (or CONNECT) is not served: its request is answered, and the connection closes after.
             self._event(("error", None))
             return
@@ -327,8 +344,12 @@ class ClientConnection(asyncio.Protocol, HTTPConnection):
                 log.info("malformed HTTP request from %s: %s", self.context, error)
                 self._event(("error", MALFORMED_REQUEST_ANSWER))
             return
-        if self._in_head and self._raw_head > self.server.max_header_size:
-            self._event(("error", self.server.head_too_large()))  # a head still coming, already over the limit
+        limit = self.server.max_header_size
+        if self._in_head:
+            if self._raw_head > limit:
+                self._event(("error", self.server.head_too_large()))  # a head still coming, already over the limit
+        elif self._framing > limit + CHUNK_FRAMING * self._chunks:
+            self._event(("error", self.server.head_too_large()))  # trailers (or chunk extensions) past the limit
 
     def eof_received(self) -> Optional[bool]:
         return False  # the transport closes itself; connection_lost tells the request
@@ -346,10 +367,16 @@ class ClientConnection(asyncio.Protocol, HTTPConnection):
         self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._lines.append((name, value))
+        if self._in_head:
+            self._lines.append((name, value))
+        # else a trailer of a chunked body: not passed on (Tornado drops them too), counted as framing
+
+    def on_chunk_header(self) -> None:
+        self._chunks += 1
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        self._framing = self._chunks = 0
         parser = self.parser
         url = self._url.decode("latin1")
         if url[:1] != "/":
@@ -371,12 +398,19 @@ class ClientConnection(asyncio.Protocol, HTTPConnection):
         self._lines = []
         if size > self.server.max_header_size:
             raise _HeadTooLarge
+        bodiless = "Transfer-Encoding" not in lines and lines.get("Content-Length", ["0"]) == ["0"]
+        if parser.should_upgrade() and start_line.method != "CONNECT" and not bodiless:
+            # llhttp would take no body and hand the rest of the connection over (curl --http2 on http://
+            # asks for h2c with every request). The upgrade is not served: the request is read again without it.
+            self._upgrade = (start_line, headers)
+            return
         if self._held is None and not self._active and not self._discarding:
             self._head(start_line, headers)
         else:
             self._event(("head", (start_line, headers)))
 
     def on_body(self, body: bytes) -> None:
+        self._framing -= len(body)
         if self._held is None and not self._waiting and not self._discarding:
             self._body(body)
         else:
@@ -386,10 +420,24 @@ class ClientConnection(asyncio.Protocol, HTTPConnection):
         self._in_head = True
         self._raw_head = 0
         self._url = b""
+        if self._upgrade is not None:
+            return  # (read again: `_read_again`)
         if self._held is None and not self._waiting and not self._discarding:
             self._end()
         else:
             self._event(("end", None))
+
+    def _read_again(self, rest: bytes) -> None:
+        """The request that asked for an upgrade, fed to a fresh parser without its Upgrade header, with what
+        followed its head (its body, and any request after it)."""
+        assert self._upgrade is not None
+        start_line, headers = self._upgrade
+        self._upgrade = None
+        head = "".join([f"{start_line.method} {start_line.path} {start_line.version}\r\n",
+                        *(f"{name}: {value}\r\n" for name, value in headers.get_all() if name != "Upgrade"), "\r\n"])
+        self.parser = httptools.HttpRequestParser(self)
+        self._in_head, self._raw_head = True, 0
+        self.data_received(head.encode("latin1") + rest)
 
     # Events, in order: acted on now, or held while a request before them is answered
 
@@ -428,11 +476,12 @@ class ClientConnection(asyncio.Protocol, HTTPConnection):
     def _replay(self) -> None:
         """Act on held events while nothing makes them wait; resume reading once none is left."""
         while self._held:
+            if self._discarding:  # a last answer is out: what waited behind it is not served
+                self._held = None
+                return
             if self._must_wait(self._held[0][0]):
                 return
             self._act(self._held.pop(0))
-            if self.closed:
-                return
         if self._held is not None:
             self._held = None
             if not self._discarding and not self.closed:
@@ -440,12 +489,10 @@ class ClientConnection(asyncio.Protocol, HTTPConnection):
 
     def _head(self, start_line: RequestStartLine, headers: HTTPHeaders) -> None:
         server = self.server
-        if server.draining and self._requests:  # the answer before said Connection: close; no new request is taken
-            self.close()
-            return
-        self._requests += 1
         self._active = True
         self._read_done = self._write_done = False
+        fields = headers._as_list
+        self._bodiless = "Transfer-Encoding" not in fields and fields.get("Content-Length", ["0"]) == ["0"]
         self._request_line, self._request_headers = start_line, headers
         self._disconnect = not _can_keep_alive(start_line, headers)
         self._chunking = False
@@ -508,6 +555,8 @@ class ClientConnection(asyncio.Protocol, HTTPConnection):
 
     def _end(self) -> None:
         self._read_done = True
+        if self._discarding:
+            return  # closing: its deadline stays
         self.server.reading.pop(self, None)  # read in full: the handler's own timeouts apply now
         if not self._write_done:
             if self._delegate is not None:
@@ -606,7 +655,7 @@ class ClientConnection(asyncio.Protocol, HTTPConnection):
         if self._chunking:
             self._write(b"0\r\n\r\n")
         self._write_done = True
-        if not self._read_done:
+        if not self._read_done and not self._bodiless:
             # Answered before the body was read: what is left of it is not read, and the connection closes.
             self._disconnect = True
         self._close_callback = None
@@ -627,7 +676,8 @@ class ClientConnection(asyncio.Protocol, HTTPConnection):
         server = self.server
         server.reading[self] = (time.monotonic() + server.timeouts()[0], HEADERS)
         if self._held is not None:
-            self._replay()
+            # On the next turn: this runs inside the handler's finish(), before its on_finish().
+            asyncio.get_running_loop().call_soon(self._replay)
 
     def _write(self, data: bytes) -> asyncio.Future[None]:
         if self.closed:
@@ -657,7 +707,10 @@ class ClientConnection(asyncio.Protocol, HTTPConnection):
             return
         self.transport.resume_reading()
         with contextlib.suppress(OSError, RuntimeError):
-            self.transport.write_eof()
+            self.transport.write_eof()  # (after what is still buffered)
+        if self._paused_writing:  # the answer is still leaving: the grace starts once it has (resume_writing)
+            self.server.reading.pop(self, None)
+            return
         self.server.reading[self] = (time.monotonic() + CLOSING_GRACE, CLOSING)
 
     def close(self) -> None:
@@ -665,6 +718,7 @@ class ClientConnection(asyncio.Protocol, HTTPConnection):
         self.abort()
 
     def abort(self) -> None:
+        self._discarding = True  # nothing parsed from here on is acted on
         if not self.closed:
             self.closed = True  # at once: connection_lost comes on the next turn of the loop
             self.transport.abort()
