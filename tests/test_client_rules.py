@@ -14,10 +14,11 @@ from typing import Any
 
 import pytest
 
+from chatgpt_apiserver.auth import key_digest
 from chatgpt_apiserver.clients.fallback import FallbackClientStore
 from chatgpt_apiserver.clients.local import LocalClientStore
 from chatgpt_apiserver.clients.redis import RedisClientStore
-from chatgpt_apiserver.clients.registry import plan_for
+from chatgpt_apiserver.clients.registry import FOUND_KEPT, Client, Registry, plan_for
 from chatgpt_apiserver.clients.rules import Left, follows, left_of, period_of, replaces
 from chatgpt_apiserver.clients.store import (
     ADMITTED,
@@ -290,3 +291,17 @@ def test_a_short_usage_row_from_an_older_state_file_is_padded_and_keeps_counting
 def test_budget_periods_of_one_kind_follow_in_time_and_a_changed_kind_replaces(period: str, held: str,
                                                                                 replaced: bool, opened: bool) -> None:
     assert (replaces(period, held), follows(period, held)) == (replaced, opened)
+
+
+def test_a_found_key_is_remembered_by_its_header_up_to_a_bound_and_an_unknown_one_never() -> None:
+    """The registry remembers an `Authorization` header it found a client for (no SHA-256 the next time), at
+    most FOUND_KEPT of them; a reload builds a new registry, so a removed key is not found from memory."""
+    team = Client(ClientSpec("team", key_digest("sk-team-key"), key_source="clients"), None)
+    registry = Registry([team])
+    assert registry.find("Bearer sk-team-key") is team and registry.find("Bearer sk-team-key") is team
+    assert registry.find("Bearer sk-other") is None and registry.find(None) is None
+    assert list(registry._found) == ["Bearer sk-team-key"]
+    for spaces in range(FOUND_KEPT + 10):  # the same key, written as many different headers
+        assert registry.find("Bearer sk-team-key" + " " * spaces) is team
+        assert len(registry._found) <= FOUND_KEPT
+    assert Registry([]).find("Bearer sk-team-key") is None  # (after a reload that removed it)
