@@ -22,7 +22,7 @@ from ..clients import Client
 from ..errors import ApiError
 from ..gateway import Gateway
 from .bodies import Bodies
-from .connections import ClientConnection, headers_of
+from .connections import ClientConnection, declares_body, headers_of
 
 EXPOSED_HEADERS = ("X-Request-Id, X-Upstream-Request-Id, X-Chatgpt-Apiserver-Controller, Retry-After, "
                    "x-ratelimit-limit-requests, x-ratelimit-remaining-requests, x-ratelimit-reset-requests, "
@@ -163,7 +163,7 @@ class BaseHandler(RequestHandler):
         headers = self.request.headers
         self.request_id = client_request_id(header(headers, "X-Request-Id"))
         self._headers["X-Request-Id"] = self.request_id  # a safe charset by REQUEST_ID or by construction
-        self._unread = header(headers, "Content-Length", "0") != "0" or "Transfer-Encoding" in headers
+        self._unread = declares_body(headers)
 
     def _admit_body(self) -> None:
         headers = self.request.headers

@@ -78,10 +78,9 @@ MALFORMED_REQUEST_ANSWER = (b"HTTP/1.1 400 Bad Request\r\nContent-Type: applicat
 class _Peer:
     """What Tornado's HTTPServerRequest reads of a connection's context: the client's address."""
 
-    __slots__ = ("address", "protocol", "remote_ip")
+    __slots__ = ("protocol", "remote_ip")
 
     def __init__(self, address: Any) -> None:
-        self.address = address
         self.remote_ip = address[0] if isinstance(address, tuple) and address else "0.0.0.0"  # noqa: S104 (a Unix socket, as Tornado fakes it)
         self.protocol = "http"
 
@@ -194,6 +193,12 @@ class ClientServer:
         self._schedule()
 
 
+def declares_body(headers: HTTPHeaders) -> bool:
+    """Whether a request's head says a body follows (chunked, or a Content-Length other than 0)."""
+    fields = headers._as_list
+    return "Transfer-Encoding" in fields or fields.get("Content-Length", ["0"]) != ["0"]
+
+
 def headers_of(fields: dict[str, list[str]]) -> HTTPHeaders:
     """HTTPHeaders holding `fields` (names as HTTPHeaders keys them, values checked), built directly:
     HTTPHeaders() goes through MutableMapping.update, and add() through two regexes per line."""
@@ -276,10 +281,10 @@ class ClientConnection(asyncio.Protocol, HTTPConnection):
         transport.set_write_buffer_limits(high=0)  # pause_writing whenever bytes wait; resume once all are out
         server = self.server
         if server._closing:
-            self.abort()
+            self.close()
             return
         server.connections.add(self)
-        server.reading[self] = (time.monotonic() + server.timeouts()[0], HEADERS)
+        self._await_head()
 
     def connection_lost(self, exc: Optional[Exception]) -> None:
         self.closed = True
@@ -339,7 +344,7 @@ class ClientConnection(asyncio.Protocol, HTTPConnection):
                 self._event(("error", self.server.head_too_large()))
             elif cause is not None:
                 app_log.error("Uncaught exception", exc_info=cause)
-                self.abort()
+                self.close()
             else:
                 log.info("malformed HTTP request from %s: %s", self.context, error)
                 self._event(("error", MALFORMED_REQUEST_ANSWER))
@@ -398,8 +403,7 @@ class ClientConnection(asyncio.Protocol, HTTPConnection):
         self._lines = []
         if size > self.server.max_header_size:
             raise _HeadTooLarge
-        bodiless = "Transfer-Encoding" not in lines and lines.get("Content-Length", ["0"]) == ["0"]
-        if parser.should_upgrade() and start_line.method != "CONNECT" and not bodiless:
+        if parser.should_upgrade() and start_line.method != "CONNECT" and declares_body(headers):
             # llhttp would take no body and hand the rest of the connection over (curl --http2 on http://
             # asks for h2c with every request). The upgrade is not served: the request is read again without it.
             self._upgrade = (start_line, headers)
@@ -491,8 +495,7 @@ class ClientConnection(asyncio.Protocol, HTTPConnection):
         server = self.server
         self._active = True
         self._read_done = self._write_done = False
-        fields = headers._as_list
-        self._bodiless = "Transfer-Encoding" not in fields and fields.get("Content-Length", ["0"]) == ["0"]
+        self._bodiless = not declares_body(headers)
         self._request_line, self._request_headers = start_line, headers
         self._disconnect = not _can_keep_alive(start_line, headers)
         self._chunking = False
@@ -509,12 +512,11 @@ class ClientConnection(asyncio.Protocol, HTTPConnection):
         except HTTPInputError as error:  # no Host header (HTTP/1.1), or a bad or repeated one
             log.info("malformed HTTP request from %s: %s", self.context, error)
             self._active, self._delegate = False, None
-            self._write(MALFORMED_REQUEST_ANSWER)
-            self.close_softly()
+            self._fail(MALFORMED_REQUEST_ANSWER)
             return
         except Exception:
             app_log.error("Uncaught exception", exc_info=True)
-            self.abort()
+            self.close()
             return
         if self.closed:
             return
@@ -587,7 +589,7 @@ class ClientConnection(asyncio.Protocol, HTTPConnection):
             return method(*args)
         except Exception:
             app_log.error("Uncaught exception", exc_info=True)
-            self.abort()
+            self.close()
             return None
 
     # HTTPConnection: the answer
@@ -642,7 +644,7 @@ class ClientConnection(asyncio.Protocol, HTTPConnection):
         if self._remaining is not None:
             self._remaining -= len(chunk)
             if self._remaining < 0:
-                self.abort()  # stop further framing errors
+                self.close()  # stop further framing errors
                 raise ValueError("Tried to write more data than Content-Length")
         if self._chunking and chunk:
             return b"%x\r\n%b\r\n" % (len(chunk), chunk)
@@ -650,7 +652,7 @@ class ClientConnection(asyncio.Protocol, HTTPConnection):
 
     def finish(self) -> None:
         if self._remaining and not self.closed:
-            self.abort()
+            self.close()
             raise ValueError(f"Tried to write {self._remaining} bytes less than Content-Length")
         if self._chunking:
             self._write(b"0\r\n\r\n")
@@ -673,8 +675,7 @@ class ClientConnection(asyncio.Protocol, HTTPConnection):
         self._request_line = self._request_headers = None
         if self.closed or self._discarding:
             return
-        server = self.server
-        server.reading[self] = (time.monotonic() + server.timeouts()[0], HEADERS)
+        self._await_head()
         if self._held is not None:
             # On the next turn: this runs inside the handler's finish(), before its on_finish().
             asyncio.get_running_loop().call_soon(self._replay)
@@ -715,13 +716,14 @@ class ClientConnection(asyncio.Protocol, HTTPConnection):
 
     def close(self) -> None:
         """Close now: what is written and not yet sent is dropped (Tornado's stream.close())."""
-        self.abort()
-
-    def abort(self) -> None:
         self._discarding = True  # nothing parsed from here on is acted on
         if not self.closed:
             self.closed = True  # at once: connection_lost comes on the next turn of the loop
             self.transport.abort()
+
+    def _await_head(self) -> None:
+        """The next request head is due within the idle timeout (read at each request: a reload changes it)."""
+        self.server.reading[self] = (time.monotonic() + self.server.timeouts()[0], HEADERS)
 
     def head_begun(self) -> bool:
         """Whether a request head is arriving (or waits, held, behind the request being answered)."""

@@ -24,8 +24,8 @@ from tornado.web import Application, ErrorHandler, RequestHandler, _HandlerDeleg
 
 class GatewayApplication(Application):
     """Tornado's Application, serving `stream_request_body` handlers whose prepare() is a plain method through
-    `AdmitOnHeaders`. A coroutine prepare() keeps Tornado's delegate: it would otherwise start in the connection's
-    task (where `asyncio.timeout` or `current_task()` would bind to the connection, not the request).
+    `AdmitOnHeaders`. A coroutine prepare() keeps Tornado's delegate: it would otherwise start outside a task of
+    its own, in the connection's read (where `asyncio.timeout` or `current_task()` would not be the request's).
 
     A path's route is remembered once found, for routes that take nothing from the path: Tornado tries each
     route's regex in turn, through two routers, on every request.
