@@ -8,7 +8,6 @@ import contextlib
 import logging
 import socket
 import time
-from collections.abc import Callable
 from typing import BinaryIO
 
 import orjson
@@ -18,6 +17,7 @@ from chatgpt_apiserver.web import connections
 
 from .fake_upstream import Cue
 from .harness import Stack, openai_controller
+from .test_scheduling import wait_for
 
 CHAT = orjson.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]})
 
@@ -170,15 +170,6 @@ def test_a_request_without_a_valid_host_gets_a_400_in_openais_shape(stack: Stack
         assert orjson.loads(body)["error"]["code"] == "malformed_http_request"
 
 
-def wait_until(check: Callable[[], bool], seconds: float = 5.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
-
-
 def test_what_was_pipelined_behind_a_refused_request_is_dropped_and_the_connection_closes(
         stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
     stack.gateway({"controllers": [{"type": "mock"}]})
@@ -192,7 +183,7 @@ def test_what_was_pipelined_behind_a_refused_request_is_dropped_and_the_connecti
             status, headers, _ = read_answer(reader)
             assert status == 404 and headers["connection"] == "close"
             assert reader.read() == b""  # nothing for what followed it
-        assert wait_until(lambda: not stack.loop.call(lambda: len(running.server.connections)))
+        assert wait_for(lambda: not stack.loop.call(lambda: len(running.server.connections)))
     assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
 
 
@@ -246,7 +237,7 @@ def test_a_drain_answers_a_request_whose_head_has_begun_on_a_kept_alive_connecti
         sock.sendall(get("/healthz", "first"))
         assert read_answer(reader)[0] == 200
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # half a head
-        assert wait_until(lambda: stack.loop.call(lambda: all(c.head_begun() for c in running.server.connections)))
+        assert wait_for(lambda: stack.loop.call(lambda: all(c.head_begun() for c in running.server.connections)))
         stopping = asyncio.run_coroutine_threadsafe(running.stop(), stack.loop.loop)
         stack.running = None
         time.sleep(0.3)
